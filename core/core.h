@@ -1,0 +1,167 @@
+/* core: the small shared home every transfuse library may use.
+ *
+ * Errors, logging, the subcommand table, files written atomically, base64,
+ * SHA-256, progress lines, and JSON loading. Nothing here knows about
+ * images, records or models. Tensor kernels live beside this header in
+ * kernels.h (CPU reference and CUDA builds of one interface).
+ *
+ * Conventions used across the code base:
+ *   - functions that can fail return 0 on success and -1 on failure, and
+ *     describe the failure in a caller-owned TfError (which may be NULL);
+ *   - x_new/x_free pairs own heap objects, x_free(NULL) is a no-op;
+ *   - libraries never exit; only cli/ decides the process status.
+ */
+#ifndef TRANSFUSE_CORE_H
+#define TRANSFUSE_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#define TF_VERSION_STRING TF_VERSION
+
+/* ---- errors ------------------------------------------------------------ */
+
+typedef struct TfError {
+    char msg[512];
+} TfError;
+
+/* Formats a message into `err` (when not NULL) and returns -1, so a failing
+ * function can end with `return tf_fail(err, "...")`. */
+int tf_fail(TfError *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prefixes the message already in `err` with a formatted context, keeping
+ * the original text after ": ". Returns -1. */
+int tf_fail_context(TfError *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- logging (stderr; stdout carries data) -------------------------------- */
+
+typedef enum { TF_LOG_DEBUG = 0, TF_LOG_INFO, TF_LOG_WARN, TF_LOG_ERROR, TF_LOG_QUIET } TfLogLevel;
+
+/* Sets the minimum level printed. The initial level comes from the
+ * TRANSFUSE_LOG environment variable (debug, info, warn, error, quiet);
+ * info when it is unset. */
+void tf_log_set_level(TfLogLevel level);
+TfLogLevel tf_log_get_level(void);
+
+/* Writes "LEVEL tag: message" to stderr when level is enabled. Thread-safe. */
+void tf_log(TfLogLevel level, const char *tag, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* A per-item warning limiter: at most `burst` messages per `period_s`
+ * seconds; the count of suppressed ones is reported with the next message
+ * that passes. Zero-initialise, then set burst and period_s. */
+typedef struct TfRateLimit {
+    int burst;
+    double period_s;
+    double window_start;
+    int in_window;
+    long suppressed;
+} TfRateLimit;
+
+/* Logs like tf_log unless the limiter says the burst is spent. Not
+ * thread-safe for one limiter: give each thread its own or lock around. */
+void tf_log_limited(TfRateLimit *limit, TfLogLevel level, const char *tag, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- subcommands ---------------------------------------------------------- */
+
+/* One subcommand of the `transfuse` binary. `run` gets argv with argv[0]
+ * being the subcommand's name and returns the process exit status
+ * (0 success, 1 failure of the work, 2 usage error). */
+typedef struct TfCommand {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} TfCommand;
+
+/* Returns 1 when argv holds -h or --help (before a "--"), else 0. */
+int tf_cli_wants_help(int argc, char **argv);
+
+/* Parses a decimal integer in [min, max] from `text` into *out. Returns 0,
+ * or -1 with a message naming `flag` when the text is not such a number. */
+int tf_parse_long(const char *flag, const char *text, long min, long max, long *out, TfError *err);
+
+/* Parses a size with an optional K/M/G/T suffix (powers of 1024). */
+int tf_parse_size(const char *flag, const char *text, uint64_t *out, TfError *err);
+
+/* ---- time, progress ------------------------------------------------------- */
+
+/* Seconds on a monotonic clock. */
+double tf_now(void);
+
+/* A single progress line on stderr, redrawn at most 10 times a second and
+ * only when stderr is a terminal (or TRANSFUSE_PROGRESS=1). */
+typedef struct TfProgress {
+    const char *label;
+    uint64_t total;       /* units of work expected, 0 if unknown */
+    const char *unit;     /* e.g. "B" or "records" */
+    double started;
+    double last_draw;
+    int enabled;
+} TfProgress;
+
+void tf_progress_init(TfProgress *p, const char *label, uint64_t total, const char *unit);
+void tf_progress_update(TfProgress *p, uint64_t done);
+void tf_progress_finish(TfProgress *p, uint64_t done);
+
+/* ---- files ---------------------------------------------------------------- */
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated for
+ * convenience, the NUL not counted in *len). Caller frees. Refuses files
+ * larger than max_bytes. Returns NULL and fills err on failure. */
+char *tf_read_file(const char *path, size_t max_bytes, size_t *len, TfError *err);
+
+/* Writes `len` bytes to `path` so that readers see either the old file or
+ * the complete new one: a temporary name in the same folder, fsync,
+ * rename, fsync of the folder. */
+int tf_write_file_atomic(const char *path, const void *data, size_t len, TfError *err);
+
+/* Writes all of buf to fd, retrying short writes and EINTR. */
+int tf_write_all(int fd, const void *buf, size_t len, TfError *err);
+
+/* fsyncs the folder that holds `path` (so a rename there is durable). */
+int tf_fsync_parent(const char *path, TfError *err);
+
+/* Creates a folder and its parents (like mkdir -p). */
+int tf_mkdir_p(const char *path, TfError *err);
+
+/* Joins a folder and a name into out (of size cap). Returns -1 if it does
+ * not fit. */
+int tf_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* ---- encodings and hashes --------------------------------------------------- */
+
+/* Standard base64 (RFC 4648, with padding). Returns a malloc'd
+ * NUL-terminated string, or NULL when out of memory. */
+char *tf_base64_encode(const void *data, size_t len);
+
+/* Decodes standard base64 (padding optional, no whitespace). Returns a
+ * malloc'd buffer and its length, or NULL with err filled. */
+unsigned char *tf_base64_decode(const char *text, size_t text_len, size_t *out_len, TfError *err);
+
+/* SHA-256 of a buffer, through OpenSSL. */
+void tf_sha256(const void *data, size_t len, unsigned char out[32]);
+
+/* Incremental SHA-256 for data that arrives in pieces. */
+typedef struct TfSha256 TfSha256;
+TfSha256 *tf_sha256_new(void);
+void tf_sha256_update(TfSha256 *h, const void *data, size_t len);
+void tf_sha256_final(TfSha256 *h, unsigned char out[32]); /* also frees h */
+
+/* Writes 2*len lowercase hex digits and a NUL into out. */
+void tf_hex(const unsigned char *data, size_t len, char *out);
+
+/* ---- JSON (jansson) ---------------------------------------------------------- */
+
+/* Loads a JSON file (at most max_bytes). Returns a new reference, or NULL
+ * with err naming the file, line and column. */
+json_t *tf_json_load_file(const char *path, size_t max_bytes, TfError *err);
+
+/* Writes a JSON value to `path` atomically, pretty-printed, with a final
+ * newline. */
+int tf_json_write_file_atomic(const char *path, const json_t *value, TfError *err);
+
+#endif

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what is needed, builds, and runs every test that needs no GPU.
+#   scripts/test.sh            warnings-as-errors build in build/, then
+#                              a clang build with sanitizers and short fuzz runs
+#   TF_TEST_QUICK=1 scripts/test.sh   skip the sanitizer/fuzz build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh --test
+jobs=$(nproc)
+
+echo "== build (gcc, -Werror) =="
+cmake -S . -B build -G Ninja -DTF_WERROR=ON >/dev/null
+cmake --build build -j "$jobs"
+echo "== tests =="
+(cd build && ctest -LE gpu --output-on-failure -j "$jobs")
+
+if [ "${TF_TEST_QUICK:-0}" != 1 ]; then
+  echo "== build (clang, address+undefined sanitizers, fuzzers) =="
+  CC=clang cmake -S . -B build-san -G Ninja -DTF_WERROR=ON -DTF_SANITIZE=ON -DTF_FUZZ=ON -DTF_CUDA=OFF >/dev/null
+  cmake --build build-san -j "$jobs"
+  echo "== tests under sanitizers, and fuzz runs =="
+  (cd build-san && ASAN_OPTIONS=detect_leaks=1 ctest -L "unit|fuzz" --output-on-failure -j "$jobs")
+fi
