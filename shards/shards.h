@@ -165,6 +165,11 @@ typedef struct ShardFile ShardFile;
 ShardFile *shard_file_open(const char *path, TfError *err);
 void shard_file_free(ShardFile *f);
 
+/* Wraps bytes already in memory (a fuzz input, a range fetched from a
+ * topic) as an unindexed shard file named `name`. The bytes are not copied:
+ * they must outlive the ShardFile. */
+ShardFile *shard_file_from_memory(const void *data, size_t size, const char *name, TfError *err);
+
 const char *shard_file_path(const ShardFile *f);
 const uint8_t *shard_file_data(const ShardFile *f);
 uint64_t shard_file_size(const ShardFile *f);

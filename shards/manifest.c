@@ -1,0 +1,267 @@
+/* manifest.c: the dataset manifest (DIR/manifest.json): the list of complete
+ * shards with counts, bytes and checksums, and the facts shared by every
+ * record. Updates take a lock file so that several writer processes can
+ * fill one folder; each update rewrites the file atomically. */
+#include "shards_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#define MANIFEST_MAX_BYTES (256u << 20)
+
+int shard_name_is_plain(const char *name)
+{
+    return name && *name && !strchr(name, '/') && strcmp(name, ".") && strcmp(name, "..");
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+json_t *shard_facts_to_json(const ShardFacts *f)
+{
+    json_t *shape = json_array();
+    for (int i = 0; i < f->latent_rank; i++)
+        json_array_append_new(shape, json_integer(f->latent_shape[i]));
+    return json_pack("{s:{s:s,s:s},s:{s:s,s:s,s:f,s:f},s:{s:s,s:o}}",                 /* */
+                     "tokenizer", "id", f->tokenizer_id, "name", f->tokenizer_name,    /* */
+                     "vae", "id", f->vae_id, "name", f->vae_name, "scaling_factor",    /* */
+                     f->latent_scaling, "shift_factor", f->latent_shift,               /* */
+                     "latent", "dtype", f->latent_dtype, "shape", shape);
+}
+
+int shard_facts_from_json(const json_t *j, ShardFacts *f, TfError *err)
+{
+    memset(f, 0, sizeof *f);
+    if (!json_is_object(j))
+        return tf_fail(err, "facts: expected an object");
+    json_t *tok = json_object_get(j, "tokenizer"), *vae = json_object_get(j, "vae"),
+           *lat = json_object_get(j, "latent");
+    copy_str(f->tokenizer_id, sizeof f->tokenizer_id, json_string_value(json_object_get(tok, "id")));
+    copy_str(f->tokenizer_name, sizeof f->tokenizer_name, json_string_value(json_object_get(tok, "name")));
+    copy_str(f->vae_id, sizeof f->vae_id, json_string_value(json_object_get(vae, "id")));
+    copy_str(f->vae_name, sizeof f->vae_name, json_string_value(json_object_get(vae, "name")));
+    f->latent_scaling = json_number_value(json_object_get(vae, "scaling_factor"));
+    f->latent_shift = json_number_value(json_object_get(vae, "shift_factor"));
+    copy_str(f->latent_dtype, sizeof f->latent_dtype, json_string_value(json_object_get(lat, "dtype")));
+    const char *dt = f->latent_dtype;
+    if (*dt && strcmp(dt, "f32") && strcmp(dt, "f16") && strcmp(dt, "bf16"))
+        return tf_fail(err, "facts: latent dtype '%s' is not f32, f16 or bf16", dt);
+    json_t *shape = json_object_get(lat, "shape");
+    if (shape && !json_is_array(shape))
+        return tf_fail(err, "facts: latent shape must be an array");
+    size_t n = json_array_size(shape);
+    if (n > 4)
+        return tf_fail(err, "facts: latent shape has %zu dimensions (at most 4)", n);
+    for (size_t i = 0; i < n; i++) {
+        json_int_t d = json_integer_value(json_array_get(shape, i));
+        if (d <= 0 || d > 1 << 20)
+            return tf_fail(err, "facts: latent shape has a bad dimension");
+        f->latent_shape[i] = (uint32_t)d;
+    }
+    f->latent_rank = (int)n;
+    return 0;
+}
+
+int shard_facts_check(const ShardFacts *want, const ShardFacts *have, TfError *err)
+{
+    if (*want->tokenizer_id && *have->tokenizer_id && strcmp(want->tokenizer_id, have->tokenizer_id))
+        return tf_fail(err, "tokenizer differs: expected %s, data has %s", want->tokenizer_id, have->tokenizer_id);
+    if (*want->vae_id && *have->vae_id && strcmp(want->vae_id, have->vae_id))
+        return tf_fail(err, "VAE differs: expected %s, data has %s", want->vae_id, have->vae_id);
+    if (*want->latent_dtype && *have->latent_dtype && strcmp(want->latent_dtype, have->latent_dtype))
+        return tf_fail(err, "latent dtype differs: expected %s, data has %s", want->latent_dtype, have->latent_dtype);
+    if (want->latent_rank && have->latent_rank &&
+        (want->latent_rank != have->latent_rank ||
+         memcmp(want->latent_shape, have->latent_shape, sizeof(uint32_t) * (size_t)want->latent_rank)))
+        return tf_fail(err, "latent shape differs");
+    if (want->latent_scaling && have->latent_scaling && want->latent_scaling != have->latent_scaling)
+        return tf_fail(err, "latent scaling differs: expected %g, data has %g", want->latent_scaling,
+                       have->latent_scaling);
+    if (want->latent_shift != have->latent_shift && (*want->vae_id && *have->vae_id))
+        return tf_fail(err, "latent shift differs: expected %g, data has %g", want->latent_shift, have->latent_shift);
+    return 0;
+}
+
+void shard_manifest_free(ShardManifest *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_shards; i++)
+        free(m->shards[i].name);
+    free(m->shards);
+    free(m);
+}
+
+static ShardManifest *manifest_from_json(const json_t *root, const char *path, TfError *err)
+{
+    ShardManifest *m = calloc(1, sizeof *m);
+    if (!m) {
+        tf_fail(err, "out of memory");
+        return NULL;
+    }
+    const char *format = json_string_value(json_object_get(root, "format"));
+    if (!format || strcmp(format, "transfuse-shards")) {
+        tf_fail(err, "%s: not a transfuse shard manifest (format is not \"transfuse-shards\")", path);
+        goto fail;
+    }
+    if (json_integer_value(json_object_get(root, "version")) != 1) {
+        tf_fail(err, "%s: manifest version is not 1", path);
+        goto fail;
+    }
+    if (shard_facts_from_json(json_object_get(root, "facts"), &m->facts, err)) {
+        tf_fail_context(err, "%s", path);
+        goto fail;
+    }
+    json_t *shards = json_object_get(root, "shards");
+    if (!json_is_array(shards)) {
+        tf_fail(err, "%s: \"shards\" is not an array", path);
+        goto fail;
+    }
+    m->shards = calloc(json_array_size(shards) + 1, sizeof *m->shards);
+    if (!m->shards) {
+        tf_fail(err, "out of memory");
+        goto fail;
+    }
+    size_t i;
+    json_t *s;
+    json_array_foreach(shards, i, s)
+    {
+        const char *name = json_string_value(json_object_get(s, "name"));
+        const char *crc = json_string_value(json_object_get(s, "crc32c"));
+        json_int_t records = json_integer_value(json_object_get(s, "records"));
+        json_int_t bytes = json_integer_value(json_object_get(s, "bytes"));
+        char *end = NULL;
+        unsigned long crcv = crc ? strtoul(crc, &end, 16) : 0;
+        if (!shard_name_is_plain(name) || records < 0 || bytes < 0 || !crc || strlen(crc) != 8 || *end) {
+            tf_fail(err, "%s: shard entry %zu is malformed (needs a plain name, records, bytes, crc32c)", path, i);
+            goto fail;
+        }
+        ShardEntry *e = &m->shards[m->n_shards++];
+        e->name = strdup(name);
+        e->records = (uint64_t)records;
+        e->bytes = (uint64_t)bytes;
+        e->crc32c = (uint32_t)crcv;
+        if (!e->name) {
+            tf_fail(err, "out of memory");
+            goto fail;
+        }
+        m->records += e->records;
+        m->bytes += e->bytes;
+    }
+    return m;
+fail:
+    shard_manifest_free(m);
+    return NULL;
+}
+
+ShardManifest *shard_manifest_load(const char *dir, TfError *err)
+{
+    char path[4096];
+    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME)) {
+        tf_fail(err, "path too long: %s", dir);
+        return NULL;
+    }
+    json_t *root = tf_json_load_file(path, MANIFEST_MAX_BYTES, err);
+    if (!root)
+        return NULL;
+    ShardManifest *m = manifest_from_json(root, path, err);
+    json_decref(root);
+    return m;
+}
+
+static json_t *entry_to_json(const ShardEntry *e)
+{
+    char crc[9];
+    snprintf(crc, sizeof crc, "%08x", e->crc32c);
+    char idx[4096];
+    snprintf(idx, sizeof idx, "%s%s", e->name, SHARD_INDEX_SUFFIX);
+    return json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", e->name, "records", (json_int_t)e->records, "bytes",
+                     (json_int_t)e->bytes, "crc32c", crc, "index", idx);
+}
+
+int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
+                       TfError *err)
+{
+    char path[4096], lock_path[4096];
+    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) ||
+        tf_path_join(lock_path, sizeof lock_path, dir, ".manifest.lock"))
+        return tf_fail(err, "path too long: %s", dir);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock < 0)
+        return tf_fail(err, "%s: %s", lock_path, strerror(errno));
+    int rc = -1;
+    json_t *root = NULL;
+    while (flock(lock, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            tf_fail(err, "lock %s: %s", lock_path, strerror(errno));
+            goto done;
+        }
+    }
+    if (access(path, F_OK) == 0) {
+        root = tf_json_load_file(path, MANIFEST_MAX_BYTES, err);
+        if (!root)
+            goto done;
+        ShardManifest *have = manifest_from_json(root, path, err);
+        if (!have)
+            goto done;
+        int mismatch = shard_facts_check(facts, &have->facts, err);
+        shard_manifest_free(have);
+        if (mismatch) {
+            tf_fail_context(err, "%s", path);
+            goto done;
+        }
+    } else {
+        root = json_pack("{s:s,s:i,s:s,s:o,s:I,s:I,s:[]}", "format", "transfuse-shards", "version", 1, "schema",
+                         "transfuse.v1.Sample", "facts", shard_facts_to_json(facts), "records", (json_int_t)0,
+                         "bytes", (json_int_t)0, "shards");
+    }
+    json_t *shards = json_object_get(root, "shards");
+    size_t i;
+    json_t *s;
+    int replaced = 0;
+    json_array_foreach(shards, i, s)
+    {
+        if (!strcmp(json_string_value(json_object_get(s, "name")), entry->name)) {
+            json_array_set_new(shards, i, entry_to_json(entry));
+            replaced = 1;
+            break;
+        }
+    }
+    if (!replaced)
+        json_array_append_new(shards, entry_to_json(entry));
+    json_int_t records = 0, bytes = 0;
+    json_array_foreach(shards, i, s)
+    {
+        records += json_integer_value(json_object_get(s, "records"));
+        bytes += json_integer_value(json_object_get(s, "bytes"));
+    }
+    json_object_set_new(root, "records", json_integer(records));
+    json_object_set_new(root, "bytes", json_integer(bytes));
+    if (no_fsync) {
+        char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *fp = text ? fopen(tmp, "w") : NULL;
+        int ok = fp && fputs(text, fp) >= 0 && fputc('\n', fp) != EOF;
+        if (fp && fclose(fp) != 0)
+            ok = 0;
+        free(text);
+        if (!ok || rename(tmp, path) != 0) {
+            tf_fail(err, "%s: could not write", path);
+            goto done;
+        }
+    } else if (tf_json_write_file_atomic(path, root, err)) {
+        goto done;
+    }
+    rc = 0;
+done:
+    json_decref(root);
+    close(lock); /* releases the lock */
+    return rc;
+}

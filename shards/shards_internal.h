@@ -1,0 +1,56 @@
+/* shards_internal.h: what the shard-file sources share and nobody else
+ * needs: the index format and manifest updates. */
+#ifndef TRANSFUSE_SHARDS_INTERNAL_H
+#define TRANSFUSE_SHARDS_INTERNAL_H
+
+#include "shards.h"
+
+/* Index file NAME.tfrecord.idx, little-endian:
+ *   "TFSIDX01" | u64 count | count x { u64 frame offset, u32 payload length,
+ *   u32 crc32c(key) } | u32 crc32c of everything before it */
+#define SHARD_INDEX_MAGIC "TFSIDX01"
+#define SHARD_INDEX_SUFFIX ".idx"
+#define SHARD_FILE_SUFFIX ".tfrecord"
+#define SHARD_INDEX_HEADER 16u
+#define SHARD_INDEX_ENTRY 16u
+
+static inline uint64_t shard_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static inline uint32_t shard_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline void shard_put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void shard_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Adds (or replaces, by name) one shard entry in DIR/manifest.json under an
+ * exclusive lock on DIR/.manifest.lock, so several writers (processes) can
+ * share a dataset folder. Creates the manifest with `facts` if absent;
+ * otherwise the facts must agree. */
+int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
+                       TfError *err);
+
+/* Facts to and from their JSON form in the manifest. */
+json_t *shard_facts_to_json(const ShardFacts *f);
+int shard_facts_from_json(const json_t *j, ShardFacts *f, TfError *err);
+
+/* 1 when name is a plain file name (no '/', not "." or ".."). */
+int shard_name_is_plain(const char *name);
+
+#endif

@@ -1,0 +1,289 @@
+/* writer.c: appends records to a dataset folder, rolling shards by bytes
+ * and by count. A shard is written under a hidden temporary name with its
+ * index, fsynced, renamed into place, and only then added to the manifest:
+ * a reader (or a resumed job) never sees half a shard. */
+#include "shards_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define WRITE_BUFFER (1u << 20)
+
+struct ShardWriter {
+    char *dir;
+    char prefix[64];
+    ShardWriterOptions opts;
+    ShardFacts facts;
+    uint64_t next_number;      /* of the next shard to start */
+    /* the shard being written */
+    int fd;                    /* -1 when none is open */
+    char name[128];            /* final file name */
+    char tmp_path[4096];
+    uint64_t bytes;            /* written so far, buffer included */
+    uint64_t records;
+    uint32_t file_crc;
+    uint8_t *buf;              /* write buffer */
+    size_t buf_used;
+    uint8_t *index;            /* SHARD_INDEX_HEADER + records * SHARD_INDEX_ENTRY */
+    size_t index_cap;
+    /* totals */
+    uint64_t done_records, done_shards;
+};
+
+/* Largest NNNNNN among files named PREFIX-NNNNNN.tfrecord in dir, or -1. */
+static long long highest_number(const char *dir, const char *prefix)
+{
+    long long best = -1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return best;
+    size_t plen = strlen(prefix);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strncmp(n, prefix, plen) || n[plen] != '-')
+            continue;
+        char *end;
+        long long v = strtoll(n + plen + 1, &end, 10);
+        if (end != n + plen + 1 && !strncmp(end, SHARD_FILE_SUFFIX, strlen(SHARD_FILE_SUFFIX)) && v > best)
+            best = v;
+    }
+    closedir(d);
+    return best;
+}
+
+ShardWriter *shard_writer_open(const char *dir, const ShardWriterOptions *opts, const ShardFacts *facts,
+                               TfError *err)
+{
+    ShardWriter *w = calloc(1, sizeof *w);
+    if (!w) {
+        tf_fail(err, "out of memory");
+        return NULL;
+    }
+    w->fd = -1;
+    if (opts)
+        w->opts = *opts;
+    if (!w->opts.max_shard_bytes)
+        w->opts.max_shard_bytes = 256ull << 20;
+    if (!w->opts.max_shard_records)
+        w->opts.max_shard_records = 100000;
+    const char *prefix = w->opts.name_prefix ? w->opts.name_prefix : "shard";
+    if (!shard_name_is_plain(prefix) || strlen(prefix) >= sizeof w->prefix) {
+        tf_fail(err, "shard name prefix '%s' must be a short plain name", prefix);
+        goto fail;
+    }
+    strcpy(w->prefix, prefix);
+    w->opts.name_prefix = w->prefix;
+    if (facts)
+        w->facts = *facts;
+    w->dir = strdup(dir);
+    w->buf = malloc(WRITE_BUFFER);
+    if (!w->dir || !w->buf) {
+        tf_fail(err, "out of memory");
+        goto fail;
+    }
+    if (tf_mkdir_p(dir, err))
+        goto fail;
+    char mpath[4096];
+    if (tf_path_join(mpath, sizeof mpath, dir, SHARD_MANIFEST_NAME)) {
+        tf_fail(err, "path too long: %s", dir);
+        goto fail;
+    }
+    if (access(mpath, F_OK) == 0) {
+        ShardManifest *m = shard_manifest_load(dir, err);
+        if (!m)
+            goto fail;
+        int bad = shard_facts_check(&w->facts, &m->facts, err);
+        shard_manifest_free(m);
+        if (bad) {
+            tf_fail_context(err, "%s holds other data", dir);
+            goto fail;
+        }
+    }
+    /* Number after every shard already there (listed or not), so nothing
+     * complete is ever overwritten. */
+    w->next_number = (uint64_t)(highest_number(dir, w->prefix) + 1);
+    return w;
+fail:
+    shard_writer_free(w);
+    return NULL;
+}
+
+static int buffer_flush(ShardWriter *w, TfError *err)
+{
+    if (w->buf_used && tf_write_all(w->fd, w->buf, w->buf_used, err))
+        return tf_fail_context(err, "%s", w->tmp_path);
+    w->buf_used = 0;
+    return 0;
+}
+
+static int buffer_put(ShardWriter *w, const void *data, size_t len, TfError *err)
+{
+    w->file_crc = shard_crc32c(w->file_crc, data, len);
+    w->bytes += len;
+    if (len > WRITE_BUFFER - w->buf_used) {
+        if (buffer_flush(w, err))
+            return -1;
+        if (len >= WRITE_BUFFER)
+            return tf_write_all(w->fd, data, len, err) ? tf_fail_context(err, "%s", w->tmp_path) : 0;
+    }
+    memcpy(w->buf + w->buf_used, data, len);
+    w->buf_used += len;
+    return 0;
+}
+
+static int shard_start(ShardWriter *w, TfError *err)
+{
+    snprintf(w->name, sizeof w->name, "%s-%06llu%s", w->prefix, (unsigned long long)w->next_number,
+             SHARD_FILE_SUFFIX);
+    char hidden[256];
+    snprintf(hidden, sizeof hidden, ".%s.tmp-%ld", w->name, (long)getpid());
+    if (tf_path_join(w->tmp_path, sizeof w->tmp_path, w->dir, hidden))
+        return tf_fail(err, "path too long: %s", w->dir);
+    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w->fd < 0)
+        return tf_fail(err, "%s: %s", w->tmp_path, strerror(errno));
+    w->bytes = w->records = 0;
+    w->file_crc = 0;
+    w->buf_used = 0;
+    return 0;
+}
+
+int shard_writer_append(ShardWriter *w, const void *payload, size_t len, const char *key, size_t key_len,
+                        TfError *err)
+{
+    if (len > SHARD_MAX_RECORD)
+        return tf_fail(err, "record of %zu bytes is over the %u-byte limit", len, SHARD_MAX_RECORD);
+    uint64_t frame = SHARD_FRAME_HEADER + len + SHARD_FRAME_FOOTER;
+    if (w->fd >= 0 && w->records > 0 &&
+        (w->records >= w->opts.max_shard_records || w->bytes + frame > w->opts.max_shard_bytes))
+        if (shard_writer_flush(w, err))
+            return -1;
+    if (w->fd < 0 && shard_start(w, err))
+        return -1;
+    size_t need = SHARD_INDEX_HEADER + (w->records + 1) * SHARD_INDEX_ENTRY + 4;
+    if (need > w->index_cap) {
+        size_t cap = w->index_cap ? w->index_cap * 2 : 64 * 1024;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *grown = realloc(w->index, cap);
+        if (!grown)
+            return tf_fail(err, "out of memory for the shard index");
+        w->index = grown;
+        w->index_cap = cap;
+    }
+    uint8_t *entry = w->index + SHARD_INDEX_HEADER + w->records * SHARD_INDEX_ENTRY;
+    shard_put_le64(entry, w->bytes);
+    shard_put_le32(entry + 8, (uint32_t)len);
+    shard_put_le32(entry + 12, shard_crc32c(0, key, key_len));
+
+    uint8_t header[SHARD_FRAME_HEADER], footer[SHARD_FRAME_FOOTER];
+    shard_frame_header(header, len);
+    shard_put_le32(footer, shard_crc_mask(shard_crc32c(0, payload, len)));
+    if (buffer_put(w, header, sizeof header, err) || buffer_put(w, payload, len, err) ||
+        buffer_put(w, footer, sizeof footer, err))
+        return -1;
+    w->records++;
+    return 0;
+}
+
+int shard_writer_append_sample(ShardWriter *w, const Sample *sample, TfError *err)
+{
+    size_t len;
+    uint8_t *bytes = sample_encode(sample, &len);
+    if (!bytes)
+        return tf_fail(err, "out of memory encoding a record");
+    const char *key = sample->key ? sample->key : "";
+    int rc = shard_writer_append(w, bytes, len, key, strlen(key), err);
+    free(bytes);
+    return rc;
+}
+
+/* Writes the index for the open shard next to it, under a hidden name. */
+static int index_write(ShardWriter *w, char *tmp_out, size_t cap, TfError *err)
+{
+    char hidden[256];
+    snprintf(hidden, sizeof hidden, ".%s%s.tmp-%ld", w->name, SHARD_INDEX_SUFFIX, (long)getpid());
+    if (tf_path_join(tmp_out, cap, w->dir, hidden))
+        return tf_fail(err, "path too long: %s", w->dir);
+    memcpy(w->index, SHARD_INDEX_MAGIC, 8);
+    shard_put_le64(w->index + 8, w->records);
+    size_t body = SHARD_INDEX_HEADER + w->records * SHARD_INDEX_ENTRY;
+    shard_put_le32(w->index + body, shard_crc32c(0, w->index, body));
+    int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return tf_fail(err, "%s: %s", tmp_out, strerror(errno));
+    int rc = tf_write_all(fd, w->index, body + 4, err);
+    if (!rc && !w->opts.no_fsync && fsync(fd) != 0)
+        rc = tf_fail(err, "fsync %s: %s", tmp_out, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+int shard_writer_flush(ShardWriter *w, TfError *err)
+{
+    if (w->fd < 0)
+        return 0;
+    char idx_tmp[4096], final_path[4096], idx_final[4096];
+    if (buffer_flush(w, err))
+        return -1;
+    if (!w->opts.no_fsync && fsync(w->fd) != 0)
+        return tf_fail(err, "fsync %s: %s", w->tmp_path, strerror(errno));
+    close(w->fd);
+    w->fd = -1;
+    if (index_write(w, idx_tmp, sizeof idx_tmp, err))
+        return -1;
+    if (tf_path_join(final_path, sizeof final_path, w->dir, w->name) ||
+        snprintf(idx_final, sizeof idx_final, "%s%s", final_path, SHARD_INDEX_SUFFIX) >= (int)sizeof idx_final)
+        return tf_fail(err, "path too long: %s", w->dir);
+    /* Index first: a visible shard always has its index beside it. */
+    if (rename(idx_tmp, idx_final) != 0 || rename(w->tmp_path, final_path) != 0)
+        return tf_fail(err, "rename into %s: %s", final_path, strerror(errno));
+    if (!w->opts.no_fsync && tf_fsync_parent(final_path, err))
+        return -1;
+    ShardEntry e = {.name = w->name, .records = w->records, .bytes = w->bytes, .crc32c = w->file_crc};
+    if (shard_manifest_add(w->dir, &w->facts, &e, w->opts.no_fsync, err))
+        return -1;
+    w->done_records += w->records;
+    w->done_shards++;
+    w->next_number++;
+    w->records = 0;
+    return 0;
+}
+
+int shard_writer_close(ShardWriter *w, TfError *err)
+{
+    if (!w)
+        return 0;
+    int rc = shard_writer_flush(w, err);
+    shard_writer_free(w);
+    return rc;
+}
+
+void shard_writer_free(ShardWriter *w)
+{
+    if (!w)
+        return;
+    if (w->fd >= 0) { /* an incomplete shard is discarded, never published */
+        close(w->fd);
+        unlink(w->tmp_path);
+    }
+    free(w->dir);
+    free(w->buf);
+    free(w->index);
+    free(w);
+}
+
+uint64_t shard_writer_records(const ShardWriter *w)
+{
+    return w->done_records;
+}
+
+uint64_t shard_writer_shards(const ShardWriter *w)
+{
+    return w->done_shards;
+}
