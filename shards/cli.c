@@ -372,21 +372,24 @@ static void verify_record(Verify *v, const char *name, uint64_t rec, uint64_t of
         verify_report(v, name, rec, off, "record has no key");
     const Transfuse__V1__Tensor *ts[2] = {s->latent_mean, s->latent_logvar};
     for (int k = 0; k < 2; k++) {
-        if (!ts[k])
-            continue;
-        const char *why = tensor_problem(ts[k]);
+        const char *why = ts[k] ? tensor_problem(ts[k]) : NULL;
         if (why) {
-            verify_report(v, name, rec, off, why);
-            continue;
+            char what[160];
+            snprintf(what, sizeof what, "%s: %s", k ? "latent_logvar" : "latent_mean", why);
+            verify_report(v, name, rec, off, what);
+            ts[k] = NULL;
         }
-        const ShardFacts *f = v->facts;
-        if (f && *f->latent_dtype && strcmp(f->latent_dtype, dtype_name(ts[k]->dtype)))
-            verify_report(v, name, rec, off, "latent dtype differs from the manifest");
-        if (f && f->latent_rank &&
-            ((size_t)f->latent_rank != ts[k]->n_shape ||
-             memcmp(f->latent_shape, ts[k]->shape, sizeof(uint32_t) * ts[k]->n_shape)))
-            verify_report(v, name, rec, off, "latent shape differs from the manifest");
     }
+    const ShardFacts *f = v->facts;
+    if (ts[0] && f && *f->latent_dtype && strcmp(f->latent_dtype, dtype_name(ts[0]->dtype)))
+        verify_report(v, name, rec, off, "latent_mean dtype differs from the manifest");
+    if (ts[0] && f && f->latent_rank &&
+        ((size_t)f->latent_rank != ts[0]->n_shape ||
+         memcmp(f->latent_shape, ts[0]->shape, sizeof(uint32_t) * ts[0]->n_shape)))
+        verify_report(v, name, rec, off, "latent_mean shape differs from the manifest");
+    if (ts[0] && ts[1] &&
+        (ts[0]->n_shape != ts[1]->n_shape || memcmp(ts[0]->shape, ts[1]->shape, sizeof(uint32_t) * ts[0]->n_shape)))
+        verify_report(v, name, rec, off, "latent_logvar shape differs from latent_mean");
 }
 
 static void verify_shard(Verify *v, const Dataset *d, size_t i)
