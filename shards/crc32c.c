@@ -161,3 +161,57 @@ uint32_t shard_crc_unmask(uint32_t masked)
     uint32_t rot = masked - 0xa282ead8u;
     return (rot >> 17) | (rot << 15);
 }
+
+/* ---- combining: crc(A || B) from crc(A), crc(B) and |B| ----
+ * Multiplying by x^(8n) modulo the polynomial shifts a CRC over n bytes.
+ * Records of one dataset mostly share a length, so the operator for the
+ * last length is cached per thread and a combine costs one multiply. */
+
+/* a * b modulo P, in the reflected bit order CRCs use. */
+static uint32_t mult_mod_p(uint32_t a, uint32_t b)
+{
+    uint32_t m = 1u << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0)
+                break;
+        }
+        m >>= 1;
+        b = b & 1 ? (b >> 1) ^ POLY : b >> 1;
+    }
+    return p;
+}
+
+/* x^(n * 2^k) modulo P. */
+static uint32_t x_pow_mod_p(uint64_t n, unsigned k)
+{
+    static uint32_t x2n[32];
+    static int ready;
+    if (!ready) { /* x2n[i] = x^(2^i); racing threads compute equal values */
+        uint32_t p = 1u << 30; /* x^1 */
+        x2n[0] = p;
+        for (int i = 1; i < 32; i++)
+            x2n[i] = p = mult_mod_p(p, p);
+        ready = 1;
+    }
+    uint32_t p = 1u << 31; /* x^0 */
+    while (n) {
+        if (n & 1)
+            p = mult_mod_p(x2n[k & 31], p);
+        n >>= 1;
+        k++;
+    }
+    return p;
+}
+
+uint32_t shard_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
+{
+    static _Thread_local uint64_t cached_len = UINT64_MAX;
+    static _Thread_local uint32_t cached_op;
+    if (len_b != cached_len) {
+        cached_op = x_pow_mod_p(len_b, 3);
+        cached_len = len_b;
+    }
+    return mult_mod_p(cached_op, crc_a) ^ crc_b;
+}

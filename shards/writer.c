@@ -121,9 +121,9 @@ static int buffer_flush(ShardWriter *w, TfError *err)
     return 0;
 }
 
+/* Appends bytes to the shard (the caller keeps file_crc up to date). */
 static int buffer_put(ShardWriter *w, const void *data, size_t len, TfError *err)
 {
-    w->file_crc = shard_crc32c(w->file_crc, data, len);
     w->bytes += len;
     if (len > WRITE_BUFFER - w->buf_used) {
         if (buffer_flush(w, err))
@@ -183,7 +183,12 @@ int shard_writer_append(ShardWriter *w, const void *payload, size_t len, const c
 
     uint8_t header[SHARD_FRAME_HEADER], footer[SHARD_FRAME_FOOTER];
     shard_frame_header(header, len);
-    shard_put_le32(footer, shard_crc_mask(shard_crc32c(0, payload, len)));
+    uint32_t payload_crc = shard_crc32c(0, payload, len);
+    shard_put_le32(footer, shard_crc_mask(payload_crc));
+    /* The whole-file checksum without a second pass over the payload. */
+    w->file_crc = shard_crc32c(w->file_crc, header, sizeof header);
+    w->file_crc = shard_crc32c_combine(w->file_crc, payload_crc, len);
+    w->file_crc = shard_crc32c(w->file_crc, footer, sizeof footer);
     if (buffer_put(w, header, sizeof header, err) || buffer_put(w, payload, len, err) ||
         buffer_put(w, footer, sizeof footer, err))
         return -1;

@@ -35,6 +35,8 @@ int main(void)
             CHECKF(hw == sw, "align %zu len %zu: %08x vs %08x", a, n, hw, sw);
             size_t cut = n / 3;
             CHECK(shard_crc32c(shard_crc32c(0, buf + a, cut), buf + a + cut, n - cut) == sw);
+            uint32_t ca = shard_crc32c(0, buf + a, cut), cb = shard_crc32c(0, buf + a + cut, n - cut);
+            CHECKF(shard_crc32c_combine(ca, cb, n - cut) == sw, "combine at len %zu cut %zu", n, cut);
         }
     /* TFRecord mask: known value of mask(0) and a round trip. */
     CHECK(shard_crc_mask(0) == 0xa282ead8u);
