@@ -4,10 +4,12 @@
 #include <string.h>
 
 #include "core.h"
+#include "ops.h"
 #include "shards.h"
 
 static const TfCommand COMMANDS[] = {
     {"shards", "inspect, verify, print and import shard datasets", shards_main},
+    {"broker", "run an embedded Kafka broker (librdkafka mock cluster) for one machine", broker_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
