@@ -554,6 +554,13 @@ int kafka_source_next(KafkaSource *s, KafkaRecord *rec, int timeout_ms, TfError 
     }
 }
 
+int kafka_source_record_header(const KafkaSource *s, const char *name, char *out, size_t cap)
+{
+    if (cap)
+        out[0] = 0;
+    return s->current && cap && header_value(s->current, name, out, cap) ? 1 : 0;
+}
+
 const KafkaPosition *kafka_source_position(const KafkaSource *s)
 {
     return s->pos;

@@ -433,6 +433,10 @@ KafkaSource *kafka_source_new(const KafkaSourceOptions *opts, TfError *err);
  * broker error that will not go away. */
 int kafka_source_next(KafkaSource *s, KafkaRecord *rec, int timeout_ms, TfError *err);
 
+/* Copies header `name` of the record last handed out into out (""
+ * when absent). Returns 1 when present, 0 when not. */
+int kafka_source_record_header(const KafkaSource *s, const char *name, char *out, size_t cap);
+
 /* The position after the last record handed out: save it with the
  * checkpoint and pass it as KafkaSourceOptions.start to resume exactly. */
 const KafkaPosition *kafka_source_position(const KafkaSource *s);
