@@ -5,11 +5,13 @@
 
 #include "core.h"
 #include "preprocess.h"
+#include "ops.h"
 #include "shards.h"
 
 static const TfCommand COMMANDS[] = {
     {"shards", "inspect, verify, print and import shard datasets", shards_main},
     {"preprocess", "decode, resize and crop images; tokenize captions; VAE latents", preprocess_main},
+    {"broker", "run an embedded Kafka broker (librdkafka mock cluster) for one machine", broker_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

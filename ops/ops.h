@@ -6,4 +6,10 @@
 
 #include "core.h"
 
+/* `transfuse broker`: librdkafka's mock Kafka cluster as a standalone local
+ * process (--brokers N, --topic NAME:PARTITIONS, --bootstrap-file FILE).
+ * Prints the bootstrap address and runs until SIGINT/SIGTERM. Returns the
+ * process status (0 stopped cleanly, 1 failed, 2 usage). */
+int broker_main(int argc, char **argv);
+
 #endif

@@ -9,6 +9,7 @@
  *   import  JSON lines to a dataset (the inverse of cat)
  * Human tables by default, --json for scripts. */
 #include "shards_internal.h"
+#include "kafka_internal.h" /* Kafka: dispatch of kafka:// paths */
 
 #include <dirent.h>
 #include <getopt.h>
@@ -1292,9 +1293,19 @@ int shards_main(int argc, char **argv)
                    "commands:\n");
         for (size_t i = 0; i < n; i++)
             fprintf(o, "  %-8s %s\n", SHARDS_COMMANDS[i].name, SHARDS_COMMANDS[i].summary);
+        /* Kafka */
+        fprintf(o, "\nOn Kafka topics (PATH = kafka://HOST:PORT/TOPIC): ls, cat and verify, and\n"
+                   "  %-8s %s\n  %-8s %s\n  %-8s %s\n",
+                "publish", "publish a dataset folder to a topic (DIR --to kafka://...)", "archive",
+                "write a topic range into shard files with a manifest (--out DIR)", "create",
+                "create a topic on a real cluster (--partitions N)");
         fprintf(o, "\nRun `transfuse shards <command> --help` for its options.\n");
         return argc < 2 ? 2 : 0;
     }
+    /* ---- Kafka (shards/cli_kafka.c): kafka:// paths, publish, archive, create ---- */
+    if (shards_kafka_wants(argc, argv))
+        return shards_kafka_main(argc, argv);
+    /* ---- end Kafka ---- */
     for (size_t i = 0; i < n; i++)
         if (!strcmp(argv[1], SHARDS_COMMANDS[i].name))
             return SHARDS_COMMANDS[i].run(argc - 1, argv + 1);

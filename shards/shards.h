@@ -254,6 +254,222 @@ json_t *shard_message_to_json(const ProtobufCMessage *m, const char *const *fiel
 ProtobufCMessage *shard_message_from_json(const ProtobufCMessageDescriptor *desc, const json_t *j,
                                           TfError *err);
 
+/* ---- Kafka: the second home of the same records ------------------------------------
+ *
+ * A Kafka message value is the Sample bytes of a shard record; its key is
+ * the sample key; its headers name the schema and the tokenizer and VAE
+ * identity (KAFKA_HEADER_*). Addresses are written kafka://HOST:PORT[,HOST:PORT...]/TOPIC.
+ * Extra librdkafka properties can be passed anywhere as a NULL-terminated
+ * list of "key=value" strings (like kcat's -X).
+ *
+ * librdkafka's mock cluster (`transfuse broker`) keeps only about 5 MiB per
+ * partition and drops older data silently: producers writing to it use flow
+ * control (KafkaSinkOptions.flow_group) and consumers always run with
+ * auto.offset.reset=error, so a gap is an error and never a silent skip.
+ */
+
+#define KAFKA_HEADER_SCHEMA "transfuse-schema"        /* "transfuse.v1.Sample" */
+#define KAFKA_HEADER_TOKENIZER "transfuse-tokenizer"  /* ShardFacts.tokenizer_id */
+#define KAFKA_HEADER_VAE "transfuse-vae"              /* ShardFacts.vae_id */
+#define KAFKA_SCHEMA_NAME "transfuse.v1.Sample"
+#define KAFKA_MAX_PARTITIONS 100000
+
+/* Splits kafka://BOOTSTRAP/TOPIC. Returns 0, or -1 with err saying what is
+ * wrong with the address. */
+int kafka_url_parse(const char *url, char *bootstrap, size_t bootstrap_cap, char *topic, size_t topic_cap,
+                    TfError *err);
+
+/* Returns 1 when `path` starts with kafka://. */
+int kafka_url_is(const char *path);
+
+/* -- position: next offset per partition, saved in trainer checkpoints -- */
+
+typedef struct KafkaPosition {
+    char topic[256];
+    size_t n;            /* partitions listed, sorted by partition */
+    int32_t *partition;
+    int64_t *offset;     /* next offset to read */
+} KafkaPosition;
+
+/* Returns a new empty position for `topic`, or NULL when out of memory. */
+KafkaPosition *kafka_position_new(const char *topic);
+void kafka_position_free(KafkaPosition *p);
+/* Sets (or adds) the next offset of one partition. */
+int kafka_position_set(KafkaPosition *p, int32_t partition, int64_t offset, TfError *err);
+/* The next offset of `partition`, or -1 when the position does not list it. */
+int64_t kafka_position_get(const KafkaPosition *p, int32_t partition);
+/* {"topic": T, "offsets": {"0": 12, "3": 40}} (new reference). */
+json_t *kafka_position_to_json(const KafkaPosition *p);
+/* The inverse; NULL with err filled on a malformed object. */
+KafkaPosition *kafka_position_from_json(const json_t *j, TfError *err);
+/* A deep copy, or NULL when out of memory. */
+KafkaPosition *kafka_position_copy(const KafkaPosition *p);
+
+/* -- producer sink -- */
+
+typedef struct KafkaSinkOptions {
+    const char *bootstrap;
+    const char *topic;
+    const ShardFacts *facts;       /* header values; NULL: schema header only */
+    const char *const *config;     /* extra "key=value" properties, NULL-terminated; may be NULL */
+    /* Flow control for brokers with bounded retention (the mock cluster):
+     * at most flow_max_bytes of payload per partition may be ahead of what
+     * group `flow_group` has committed. NULL: off. */
+    const char *flow_group;
+    uint64_t flow_max_bytes;       /* default 3 MiB (the mock keeps ~5 MiB of batches) */
+    const volatile int *stop;      /* when set and non-zero, waits give up (signal handlers) */
+} KafkaSinkOptions;
+
+typedef struct KafkaSink KafkaSink;
+
+/* Connects an idempotent producer to an existing topic (the topic is
+ * looked up first: a missing topic is an error, never auto-created).
+ * Returns NULL with err filled on failure. */
+KafkaSink *kafka_sink_new(const KafkaSinkOptions *opts, TfError *err);
+
+/* Queues one record (Sample bytes; copied) with its key. partition < 0
+ * picks the partition from the key (murmur2, as Java clients do). Blocks
+ * while the local queue is full or flow control says wait. Returns 0, or
+ * -1 when the record cannot be queued (then nothing was queued). */
+int kafka_sink_send(KafkaSink *s, int32_t partition, const void *payload, size_t len, const char *key,
+                    size_t key_len, TfError *err);
+
+/* Waits for every delivery report of what was sent so far. Returns 0 when
+ * all records sent since the previous flush were delivered; -1 when any
+ * failed (err names how many and the first reason) or the timeout passed.
+ * A unit of work is done only when this returned 0 after its last send. */
+int kafka_sink_flush(KafkaSink *s, int timeout_ms, TfError *err);
+
+/* Counters since creation. */
+uint64_t kafka_sink_delivered(const KafkaSink *s);
+uint64_t kafka_sink_failed(const KafkaSink *s);
+int32_t kafka_sink_partitions(const KafkaSink *s);
+/* 1 when the cluster is librdkafka's mock cluster (bounded retention). */
+int kafka_sink_is_mock(const KafkaSink *s);
+
+/* Flushes (up to 30 s) and frees. NULL is a no-op. */
+void kafka_sink_free(KafkaSink *s);
+
+/* -- admin -- */
+
+/* Creates a topic through the admin API. Returns 0 when created, 1 when it
+ * exists already, -1 with err saying why the cluster refused (and what to
+ * do about it). */
+int kafka_topic_create(const char *bootstrap, const char *topic, int partitions, int replication,
+                       const char *const *config, TfError *err);
+
+typedef struct KafkaPartitionInfo {
+    int32_t partition;
+    int32_t leader;
+    int64_t low, high;   /* watermarks; -1 when unknown */
+} KafkaPartitionInfo;
+
+typedef struct KafkaTopicInfo {
+    char topic[256];
+    char cluster_id[128];
+    int brokers;
+    int is_mock;
+    size_t n;
+    KafkaPartitionInfo *parts;
+} KafkaTopicInfo;
+
+/* Fills `info` with the topic's partitions and watermarks. Returns 0, or
+ * -1 with err filled (e.g. no such topic). Free with kafka_topic_info_deinit. */
+int kafka_topic_describe(const char *bootstrap, const char *topic, const char *const *config,
+                         KafkaTopicInfo *info, TfError *err);
+void kafka_topic_info_deinit(KafkaTopicInfo *info);
+
+/* Committed offsets of `group` for the partitions of `topic` (offset -1:
+ * none committed). Returns a new position, or NULL with err filled. */
+KafkaPosition *kafka_group_committed(const char *bootstrap, const char *topic, const char *group,
+                                     const char *const *config, TfError *err);
+
+/* Lists the consumer groups the cluster knows. Returns a NULL-terminated
+ * malloc'd array of malloc'd names, or NULL with err filled (the mock
+ * cluster cannot list groups). Free with kafka_strings_free. */
+char **kafka_group_list(const char *bootstrap, const char *const *config, TfError *err);
+void kafka_strings_free(char **list);
+
+/* -- consumer source -- */
+
+typedef enum {
+    KAFKA_UNTIL_FOREVER = 0, /* stream: kafka_source_next never reports the end */
+    KAFKA_UNTIL_EOF,         /* end when every assigned partition reached its end (and stayed there eof_idle_ms) */
+    KAFKA_UNTIL_SNAPSHOT,    /* end at the high watermarks seen when the source opened */
+} KafkaUntil;
+
+typedef struct KafkaSourceOptions {
+    const char *bootstrap;
+    const char *topic;
+    const char *group_id;            /* offsets are committed under it; default "transfuse" */
+    int rank, world_size;            /* partitions p with p % world_size == rank; default 0 of 1 */
+    const int32_t *partitions;       /* explicit list instead (n_partitions), or NULL */
+    size_t n_partitions;
+    const KafkaPosition *start;      /* resume here; partitions not listed start from
+                                      * the group's committed offset, else the beginning */
+    const KafkaPosition *end;        /* exclusive end offsets per partition, or NULL */
+    KafkaUntil until;
+    int eof_idle_ms;                 /* KAFKA_UNTIL_EOF: how long partitions must stay drained */
+    size_t queue_records;            /* prefetch bound; default 1024 */
+    size_t queue_bytes;              /* prefetch bound; default 64 MiB */
+    int commit_interval_ms;          /* async commit of the position; default 1000, <0 never */
+    const ShardFacts *expect;        /* refuse records whose headers name other identities */
+    const char *const *config;       /* extra "key=value" properties */
+} KafkaSourceOptions;
+
+/* One record handed out by the source; valid until the next call. */
+typedef struct KafkaRecord {
+    const uint8_t *payload;
+    size_t len;
+    const char *key;     /* not NUL-terminated */
+    size_t key_len;
+    int32_t partition;
+    int64_t offset;
+} KafkaRecord;
+
+typedef struct KafkaSource KafkaSource;
+
+/* What kafka_source_next returns besides -1 (error). */
+#define KAFKA_IDLE 0     /* nothing arrived within the timeout; the stream goes on */
+#define KAFKA_RECORD 1   /* *rec is filled */
+#define KAFKA_END 2      /* no more data for this rank: every assigned partition is done */
+
+/* Assigns this rank's partitions (statically: no group rebalancing) and
+ * starts prefetching. Returns NULL with err filled on failure. */
+KafkaSource *kafka_source_new(const KafkaSourceOptions *opts, TfError *err);
+
+/* Next record in per-partition offset order. Returns KAFKA_RECORD,
+ * KAFKA_IDLE after timeout_ms with nothing, KAFKA_END when this rank has
+ * no more data, or -1 with err filled: an offset out of range (data was
+ * deleted before it was read), a record with the wrong identity, or a
+ * broker error that will not go away. */
+int kafka_source_next(KafkaSource *s, KafkaRecord *rec, int timeout_ms, TfError *err);
+
+/* Copies header `name` of the record last handed out into out (""
+ * when absent). Returns 1 when present, 0 when not. */
+int kafka_source_record_header(const KafkaSource *s, const char *name, char *out, size_t cap);
+
+/* The position after the last record handed out: save it with the
+ * checkpoint and pass it as KafkaSourceOptions.start to resume exactly. */
+const KafkaPosition *kafka_source_position(const KafkaSource *s);
+
+/* Partitions assigned to this source (sorted). */
+size_t kafka_source_partitions(const KafkaSource *s, const int32_t **partitions);
+
+/* Commits the position under the group id, synchronously. */
+int kafka_source_commit(KafkaSource *s, TfError *err);
+
+/* Counters: records handed out, times the prefetch queue paused fetching,
+ * offset jumps seen (records skipped by the broker, e.g. compaction). */
+typedef struct KafkaSourceStats {
+    uint64_t records, bytes, pauses, gaps;
+} KafkaSourceStats;
+void kafka_source_stats(const KafkaSource *s, KafkaSourceStats *out);
+
+/* Stops prefetching, commits the position (unless commit_interval_ms < 0)
+ * and frees. NULL is a no-op. */
+void kafka_source_free(KafkaSource *s);
+
 /* ---- command line --------------------------------------------------------------------- */
 
 /* `transfuse shards ...`: ls, stat, verify, cat, import. */
