@@ -214,6 +214,35 @@ static void print_usage_error(const char *cmd, const char *msg)
     fprintf(stderr, "transfuse shards %s: %s (see transfuse shards %s --help)\n", cmd, msg, cmd);
 }
 
+/* Parses `[--json] PATH` for subcommand `cmd` and opens the dataset.
+ * Returns 0 with *d open, -1 after printing help, or an exit status (2 for
+ * usage, 1 when PATH cannot be opened). */
+static int open_path_arg(const char *cmd, const char *help, int argc, char **argv, int *json, Dataset *d)
+{
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'j')
+            *json = 1;
+        else if (c == 'h') {
+            fputs(help, stdout);
+            return -1;
+        } else
+            return 2;
+    }
+    if (optind != argc - 1) {
+        print_usage_error(cmd, "needs exactly one PATH");
+        return 2;
+    }
+    TfError err = {{0}};
+    if (dataset_open(d, argv[optind], &err)) {
+        fprintf(stderr, "transfuse shards %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- ls ---- */
 
 static const char LS_HELP[] =
@@ -228,29 +257,10 @@ static const char LS_HELP[] =
 
 static int cmd_ls(int argc, char **argv)
 {
-    int json = 0;
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'h') {
-            fputs(LS_HELP, stdout);
-            return 0;
-        } else
-            return 2;
-    }
-    if (optind != argc - 1) {
-        print_usage_error("ls", "needs exactly one PATH");
-        return 2;
-    }
+    int json = 0, status;
     Dataset d;
-    TfError err = {{0}};
-    if (dataset_open(&d, argv[optind], &err)) {
-        fprintf(stderr, "transfuse shards ls: %s\n", err.msg);
-        return 1;
-    }
+    if ((status = open_path_arg("ls", LS_HELP, argc, argv, &json, &d)) != 0)
+        return status < 0 ? 0 : status;
     int bad = 0;
     json_t *arr = json_array();
     uint64_t tot_records = 0, tot_bytes = 0;
@@ -727,29 +737,11 @@ static void url_host(const char *url, char *out, size_t cap)
 
 static int cmd_stat(int argc, char **argv)
 {
-    int json = 0;
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'j')
-            json = 1;
-        else if (c == 'h') {
-            fputs(STAT_HELP, stdout);
-            return 0;
-        } else
-            return 2;
-    }
-    if (optind != argc - 1) {
-        print_usage_error("stat", "needs exactly one PATH");
-        return 2;
-    }
+    int json = 0, status;
     Dataset d;
     TfError err = {{0}};
-    if (dataset_open(&d, argv[optind], &err)) {
-        fprintf(stderr, "transfuse shards stat: %s\n", err.msg);
-        return 1;
-    }
+    if ((status = open_path_arg("stat", STAT_HELP, argc, argv, &json, &d)) != 0)
+        return status < 0 ? 0 : status;
     Counter means = {0}, logvars = {0}, hosts = {0}, formats = {0}, images = {0}, orient = {0};
     Series caption = {0}, tokens = {0}, short_side = {0};
     uint64_t records = 0, damaged = 0, bytes = 0, with_url = 0, with_sha = 0, unreadable = 0;
