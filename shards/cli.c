@@ -730,7 +730,11 @@ static void print_counter(const char *label, json_t *o)
 static void url_host(const char *url, char *out, size_t cap)
 {
     const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
+    if (!p || !strncmp(url, "file://", 7)) {
+        snprintf(out, cap, "(local files)");
+        return;
+    }
+    p += 3;
     size_t n = strcspn(p, "/:?#");
     snprintf(out, cap, "%.*s", (int)n, p);
 }
