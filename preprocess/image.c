@@ -4,6 +4,7 @@
  * scratch buffers (grow-only) that make steady-state cropping allocation-free
  * on our side.
  */
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -319,4 +320,10 @@ ImageStatus image_cropper_run(ImageCropper *c, const void *data, size_t len, uin
     info->width = sw;
     info->height = sh;
     return image_resize_crop(c, &r, sw, sh, info->scale_denom, rgb, info, err);
+}
+
+void image_tune_process_malloc(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 512 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1024 << 20);
 }

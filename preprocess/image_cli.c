@@ -323,6 +323,7 @@ int image_crop_main(int argc, char **argv)
     CliOpts o;
     if (cli_parse(argc, argv, 0, &o))
         return 2;
+    image_tune_process_malloc();
     TfError err = {{0}};
     ImageCropper *probe = image_cropper_new(&o.crop, &err);
     if (!probe) {
@@ -561,6 +562,7 @@ int image_bench_main(int argc, char **argv)
     CliOpts o;
     if (cli_parse(argc, argv, 1, &o))
         return 2;
+    image_tune_process_malloc();
     if (o.threads > 1024)
         o.threads = 1024;
     TfError err = {{0}};

@@ -87,11 +87,12 @@ ImageStatus image_webp_decode(ImageCropper *c, const uint8_t *data, size_t len, 
  * 1 when absent or unreadable. Bounded by len; never reads past it. */
 int image_exif_orientation(const uint8_t *app1, size_t len);
 
-/* Writes the progressive JPEG `data` without its AC scans (Ss > 0) into
- * c->stream. Returns the number of scans dropped (>= 0), or -1 when the
+/* Writes the progressive JPEG `data` without the AC scans (Ss > 0) of the
+ * components whose id is flagged in `droppable` into c->stream. Returns the number of scans dropped (>= 0), or -1 when the
  * marker structure is truncated or malformed (the caller then decodes the
  * original so that libjpeg reports the problem). */
-int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *data, size_t len, size_t *out_len);
+int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *data, size_t len, const uint8_t droppable[256],
+                        size_t *out_len);
 
 /* Resizes the source (oriented size sw x sh, decoded at 1/denom as a raster
  * of src->w x src->h RGB pixels) so the short side becomes opt.size, and

@@ -30,6 +30,8 @@ static void jpeg_on_error(j_common_ptr cinfo)
     else if (code == JERR_BAD_PRECISION || code == JERR_SOF_UNSUPPORTED || code == JERR_ARITH_NOTIMPL ||
              code == JERR_CONVERSION_NOTIMPL || code == JERR_NOT_COMPILED)
         e->status = IMAGE_UNSUPPORTED;
+    else if (code == JERR_IMAGE_TOO_BIG || code == JERR_WIDTH_OVERFLOW)
+        e->status = IMAGE_TOO_LARGE;
     else if (code == JERR_OUT_OF_MEMORY)
         e->status = IMAGE_NO_MEMORY;
     else
@@ -111,7 +113,8 @@ int image_exif_orientation(const uint8_t *app1, size_t len)
     return 1;
 }
 
-int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *d, size_t len, size_t *out_len)
+int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *d, size_t len, const uint8_t droppable[256],
+                        size_t *out_len)
 {
     if (len < 4 || d[0] != 0xFF || d[1] != 0xD8)
         return -1;
@@ -156,7 +159,10 @@ int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *d, size_t len, size_t *o
             size_t ns = d[i + 2];
             if (seg != 6 + 2 * ns)
                 return -1;
-            keep = d[i + 3 + 2 * ns] == 0; /* Ss: 0 = DC scan (first or refinement) */
+            /* Ss = 0: a DC scan (first or refinement), always kept. AC
+             * scans hold one component each; they go when that component's
+             * IDCT is 1x1 (uses DC only). */
+            keep = d[i + 3 + 2 * ns] == 0 || ns != 1 || !droppable[d[i + 3]];
             /* The entropy-coded data runs to the next marker that is not a
              * stuffed zero or a restart. */
             for (;;) {
@@ -187,15 +193,17 @@ int image_jpeg_prune_ac(ImageCropper *c, const uint8_t *d, size_t len, size_t *o
     }
 }
 
-static void cmyk_row_to_rgb(const uint8_t *s, uint8_t *d, int w, int inverted)
+/* CMYK as stored by Adobe (inverted: 255 means no ink) to RGB. Files
+ * without the Adobe marker are read the same way, as Pillow and browsers
+ * do: nearly every CMYK JPEG in the wild comes from Adobe software, and a
+ * missing marker far more often means a stripped one than plain CMYK. */
+static void cmyk_row_to_rgb(const uint8_t *s, uint8_t *d, int w)
 {
     for (int x = 0; x < w; x++, s += 4, d += 3) {
-        /* Adobe writes inverted CMYK: stored 255 means no ink. */
-        unsigned cc = inverted ? s[0] : 255u - s[0], mm = inverted ? s[1] : 255u - s[1];
-        unsigned yy = inverted ? s[2] : 255u - s[2], kk = inverted ? s[3] : 255u - s[3];
-        d[0] = (uint8_t)((cc * kk + 127) / 255);
-        d[1] = (uint8_t)((mm * kk + 127) / 255);
-        d[2] = (uint8_t)((yy * kk + 127) / 255);
+        unsigned k = s[3];
+        d[0] = (uint8_t)((s[0] * k + 127) / 255);
+        d[1] = (uint8_t)((s[1] * k + 127) / 255);
+        d[2] = (uint8_t)((s[2] * k + 127) / 255);
     }
 }
 
@@ -246,8 +254,18 @@ ImageStatus image_jpeg_decode(ImageCropper *c, const uint8_t *data, size_t len, 
     int denom = image_jpeg_pick_denom(c, info->width, info->height);
     info->scale_denom = denom;
     if (denom == 8 && j->progressive_mode && !j->arith_code && c->opt.prune_scans) {
+        /* Which components end up with a 1x1 IDCT: with chroma
+         * subsampling libjpeg scales chroma by a larger IDCT instead of
+         * upsampling, and that IDCT reads AC coefficients. */
+        uint8_t droppable[256] = {0};
+        j->scale_num = 1;
+        j->scale_denom = 8;
+        jpeg_calc_output_dimensions(j);
+        for (int ci = 0; ci < j->num_components; ci++)
+            if (j->comp_info[ci].DCT_scaled_size == 1)
+                droppable[j->comp_info[ci].component_id & 0xFF] = 1;
         size_t plen = 0;
-        int dropped = image_jpeg_prune_ac(c, data, len, &plen);
+        int dropped = image_jpeg_prune_ac(c, data, len, droppable, &plen);
         if (dropped > 0) {
             jpeg_abort_decompress(j);
             jpeg_mem_src(j, c->stream.p, (unsigned long)plen);
@@ -261,7 +279,6 @@ ImageStatus image_jpeg_decode(ImageCropper *c, const uint8_t *data, size_t len, 
         }
     }
     int cmyk = j->jpeg_color_space == JCS_CMYK || j->jpeg_color_space == JCS_YCCK;
-    int inverted = cmyk && j->saw_Adobe_marker;
     j->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
     j->scale_num = 1;
     j->scale_denom = (unsigned)denom;
@@ -286,7 +303,7 @@ ImageStatus image_jpeg_decode(ImageCropper *c, const uint8_t *data, size_t len, 
             unsigned y = j->output_scanline;
             JSAMPROW r = tmp;
             jpeg_read_scanlines(j, &r, 1);
-            cmyk_row_to_rgb(tmp, c->raster.p + (size_t)y * stride, w, inverted);
+            cmyk_row_to_rgb(tmp, c->raster.p + (size_t)y * stride, w);
         }
     } else {
         for (int y = 0; y < h; y++)

@@ -107,6 +107,16 @@ ImageStatus image_webp_decode(ImageCropper *c, const uint8_t *data, size_t len, 
         tf_fail(err, "webp: library version mismatch");
         return IMAGE_UNSUPPORTED;
     }
+    /* An extended file names its canvas in VP8X; check it before libwebp
+     * parses further (it refuses a canvas that disagrees with the frame
+     * as a bitstream error, hiding a claim that is simply too large). */
+    if (len >= 30 && !memcmp(data + 12, "VP8X", 4)) {
+        uint64_t cw = 1 + ((uint64_t)data[24] | (uint64_t)data[25] << 8 | (uint64_t)data[26] << 16);
+        uint64_t ch = 1 + ((uint64_t)data[27] | (uint64_t)data[28] << 8 | (uint64_t)data[29] << 16);
+        ImageStatus cst = image_geometry_check(c, cw, ch, err);
+        if (cst != IMAGE_OK)
+            return cst;
+    }
     VP8StatusCode code = WebPGetFeatures(data, len, &cfg.input);
     if (code != VP8_STATUS_OK) {
         tf_fail(err, "webp: %s", webp_status_text(code));

@@ -120,6 +120,16 @@ const ImageCropOptions *image_cropper_options(const ImageCropper *c);
 ImageStatus image_cropper_run(ImageCropper *c, const void *data, size_t len, uint8_t *rgb,
                               ImageCropInfo *info, TfError *err);
 
+/* libjpeg allocates a progressive JPEG's whole-image coefficient buffer
+ * (tens of MB) per image and frees it afterwards. Above glibc's mmap
+ * threshold that means a fresh mmap, page faults and kernel zeroing every
+ * image, which costs more than decoding the pruned scans (3-8x slower on
+ * large progressive files). This raises glibc's mmap and trim thresholds so
+ * such blocks stay on the heap and are reused. Process-wide: call it once
+ * from a program's entry point (the crop/bench/ingest commands do), never
+ * from library code. */
+void image_tune_process_malloc(void);
+
 /* The `transfuse preprocess` subcommand (crop, bench, and the other parts'
  * subcommands). Returns the process status. */
 int preprocess_main(int argc, char **argv);
