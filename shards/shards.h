@@ -411,7 +411,9 @@ typedef struct KafkaSourceOptions {
     KafkaUntil until;
     int eof_idle_ms;                 /* KAFKA_UNTIL_EOF: how long partitions must stay drained */
     size_t queue_records;            /* prefetch bound; default 1024 */
-    size_t queue_bytes;              /* prefetch bound; default 64 MiB */
+    size_t queue_bytes;              /* prefetch bound; default 64 MiB (librdkafka holds up to half
+                                      * as much again before its fetcher waits) */
+    int pause_after_ms;              /* pause fetching when the queue stayed full this long; default 1000 */
     int commit_interval_ms;          /* async commit of the position; default 1000, <0 never */
     const ShardFacts *expect;        /* refuse records whose headers name other identities */
     const char *const *config;       /* extra "key=value" properties */
