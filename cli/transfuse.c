@@ -10,6 +10,7 @@
 static const TfCommand COMMANDS[] = {
     {"shards", "inspect, verify, print and import shard datasets", shards_main},
     {"preprocess", "decode, resize and crop images; tokenize captions; VAE latents", preprocess_main},
+    {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
