@@ -185,15 +185,15 @@ static size_t pow2_at_least(size_t n)
 
 int32_t tok_vocab_find(const Tokenizer *tok, const uint8_t *p, size_t n)
 {
-    size_t i = tok_hash_bytes(p, n) & tok->vocab_mask;
+    uint64_t h = tok_hash_bytes(p, n);
+    uint16_t tag = (uint16_t)(h >> 48);
+    size_t i = h & tok->vocab_mask;
     for (;;) {
-        uint32_t s = tok->vocab_slots[i];
-        if (!s)
+        const TokVocabSlot *s = &tok->vocab_slots[i];
+        if (!s->id1)
             return -1;
-        uint32_t id = s - 1;
-        if (tok->tok_len[id] == n && tok->kind[id] != TOK_KIND_NONE &&
-            !memcmp(tok->pool + tok->tok_off[id], p, n))
-            return (int32_t)id;
+        if (s->tag == tag && s->len == n && !memcmp(tok->pool + s->off, p, n))
+            return (int32_t)(s->id1 - 1);
         i = (i + 1) & tok->vocab_mask;
     }
 }
@@ -268,12 +268,15 @@ static int build_vocab_hash(Tokenizer *tok, TfError *err)
             continue;
         const uint8_t *p = tok->pool + tok->tok_off[id];
         size_t n = tok->tok_len[id];
+        if (n > TOK_MAX_TOKEN)
+            return tf_fail(err, "token of id %zu is longer than %d bytes", id, TOK_MAX_TOKEN);
         if (tok_vocab_find(tok, p, n) >= 0)
             return tf_fail(err, "token of id %zu appears twice in the vocabulary", id);
-        size_t i = tok_hash_bytes(p, n) & tok->vocab_mask;
-        while (tok->vocab_slots[i])
+        uint64_t h = tok_hash_bytes(p, n);
+        size_t i = h & tok->vocab_mask;
+        while (tok->vocab_slots[i].id1)
             i = (i + 1) & tok->vocab_mask;
-        tok->vocab_slots[i] = (uint32_t)id + 1;
+        tok->vocab_slots[i] = (TokVocabSlot){tok->tok_off[id], (uint32_t)id + 1, (uint16_t)n, (uint16_t)(h >> 48)};
     }
     for (int c = 0; c < 256; c++) {
         uint8_t byte = (uint8_t)c;
@@ -288,14 +291,12 @@ static int merges_init(TokBuild *b, size_t expected, TfError *err)
 {
     Tokenizer *tok = b->tok;
     size_t cap = pow2_at_least(expected + expected / 2 + 1);
-    tok->merge_keys = malloc(cap * sizeof *tok->merge_keys);
-    tok->merge_rank = malloc(cap * sizeof *tok->merge_rank);
-    tok->merge_result = malloc(cap * sizeof *tok->merge_result);
+    tok->merge_slots = malloc(cap * sizeof *tok->merge_slots);
     b->cap_pairs = expected ? expected : 1;
     b->pairs = malloc(b->cap_pairs * sizeof *b->pairs);
-    if (!tok->merge_keys || !tok->merge_rank || !tok->merge_result || !b->pairs)
+    if (!tok->merge_slots || !b->pairs)
         return tf_fail(err, "out of memory");
-    memset(tok->merge_keys, 0xFF, cap * sizeof *tok->merge_keys);
+    memset(tok->merge_slots, 0xFF, cap * sizeof *tok->merge_slots);
     tok->merge_mask = cap - 1;
     return 0;
 }
@@ -304,32 +305,20 @@ static int merges_init(TokBuild *b, size_t expected, TfError *err)
 static int merges_grow(Tokenizer *tok, TfError *err)
 {
     size_t old_cap = tok->merge_mask + 1, cap = old_cap * 2;
-    uint64_t *keys = malloc(cap * sizeof *keys);
-    uint32_t *rank = malloc(cap * sizeof *rank);
-    int32_t *result = malloc(cap * sizeof *result);
-    if (!keys || !rank || !result) {
-        free(keys);
-        free(rank);
-        free(result);
+    TokMergeSlot *slots = malloc(cap * sizeof *slots);
+    if (!slots)
         return tf_fail(err, "out of memory");
-    }
-    memset(keys, 0xFF, cap * sizeof *keys);
+    memset(slots, 0xFF, cap * sizeof *slots);
     for (size_t j = 0; j < old_cap; j++) {
-        if (tok->merge_keys[j] == UINT64_MAX)
+        if (tok->merge_slots[j].key == UINT64_MAX)
             continue;
-        size_t i = tok_hash_pair(tok->merge_keys[j]) & (cap - 1);
-        while (keys[i] != UINT64_MAX)
+        size_t i = tok_hash_pair(tok->merge_slots[j].key) & (cap - 1);
+        while (slots[i].key != UINT64_MAX)
             i = (i + 1) & (cap - 1);
-        keys[i] = tok->merge_keys[j];
-        rank[i] = tok->merge_rank[j];
-        result[i] = tok->merge_result[j];
+        slots[i] = tok->merge_slots[j];
     }
-    free(tok->merge_keys);
-    free(tok->merge_rank);
-    free(tok->merge_result);
-    tok->merge_keys = keys;
-    tok->merge_rank = rank;
-    tok->merge_result = result;
+    free(tok->merge_slots);
+    tok->merge_slots = slots;
     tok->merge_mask = cap - 1;
     return 0;
 }
@@ -368,13 +357,11 @@ static int merge_add(TokBuild *b, int32_t left, int32_t right, TfError *err)
     b->n_pairs++;
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
     size_t i = tok_hash_pair(key) & tok->merge_mask;
-    while (tok->merge_keys[i] != UINT64_MAX && tok->merge_keys[i] != key)
+    while (tok->merge_slots[i].key != UINT64_MAX && tok->merge_slots[i].key != key)
         i = (i + 1) & tok->merge_mask;
-    if (tok->merge_keys[i] == UINT64_MAX)
+    if (tok->merge_slots[i].key == UINT64_MAX)
         tok->n_merges++;
-    tok->merge_keys[i] = key;
-    tok->merge_rank[i] = rank;
-    tok->merge_result[i] = result;
+    tok->merge_slots[i] = (TokMergeSlot){key, rank, result};
     return 0;
 }
 
@@ -1202,9 +1189,7 @@ void tokenizer_free(Tokenizer *tok)
     free(tok->kind);
     free(tok->pool);
     free(tok->vocab_slots);
-    free(tok->merge_keys);
-    free(tok->merge_rank);
-    free(tok->merge_result);
+    free(tok->merge_slots);
     free(tok->added);
     free(tok->trie);
     free(tok);

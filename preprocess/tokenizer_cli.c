@@ -188,7 +188,7 @@ int tokenize_main(int argc, char **argv)
 
     char *line = NULL;
     size_t line_cap = 0, lines = 0, failed = 0, tokens = 0;
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, text_bytes = 0; /* input bytes; text bytes encoded or decoded */
     double work = 0;
     TokenIds ids = {0};
     ssize_t got;
@@ -225,6 +225,7 @@ int tokenize_main(int argc, char **argv)
             } else {
                 work += tf_now() - w0;
                 tokens += ids.len;
+                text_bytes += text_len;
                 write_ids(stdout, ids.ids, ids.len);
             }
         } else if (ok) {
@@ -237,6 +238,7 @@ int tokenize_main(int argc, char **argv)
             } else {
                 work += tf_now() - w0;
                 tokens += ids.len;
+                text_bytes += out_len;
                 if (json) {
                     json_t *s = json_stringn_nocheck(out, out_len);
                     char *dump = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
@@ -268,9 +270,10 @@ int tokenize_main(int argc, char **argv)
         fprintf(stderr, "transfuse tokenize: writing stdout failed\n");
         rc = 1;
     }
-    tf_log(TF_LOG_INFO, "tokenize", "%zu lines (%zu failed), %llu bytes, %zu tokens; %.3f s in the %s: %.1f MB/s",
-           lines, failed, (unsigned long long)bytes, tokens, work, decode ? "decoder" : "encoder",
-           work > 0 ? (double)bytes / work / 1e6 : 0.0);
+    tf_log(TF_LOG_INFO, "tokenize",
+           "%zu lines (%zu failed), %llu bytes of text, %zu tokens; %.3f s in the %s: %.1f MB/s of text", lines,
+           failed, (unsigned long long)text_bytes, tokens, work, decode ? "decoder" : "encoder",
+           work > 0 ? (double)text_bytes / work / 1e6 : 0.0);
     if (failed)
         rc = 1;
     free(line);

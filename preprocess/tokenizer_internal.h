@@ -32,6 +32,23 @@ typedef struct TokTrieNode {
     uint8_t byte;
 } TokTrieNode;
 
+/* One slot of the vocabulary hash: everything a lookup needs sits in one
+ * cache line (the tag rejects most mismatches without touching the pool). */
+typedef struct TokVocabSlot {
+    uint64_t off; /* the token's bytes in the pool */
+    uint32_t id1; /* id + 1; 0 = empty */
+    uint16_t len; /* model tokens are at most TOK_MAX_TOKEN bytes */
+    uint16_t tag; /* high bits of the hash */
+} TokVocabSlot;
+#define TOK_MAX_TOKEN 65535
+
+/* One slot of the merge hash. */
+typedef struct TokMergeSlot {
+    uint64_t key; /* left << 32 | right; UINT64_MAX = empty */
+    uint32_t rank;
+    int32_t result;
+} TokMergeSlot;
+
 typedef struct TokAdded {
     int32_t id;
     int special, lstrip, rstrip;
@@ -45,15 +62,13 @@ struct Tokenizer {
     uint8_t *pool;         /* token bytes (model tokens raw, added tokens as text) */
     size_t pool_len;
 
-    /* model vocabulary: raw bytes -> id (open addressing, slot = id + 1) */
-    uint32_t *vocab_slots;
+    /* model vocabulary: raw bytes -> id (open addressing) */
+    TokVocabSlot *vocab_slots;
     size_t vocab_mask;
     int32_t byte_id[256]; /* id of each single byte */
 
     /* merges: (left << 32 | right) -> rank and result id */
-    uint64_t *merge_keys; /* UINT64_MAX = empty */
-    uint32_t *merge_rank;
-    int32_t *merge_result;
+    TokMergeSlot *merge_slots;
     size_t merge_mask;
     size_t n_merges;
 
@@ -111,12 +126,12 @@ static inline uint32_t tok_merge_find(const Tokenizer *tok, int32_t left, int32_
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
     size_t i = tok_hash_pair(key) & tok->merge_mask;
     for (;;) {
-        uint64_t k = tok->merge_keys[i];
-        if (k == key) {
-            *result = tok->merge_result[i];
-            return tok->merge_rank[i];
+        const TokMergeSlot *m = &tok->merge_slots[i];
+        if (m->key == key) {
+            *result = m->result;
+            return m->rank;
         }
-        if (k == UINT64_MAX)
+        if (m->key == UINT64_MAX)
             return UINT32_MAX;
         i = (i + 1) & tok->merge_mask;
     }

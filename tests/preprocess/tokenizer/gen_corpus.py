@@ -13,7 +13,10 @@ fragments and special-token text.
 Characters are drawn only from Unicode 14 letters and numbers, so the PCRE2
 tables (Unicode 14) and node's (Unicode 15.1) agree on every \\p{L}/\\p{N}.
 
-    gen_corpus.py OUT_DIR [N]
+    gen_corpus.py OUT_DIR [N] [--captions]
+
+--captions writes only English caption-like lines (the benchmark's
+second corpus, closer to what LAION-style captions look like).
 """
 import json
 import os
@@ -321,12 +324,14 @@ def invalid_lines():
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    out_dir = sys.argv[1]
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    captions = "--captions" in sys.argv
+    out_dir = args[0]
+    n = int(args[1]) if len(args) > 1 else 20000
     os.makedirs(out_dir, exist_ok=True)
-    items = list(FIXED)
+    items = [] if captions else list(FIXED)
     while len(items) < n:
-        items.append(choice(GENERATORS)())
+        items.append(english() if captions else choice(GENERATORS)())
     with open(os.path.join(out_dir, "corpus.jsonl"), "w", encoding="utf-8") as f:
         for s in items:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
