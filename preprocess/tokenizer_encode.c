@@ -85,59 +85,52 @@ static long bpe_linear(const Tokenizer *tok, const uint8_t *p, size_t n, int32_t
     return (long)m;
 }
 
-typedef struct HeapEntry {
-    uint32_t rank, pos; /* order: rank, then position of the left node */
-    int32_t left, right, result;
-} HeapEntry;
-
-static int heap_less(const HeapEntry *a, const HeapEntry *b)
+/* Min-heap of uint64 keys rank << 32 | position: lowest rank first, then
+ * leftmost, the order the reference merges in. */
+static void heap_sift_down(uint64_t *h, size_t n, size_t i)
 {
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
-}
-
-static void heap_push(HeapEntry *h, size_t *n, HeapEntry e)
-{
-    size_t i = (*n)++;
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!heap_less(&e, &h[parent]))
-            break;
-        h[i] = h[parent];
-        i = parent;
-    }
-    h[i] = e;
-}
-
-static HeapEntry heap_pop(HeapEntry *h, size_t *n)
-{
-    HeapEntry top = h[0], last = h[--*n];
-    size_t i = 0;
+    uint64_t v = h[i];
     for (;;) {
         size_t c = 2 * i + 1;
-        if (c >= *n)
+        if (c >= n)
             break;
-        if (c + 1 < *n && heap_less(&h[c + 1], &h[c]))
+        if (c + 1 < n && h[c + 1] < h[c])
             c++;
-        if (!heap_less(&h[c], &last))
+        if (h[c] >= v)
             break;
         h[i] = h[c];
         i = c;
     }
-    if (*n > 0)
-        h[i] = last;
-    return top;
+    h[i] = v;
 }
 
-/* Heap of candidate pairs with lazy deletion: an entry is stale when its
- * left node's id or right neighbour changed since it was pushed. */
+static void heap_push(uint64_t *h, size_t *n, uint64_t v)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (h[parent] <= v)
+            break;
+        h[i] = h[parent];
+        i = parent;
+    }
+    h[i] = v;
+}
+
+/* Heap of candidate pairs with lazy deletion. rank_at[i] is the rank of
+ * the pair that starts at live node i (UINT32_MAX for none or a dead
+ * node); a popped key whose rank differs is stale. Ranks are unique per
+ * pair, so an equal rank means the same pair. */
 static long bpe_heap(const Tokenizer *tok, const uint8_t *p, size_t n, int32_t *out)
 {
-    if (n > UINT32_MAX || n > SIZE_MAX / (3 * sizeof(HeapEntry) + 2 * sizeof(int32_t)))
+    if (n >= UINT32_MAX || n > SIZE_MAX / 32)
         return -1;
     int32_t *next = malloc(n * sizeof *next), *prev = malloc(n * sizeof *prev);
-    HeapEntry *heap = malloc(3 * n * sizeof *heap);
+    int32_t *res_at = malloc(n * sizeof *res_at);
+    uint32_t *rank_at = malloc(n * sizeof *rank_at);
+    uint64_t *heap = malloc(3 * n * sizeof *heap); /* n - 1 initial pairs + 2 per merge */
     long m = -1;
-    if (!next || !prev || !heap)
+    if (!next || !prev || !res_at || !rank_at || !heap)
         goto done;
     size_t hn = 0;
     for (size_t i = 0; i < n; i++) {
@@ -145,34 +138,40 @@ static long bpe_heap(const Tokenizer *tok, const uint8_t *p, size_t n, int32_t *
         next[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
         prev[i] = (int32_t)i - 1;
     }
+    rank_at[n - 1] = UINT32_MAX;
     for (size_t i = 0; i + 1 < n; i++) {
-        HeapEntry e = {0, (uint32_t)i, out[i], out[i + 1], 0};
-        e.rank = tok_merge_find(tok, e.left, e.right, &e.result);
-        if (e.rank != UINT32_MAX)
-            heap_push(heap, &hn, e);
+        rank_at[i] = tok_merge_find(tok, out[i], out[i + 1], &res_at[i]);
+        if (rank_at[i] != UINT32_MAX)
+            heap[hn++] = (uint64_t)rank_at[i] << 32 | i;
     }
+    for (size_t i = hn / 2; i-- > 0;)
+        heap_sift_down(heap, hn, i);
     while (hn > 0) {
-        HeapEntry e = heap_pop(heap, &hn);
-        int32_t l = (int32_t)e.pos, r = next[l];
-        if (out[l] != e.left || r < 0 || out[r] != e.right)
+        uint64_t key = heap[0];
+        heap[0] = heap[--hn];
+        if (hn)
+            heap_sift_down(heap, hn, 0);
+        int32_t l = (int32_t)(uint32_t)key;
+        if (rank_at[l] != (uint32_t)(key >> 32))
             continue;
-        out[l] = e.result;
-        out[r] = -1;
+        int32_t r = next[l];
+        out[l] = res_at[l];
+        rank_at[r] = UINT32_MAX;
         next[l] = next[r];
         if (next[r] >= 0)
             prev[next[r]] = l;
+        if (next[l] >= 0) {
+            rank_at[l] = tok_merge_find(tok, out[l], out[next[l]], &res_at[l]);
+            if (rank_at[l] != UINT32_MAX)
+                heap_push(heap, &hn, (uint64_t)rank_at[l] << 32 | (uint32_t)l);
+        } else {
+            rank_at[l] = UINT32_MAX;
+        }
         if (prev[l] >= 0) {
             int32_t q = prev[l];
-            HeapEntry f = {0, (uint32_t)q, out[q], out[l], 0};
-            f.rank = tok_merge_find(tok, f.left, f.right, &f.result);
-            if (f.rank != UINT32_MAX)
-                heap_push(heap, &hn, f);
-        }
-        if (next[l] >= 0) {
-            HeapEntry f = {0, (uint32_t)l, out[l], out[next[l]], 0};
-            f.rank = tok_merge_find(tok, f.left, f.right, &f.result);
-            if (f.rank != UINT32_MAX)
-                heap_push(heap, &hn, f);
+            rank_at[q] = tok_merge_find(tok, out[q], out[l], &res_at[q]);
+            if (rank_at[q] != UINT32_MAX)
+                heap_push(heap, &hn, (uint64_t)rank_at[q] << 32 | (uint32_t)q);
         }
     }
     m = 0;
@@ -181,6 +180,8 @@ static long bpe_heap(const Tokenizer *tok, const uint8_t *p, size_t n, int32_t *
 done:
     free(next);
     free(prev);
+    free(res_at);
+    free(rank_at);
     free(heap);
     return m;
 }
