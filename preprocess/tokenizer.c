@@ -1135,11 +1135,14 @@ Tokenizer *tokenizer_load(const char *path, TfError *err)
     size_t len;
     json_t *root = NULL;
     Tokenizer *tok = calloc(1, sizeof *tok);
-    char *text = tf_read_file(path, TOK_MAX_FILE, &len, err);
-    if (!tok || !text) {
-        if (!tok)
-            tf_fail(err, "out of memory");
-        goto fail;
+    if (!tok) {
+        tf_fail(err, "out of memory");
+        return NULL;
+    }
+    char *text = tf_read_file(path, TOK_MAX_FILE, &len, err); /* its message names the file */
+    if (!text) {
+        free(tok);
+        return NULL;
     }
     tok->bos_id = -1;
     b.tok = tok;
