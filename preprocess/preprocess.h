@@ -136,6 +136,87 @@ int preprocess_main(int argc, char **argv);
 
 /* ==== tokenizer ============================================================= */
 
+/* A byte-level BPE tokenizer of the kind Llama-3 uses, loaded from a
+ * Hugging Face tokenizer.json or from Meta's tokenizer.model (tiktoken's
+ * base64 rank format, with Llama-3's split pattern and special tokens).
+ * Results are identical to the Hugging Face tokenizers (checked against the
+ * transformers.js port on a 20,000-line corpus).
+ *
+ * A Tokenizer is immutable once loaded and may be shared by threads; each
+ * thread encodes through its own TokenizerSession (scratch buffers, regex
+ * match data and a cache of piece -> ids).
+ *
+ * Text is UTF-8. Invalid UTF-8 is not an error: every maximal invalid
+ * subpart is replaced by U+FFFD before tokenizing (the WHATWG/Unicode rule
+ * that node's TextDecoder and Python's errors="replace" apply), so the ids
+ * are those the reference gives for the same bytes. */
+
+typedef struct Tokenizer Tokenizer;
+typedef struct TokenizerSession TokenizerSession;
+
+/* A growable array of token ids; zero-initialise, free with
+ * token_ids_deinit. Encoding appends to it. */
+typedef struct TokenIds {
+    int32_t *ids;
+    size_t len, cap;
+} TokenIds;
+
+void token_ids_deinit(TokenIds *ids);
+
+/* Encode flags. */
+enum {
+    /* Add the special tokens of the post-processor template around the
+     * text (Llama-3: <|begin_of_text|> in front). When the file has no
+     * template, the BOS token of tokenizer_config.json beside it, or
+     * <|begin_of_text|> if the vocabulary has it. */
+    TOKENIZER_ADD_BOS = 1u << 0,
+    /* Treat the text of special tokens (e.g. "<|eot_id|>") as ordinary
+     * text instead of mapping it to the special id (Meta's tiktoken
+     * default; the Hugging Face default maps it). */
+    TOKENIZER_SPECIALS_AS_TEXT = 1u << 1,
+};
+
+/* Loads a tokenizer.json or a tiktoken tokenizer.model (told apart by
+ * content). Returns a new Tokenizer, or NULL with err filled. */
+Tokenizer *tokenizer_load(const char *path, TfError *err);
+void tokenizer_free(Tokenizer *tok);
+
+/* Number of ids (vocabulary plus added tokens; one past the largest id). */
+size_t tokenizer_vocab_size(const Tokenizer *tok);
+/* The id BOS maps to, or -1 when the tokenizer has none. */
+int32_t tokenizer_bos_id(const Tokenizer *tok);
+/* Id of a token given by its text (vocabulary tokens in their byte-level
+ * form, added tokens as written), or -1. */
+int32_t tokenizer_token_id(const Tokenizer *tok, const char *text);
+
+/* Lowercase hex SHA-256 (64 characters + NUL) over the token bytes, merge
+ * ranks, split pattern, added tokens and BOS: stable across runs and
+ * machines, and equal for a tokenizer.json and a tokenizer.model that
+ * describe the same tokenizer. The shard manifest records it. Owned by tok. */
+const char *tokenizer_identity(const Tokenizer *tok);
+
+/* A per-thread encoder. Returns NULL with err filled on failure. */
+TokenizerSession *tokenizer_session_new(const Tokenizer *tok, TfError *err);
+void tokenizer_session_free(TokenizerSession *s);
+
+/* Appends the ids of `len` bytes of text to out. Returns 0, or -1 with err
+ * filled (out of memory, or text longer than 1 GiB); out keeps what it
+ * held before the call on failure. */
+int tokenizer_encode(TokenizerSession *s, const char *text, size_t len, unsigned flags, TokenIds *out,
+                     TfError *err);
+
+/* Decodes ids to UTF-8 text: vocabulary tokens give back their bytes,
+ * added tokens their text. Byte sequences that are not valid UTF-8 (ids
+ * cut in the middle of a character) are replaced by U+FFFD as the
+ * reference does, unless raw is non-zero. Writes a malloc'd NUL-terminated
+ * string to *text and its length to *len. Returns -1 with err filled for
+ * an id outside the vocabulary. */
+int tokenizer_decode(const Tokenizer *tok, const int32_t *ids, size_t n, int raw, char **text, size_t *len,
+                     TfError *err);
+
+/* `transfuse tokenize`: stdin lines to ids (or ids to text). */
+int tokenize_main(int argc, char **argv);
+
 /* ==== vae =================================================================== */
 
 #endif
