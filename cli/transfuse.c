@@ -4,10 +4,12 @@
 #include <string.h>
 
 #include "core.h"
+#include "preprocess.h"
 #include "shards.h"
 
 static const TfCommand COMMANDS[] = {
     {"shards", "inspect, verify, print and import shard datasets", shards_main},
+    {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
