@@ -13,6 +13,7 @@ static const TfCommand COMMANDS[] = {
     {"preprocess", "decode, resize and crop images; tokenize captions; VAE latents", preprocess_main},
     {"broker", "run an embedded Kafka broker (librdkafka mock cluster) for one machine", broker_main},
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
+    {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -164,4 +164,122 @@ json_t *tf_json_load_file(const char *path, size_t max_bytes, TfError *err);
  * newline. */
 int tf_json_write_file_atomic(const char *path, const json_t *value, TfError *err);
 
+/* ---- safetensors ---------------------------------------------------------------- */
+
+/* Element types of safetensors files. All dtypes of the format are known
+ * (their sizes are checked against byte ranges); conversion to f32 exists
+ * for F32, F16 and BF16, the ones model weights use. */
+typedef enum {
+    TF_DTYPE_F32 = 0,
+    TF_DTYPE_F16,
+    TF_DTYPE_BF16,
+    TF_DTYPE_F64,
+    TF_DTYPE_I64,
+    TF_DTYPE_I32,
+    TF_DTYPE_I16,
+    TF_DTYPE_I8,
+    TF_DTYPE_U64,
+    TF_DTYPE_U32,
+    TF_DTYPE_U16,
+    TF_DTYPE_U8,
+    TF_DTYPE_BOOL,
+    TF_DTYPE_F8_E4M3,
+    TF_DTYPE_F8_E5M2,
+    TF_DTYPE_COUNT
+} TfDtype;
+
+/* The safetensors name ("F32", "BF16", ...) and size in bytes of a dtype. */
+const char *tf_dtype_name(TfDtype dtype);
+size_t tf_dtype_size(TfDtype dtype);
+
+#define TF_TENSOR_MAX_DIMS 8
+
+/* One tensor of an opened checkpoint. `data` points into the read-only
+ * mapping and stays valid until the TfSafetensors is freed. */
+typedef struct TfTensorInfo {
+    const char *name;
+    const char *file;   /* the .safetensors file holding it */
+    TfDtype dtype;
+    int ndim;
+    int64_t shape[TF_TENSOR_MAX_DIMS];
+    size_t numel;
+    size_t nbytes;      /* numel * dtype size, equal to the byte range */
+    const void *data;
+} TfTensorInfo;
+
+typedef struct TfSafetensors TfSafetensors;
+
+/* Limits on untrusted files: the JSON header and the tensor count. */
+#define TF_SAFETENSORS_MAX_HEADER (100u << 20)
+#define TF_SAFETENSORS_MAX_TENSORS 1000000
+
+/* Opens a checkpoint: either one `.safetensors` file, or a sharded one
+ * through its `*.safetensors.index.json` (weight_map naming the shards,
+ * which sit beside the index). Every file is mapped read-only and its
+ * header validated: length within the file, JSON object, dtypes known,
+ * shapes non-negative, data_offsets inside the data section, byte ranges
+ * equal to shape times dtype size, no two tensors overlapping. Tensor
+ * names must be unique across shards and, for an index, each tensor must
+ * sit in the shard the index names. Returns a new handle, or NULL with
+ * `err` naming the file (and the tensor where one is at fault). */
+TfSafetensors *tf_safetensors_open(const char *path, TfError *err);
+
+/* Parses and validates one file held in memory (the fuzz target's entry
+ * and what _open uses per shard). `bytes` must outlive the handle;
+ * `label` names it in messages. */
+TfSafetensors *tf_safetensors_open_memory(const void *bytes, size_t len, const char *label, TfError *err);
+
+void tf_safetensors_free(TfSafetensors *st);
+
+/* Tensors in file order (shard by shard). */
+size_t tf_safetensors_count(const TfSafetensors *st);
+const TfTensorInfo *tf_safetensors_at(const TfSafetensors *st, size_t i);
+
+/* The tensor called `name`, or NULL. */
+const TfTensorInfo *tf_safetensors_find(const TfSafetensors *st, const char *name);
+
+/* A string value of the first file's "__metadata__", or NULL. */
+const char *tf_safetensors_metadata(const TfSafetensors *st, const char *key);
+
+/* The mapped files (one, or the shards in index order) with their bytes,
+ * e.g. to hash a checkpoint. Returns NULL past the end. */
+const void *tf_safetensors_file(const TfSafetensors *st, size_t i, size_t *len, const char **path);
+
+/* Converts a tensor to f32 into `dst`, which holds `n` floats; n must
+ * equal the tensor's element count. F32, F16 and BF16 convert; other
+ * dtypes fail with a message naming file and tensor. */
+int tf_tensor_to_f32(const TfTensorInfo *t, float *dst, size_t n, TfError *err);
+
+/* Finds `name`, checks that its shape is exactly shape[0..ndim), and
+ * converts it into dst (numel floats). Fails naming file and tensor when
+ * missing, misshapen or of a dtype without conversion. */
+int tf_safetensors_read_f32(const TfSafetensors *st, const char *name, int ndim, const int64_t *shape, float *dst,
+                            TfError *err);
+
+/* Bit conversions between f32 and the 16-bit float formats (round to
+ * nearest even; NaN stays NaN). */
+float tf_f16_to_f32(uint16_t h);
+float tf_bf16_to_f32(uint16_t h);
+uint16_t tf_f32_to_f16(float f);
+uint16_t tf_f32_to_bf16(float f);
+
+/* A safetensors writer: add tensors (copied, converted from f32 to the
+ * chosen dtype), then write the file atomically (temp name, fsync,
+ * rename). The header is padded to 8 bytes as the reference library does. */
+typedef struct TfSafetensorsWriter TfSafetensorsWriter;
+
+TfSafetensorsWriter *tf_safetensors_writer_new(void);
+void tf_safetensors_writer_free(TfSafetensorsWriter *w);
+
+/* Adds tensor `name` of shape shape[0..ndim) from `n` f32 values stored as
+ * `dtype` (F32, F16 or BF16). Names must be unique. */
+int tf_safetensors_writer_add_f32(TfSafetensorsWriter *w, const char *name, TfDtype dtype, int ndim,
+                                  const int64_t *shape, const float *data, size_t n, TfError *err);
+
+/* Sets a string entry of "__metadata__". */
+int tf_safetensors_writer_set_metadata(TfSafetensorsWriter *w, const char *key, const char *value, TfError *err);
+
+/* Writes everything added so far to `path`. */
+int tf_safetensors_writer_write(TfSafetensorsWriter *w, const char *path, TfError *err);
+
 #endif

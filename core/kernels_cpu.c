@@ -1,0 +1,510 @@
+/* kernels_cpu.c: the fp32 CPU build of kernels.h, the reference every other
+ * build is tested against.
+ *
+ * Matrix work goes to OpenBLAS sgemm, run single-threaded on each of our
+ * OpenMP threads (column slices, or independent GEMMs side by side), so one
+ * thread pool does everything and no two pools fight over the cores. Convolutions: 1x1 stride 1 is a plain
+ * GEMM; 3x3 stride 1 uses Winograd F(2x2,3x3) (2.25x fewer multiplies; its
+ * transforms use only 0, +-1 and +-1/2, so fp32 accuracy stays close to the
+ * direct sum); every other convolution lowers to im2col + GEMM, in chunks
+ * of output rows so the column buffer stays a few MiB. */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct TfKernels {
+    int threads;
+    int winograd;
+    float *scratch; /* grows to the largest request, reused */
+    size_t scratch_n;
+};
+
+const char *tf_kernels_backend(void)
+{
+    return "cpu";
+}
+
+TfKernels *tf_kernels_new(int threads, TfError *err)
+{
+    TfKernels *k = calloc(1, sizeof *k);
+    if (!k) {
+        tf_fail(err, "out of memory");
+        return NULL;
+    }
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    k->threads = threads;
+    k->winograd = 1;
+    openblas_set_num_threads(1);
+    return k;
+}
+
+void tf_kernels_free(TfKernels *k)
+{
+    if (!k)
+        return;
+    free(k->scratch);
+    free(k);
+}
+
+int tf_kernels_threads(const TfKernels *k)
+{
+    return k->threads;
+}
+
+void tf_kernels_set_winograd(TfKernels *k, int on)
+{
+    k->winograd = on;
+}
+
+float *tf_kernels_alloc(TfKernels *k, size_t n, TfError *err)
+{
+    (void)k;
+    if (n > SIZE_MAX / sizeof(float) - 64) {
+        tf_fail(err, "buffer of %zu floats is too large", n);
+        return NULL;
+    }
+    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (!p)
+        tf_fail(err, "out of memory for %zu floats", n);
+    return p;
+}
+
+void tf_kernels_release(TfKernels *k, float *buf)
+{
+    (void)k;
+    free(buf);
+}
+
+void tf_kernels_upload(TfKernels *k, float *dst, const float *host, size_t n)
+{
+    (void)k;
+    memcpy(dst, host, n * sizeof *dst);
+}
+
+void tf_kernels_download(TfKernels *k, float *host, const float *src, size_t n)
+{
+    (void)k;
+    memcpy(host, src, n * sizeof *host);
+}
+
+static float *scratch_get(TfKernels *k, size_t n, TfError *err)
+{
+    if (n > k->scratch_n) {
+        free(k->scratch);
+        k->scratch = NULL;
+        k->scratch_n = 0;
+        k->scratch = tf_kernels_alloc(k, n, err);
+        if (!k->scratch)
+            return NULL;
+        k->scratch_n = n;
+    }
+    return k->scratch;
+}
+
+/* Row-major C(m,n) = A(m,kd) B(kd,n) (+ C when beta is 1) in the calling
+ * thread: OpenBLAS runs single-threaded here (set in tf_kernels_new). */
+static void gemm1(int transa, int transb, int m, int n, int kd, const float *a, int lda, const float *b, int ldb,
+                  float beta, float *c, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, kd,
+                1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* The same on all threads, each taking a slice of C's columns. One pool
+ * (OpenMP) does all the work: OpenBLAS's own threads spinning beside
+ * OpenMP's cost several times the run time on a small shared machine. */
+static void gemm(TfKernels *k, int transa, int transb, int m, int n, int kd, const float *a, int lda, const float *b,
+                 int ldb, float beta, float *c, int ldc)
+{
+    const int nt = k->threads;
+    if (nt == 1 || n < 64 * nt) {
+        gemm1(transa, transb, m, n, kd, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    const int chunk = ((n + nt - 1) / nt + 15) & ~15;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int j0 = t * chunk;
+        if (j0 >= n)
+            continue;
+        int nj = n - j0 < chunk ? n - j0 : chunk;
+        const float *bj = transb ? b + (size_t)j0 * ldb : b + j0;
+        gemm1(transa, transb, m, nj, kd, a, lda, bj, ldb, beta, c + j0, ldc);
+    }
+}
+
+/* ---- convolution ---- */
+
+int tf_conv2d_out_h(const TfConv2dShape *s)
+{
+    return (s->H + s->pad_top + s->pad_bottom - s->R) / s->stride + 1;
+}
+
+int tf_conv2d_out_w(const TfConv2dShape *s)
+{
+    return (s->W + s->pad_left + s->pad_right - s->R) / s->stride + 1;
+}
+
+/* Fills y (K, n) rows with the bias, so GEMMs accumulate onto it. */
+static void fill_bias(TfKernels *k, float *y, const float *bias, int K, size_t n, size_t ld)
+{
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (int o = 0; o < K; o++) {
+        float b = bias ? bias[o] : 0.0f;
+        float *row = y + (size_t)o * ld;
+        for (size_t i = 0; i < n; i++)
+            row[i] = b;
+    }
+}
+
+/* col (C*R*R, rows*Wo) for output rows [r0, r0+rows) of one image x (C,H,W). */
+static void im2col(TfKernels *k, float *col, const float *x, const TfConv2dShape *s, int Wo, int r0, int rows)
+{
+    const int R = s->R, st = s->stride, H = s->H, W = s->W;
+    const int nrows = s->C * R * R;
+    const size_t n = (size_t)rows * (size_t)Wo;
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (int q = 0; q < nrows; q++) {
+        int c = q / (R * R), ky = (q / R) % R, kx = q % R;
+        const float *xc = x + (size_t)c * H * W;
+        float *dst = col + (size_t)q * n;
+        for (int oy = r0; oy < r0 + rows; oy++) {
+            int iy = oy * st - s->pad_top + ky;
+            float *d = dst + (size_t)(oy - r0) * Wo;
+            if (iy < 0 || iy >= H) {
+                memset(d, 0, (size_t)Wo * sizeof *d);
+                continue;
+            }
+            const float *xr = xc + (size_t)iy * W;
+            for (int ox = 0; ox < Wo; ox++) {
+                int ix = ox * st - s->pad_left + kx;
+                d[ox] = (ix >= 0 && ix < W) ? xr[ix] : 0.0f;
+            }
+        }
+    }
+}
+
+static int conv_im2col(TfKernels *k, float *y, const float *x, const float *w, const float *bias,
+                       const TfConv2dShape *s, TfError *err)
+{
+    const int Ho = tf_conv2d_out_h(s), Wo = tf_conv2d_out_w(s);
+    const size_t HWo = (size_t)Ho * Wo, HW = (size_t)s->H * s->W;
+    const int kd = s->C * s->R * s->R;
+    const int direct = s->R == 1 && s->stride == 1 && !s->pad_top && !s->pad_left && !s->pad_bottom && !s->pad_right;
+    int rows = Ho;
+    float *col = NULL;
+    if (!direct) {
+        size_t budget = (size_t)4 << 20; /* floats per column chunk */
+        size_t per_row = (size_t)kd * Wo;
+        rows = (int)(budget / per_row);
+        rows = rows < 1 ? 1 : rows > Ho ? Ho : rows;
+        if (!(col = scratch_get(k, per_row * (size_t)rows, err)))
+            return -1;
+    }
+    for (int b = 0; b < s->B; b++) {
+        const float *xb = x + (size_t)b * s->C * HW;
+        float *yb = y + (size_t)b * s->K * HWo;
+        fill_bias(k, yb, bias, s->K, HWo, HWo);
+        if (direct) {
+            gemm(k, 0, 0, s->K, (int)HWo, kd, w, kd, xb, (int)HWo, 1.0f, yb, (int)HWo);
+            continue;
+        }
+        for (int r0 = 0; r0 < Ho; r0 += rows) {
+            int nr = Ho - r0 < rows ? Ho - r0 : rows;
+            int n = nr * Wo;
+            im2col(k, col, xb, s, Wo, r0, nr);
+            gemm(k, 0, 0, s->K, n, kd, w, kd, col, n, 1.0f, yb + (size_t)r0 * Wo, (int)HWo);
+        }
+    }
+    return 0;
+}
+
+/* Winograd F(2x2,3x3): each 4x4 input tile d gives a 2x2 output tile
+ * A^T [(G g G^T) . (B^T d B)] A. The 16 element-wise products over channels
+ * become 16 GEMMs (K,C) x (C,P) over a chunk of P tiles. */
+static void wino_filter(TfKernels *k, float *u, const float *w, int K, int C)
+{
+    /* u (16, K, C) = G g G^T for each (K,C) filter g (3,3). */
+    const size_t KC = (size_t)K * C;
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (size_t kc = 0; kc < KC; kc++) {
+        const float *g = w + kc * 9;
+        float t[4][3];
+        for (int j = 0; j < 3; j++) {
+            t[0][j] = g[j];
+            t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+            t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+            t[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; i++) {
+            float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
+                          t[i][2]};
+            for (int j = 0; j < 4; j++)
+                u[(size_t)(i * 4 + j) * KC + kc] = r[j];
+        }
+    }
+}
+
+static int conv_winograd(TfKernels *k, float *y, const float *x, const float *w, const float *bias,
+                         const TfConv2dShape *s, TfError *err)
+{
+    const int C = s->C, K = s->K, H = s->H, W = s->W;
+    const int th = (H + 1) / 2, tw = (W + 1) / 2;
+    const size_t HW = (size_t)H * W;
+    const int wide = C > K ? C : K;
+    /* Tiles per chunk: whole tile rows, about 2M floats of V or M. */
+    int trows = (int)(((size_t)2 << 20) / ((size_t)16 * wide * tw));
+    trows = trows < 1 ? 1 : trows > th ? th : trows;
+    const size_t pmax = (size_t)trows * tw;
+    const size_t nu = (size_t)16 * K * C, nv = (size_t)16 * C * pmax, nm = (size_t)16 * K * pmax;
+    float *u = scratch_get(k, nu + nv + nm, err);
+    if (!u)
+        return -1;
+    float *v = u + nu, *m = v + nv;
+    wino_filter(k, u, w, K, C);
+    for (int b = 0; b < s->B; b++) {
+        const float *xb = x + (size_t)b * C * HW;
+        float *yb = y + (size_t)b * K * HW;
+        for (int ty0 = 0; ty0 < th; ty0 += trows) {
+            const int nty = th - ty0 < trows ? th - ty0 : trows;
+            const size_t P = (size_t)nty * tw;
+            /* Input transform: v (16, C, P). */
+#pragma omp parallel for num_threads(k->threads) schedule(static) collapse(2)
+            for (int c = 0; c < C; c++) {
+                for (int ty = 0; ty < nty; ty++) {
+                    const float *xc = xb + (size_t)c * HW;
+                    int y0 = (ty0 + ty) * 2 - 1;
+                    for (int tx = 0; tx < tw; tx++) {
+                        int x0 = tx * 2 - 1;
+                        float d[4][4];
+                        for (int i = 0; i < 4; i++) {
+                            int iy = y0 + i;
+                            for (int j = 0; j < 4; j++) {
+                                int ix = x0 + j;
+                                d[i][j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[(size_t)iy * W + ix] : 0.0f;
+                            }
+                        }
+                        float t[4][4];
+                        for (int j = 0; j < 4; j++) {
+                            t[0][j] = d[0][j] - d[2][j];
+                            t[1][j] = d[1][j] + d[2][j];
+                            t[2][j] = d[2][j] - d[1][j];
+                            t[3][j] = d[1][j] - d[3][j];
+                        }
+                        size_t p = (size_t)ty * tw + tx;
+                        for (int i = 0; i < 4; i++) {
+                            float r0 = t[i][0] - t[i][2], r1 = t[i][1] + t[i][2], r2 = t[i][2] - t[i][1],
+                                  r3 = t[i][1] - t[i][3];
+                            float *vp = v + ((size_t)(i * 4) * C + c) * P + p;
+                            size_t step = (size_t)C * P;
+                            vp[0] = r0;
+                            vp[step] = r1;
+                            vp[2 * step] = r2;
+                            vp[3 * step] = r3;
+                        }
+                    }
+                }
+            }
+            /* 16 independent GEMMs: one per thread at a time. */
+#pragma omp parallel for num_threads(k->threads) schedule(dynamic, 1)
+            for (int e = 0; e < 16; e++)
+                gemm1(0, 0, K, (int)P, C, u + (size_t)e * K * C, C, v + (size_t)e * C * P, (int)P, 0.0f,
+                      m + (size_t)e * K * P, (int)P);
+            /* Output transform: A^T m A plus bias, cropped at odd edges. */
+#pragma omp parallel for num_threads(k->threads) schedule(static) collapse(2)
+            for (int o = 0; o < K; o++) {
+                for (int ty = 0; ty < nty; ty++) {
+                    float bo = bias ? bias[o] : 0.0f;
+                    float *yo = yb + (size_t)o * HW;
+                    int oy = (ty0 + ty) * 2;
+                    for (int tx = 0; tx < tw; tx++) {
+                        size_t p = (size_t)ty * tw + tx;
+                        const float *mp = m + (size_t)o * P + p;
+                        const size_t step = (size_t)K * P;
+                        float a[4][4];
+                        for (int e = 0; e < 16; e++)
+                            a[e / 4][e % 4] = mp[e * step];
+                        float t[2][4];
+                        for (int j = 0; j < 4; j++) {
+                            t[0][j] = a[0][j] + a[1][j] + a[2][j];
+                            t[1][j] = a[1][j] - a[2][j] - a[3][j];
+                        }
+                        int ox = tx * 2;
+                        for (int i = 0; i < 2 && oy + i < H; i++) {
+                            float *row = yo + (size_t)(oy + i) * W + ox;
+                            row[0] = bo + t[i][0] + t[i][1] + t[i][2];
+                            if (ox + 1 < W)
+                                row[1] = bo + t[i][1] - t[i][2] - t[i][3];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+int tf_conv2d(TfKernels *k, float *y, const float *x, const float *w, const float *bias, const TfConv2dShape *s,
+              TfError *err)
+{
+    if (s->B < 0 || s->C <= 0 || s->H <= 0 || s->W <= 0 || s->K <= 0 || s->R <= 0 || s->stride <= 0 ||
+        s->pad_top < 0 || s->pad_left < 0 || s->pad_bottom < 0 || s->pad_right < 0 || tf_conv2d_out_h(s) <= 0 ||
+        tf_conv2d_out_w(s) <= 0)
+        return tf_fail(err, "conv2d: invalid geometry");
+    if (k->winograd && s->R == 3 && s->stride == 1 && s->pad_top == 1 && s->pad_left == 1 && s->pad_bottom == 1 &&
+        s->pad_right == 1 && s->C >= 8)
+        return conv_winograd(k, y, x, w, bias, s, err);
+    return conv_im2col(k, y, x, w, bias, s, err);
+}
+
+/* ---- normalisation and pointwise ---- */
+
+static inline float silu1(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+void tf_group_norm(TfKernels *k, float *y, const float *x, const float *gamma, const float *beta, int B, int C,
+                   size_t HW, int groups, float eps, int fuse_silu)
+{
+    const int cg = C / groups;
+    const size_t n = (size_t)cg * HW;
+#pragma omp parallel for num_threads(k->threads) schedule(dynamic, 1)
+    for (int bg = 0; bg < B * groups; bg++) {
+        int b = bg / groups, g = bg % groups;
+        const float *xs = x + ((size_t)b * C + (size_t)g * cg) * HW;
+        float *ys = y + ((size_t)b * C + (size_t)g * cg) * HW;
+        /* Two passes in double: the mean first, then the centred squares,
+         * so large offsets do not cancel. */
+        double sum = 0.0;
+        for (size_t i = 0; i < n; i++)
+            sum += xs[i];
+        double mean = sum / (double)n, sq = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double d = xs[i] - mean;
+            sq += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(sq / (double)n + eps)), fm = (float)mean;
+        for (int c = 0; c < cg; c++) {
+            int ch = g * cg + c;
+            float a = gamma[ch] * rstd, bb = beta[ch] - fm * a;
+            const float *xc = xs + (size_t)c * HW;
+            float *yc = ys + (size_t)c * HW;
+            if (fuse_silu)
+                for (size_t i = 0; i < HW; i++)
+                    yc[i] = silu1(xc[i] * a + bb);
+            else
+                for (size_t i = 0; i < HW; i++)
+                    yc[i] = xc[i] * a + bb;
+        }
+    }
+}
+
+void tf_silu(TfKernels *k, float *y, const float *x, size_t n)
+{
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] = silu1(x[i]);
+}
+
+void tf_add(TfKernels *k, float *y, const float *a, const float *b, size_t n)
+{
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+
+void tf_scale_shift(TfKernels *k, float *y, const float *a, float scale, float shift, size_t n)
+{
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] * scale + shift;
+}
+
+void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C, int H, int W)
+{
+    const int BC = B * C;
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (int bc = 0; bc < BC; bc++) {
+        const float *xp = x + (size_t)bc * H * W;
+        float *yp = y + (size_t)bc * 4 * H * W;
+        for (int i = 0; i < H; i++) {
+            float *r0 = yp + (size_t)(2 * i) * 2 * W, *r1 = r0 + 2 * W;
+            for (int j = 0; j < W; j++)
+                r0[2 * j] = r0[2 * j + 1] = xp[(size_t)i * W + j];
+            memcpy(r1, r0, (size_t)2 * W * sizeof *r1);
+        }
+    }
+}
+
+/* ---- attention ---- */
+
+int tf_attention(TfKernels *k, float *y, const float *q, const float *kk, const float *v, int B, int C, int T,
+                 float scale, TfError *err)
+{
+    float *s = scratch_get(k, (size_t)T * T, err); /* (T,T) scores, then probabilities */
+    if (!s)
+        return -1;
+    for (int b = 0; b < B; b++) {
+        const size_t off = (size_t)b * C * T;
+        /* s(i,j) = q(:,i) . k(:,j): q^T k with q, k (C,T). */
+        gemm(k, 1, 0, T, T, C, q + off, T, kk + off, T, 0.0f, s, T);
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+        for (int i = 0; i < T; i++) {
+            float *row = s + (size_t)i * T, mx = -INFINITY;
+            for (int j = 0; j < T; j++)
+                mx = row[j] * scale > mx ? row[j] * scale : mx;
+            double sum = 0.0;
+            for (int j = 0; j < T; j++) {
+                row[j] = expf(row[j] * scale - mx);
+                sum += row[j];
+            }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j < T; j++)
+                row[j] *= inv;
+        }
+        /* y(c,i) = sum_j v(c,j) p(i,j): v p^T. */
+        gemm(k, 0, 1, C, T, T, v + off, T, s, T, 0.0f, y + off, T);
+    }
+    return 0;
+}
+
+double tf_kernels_sgemm_peak(TfKernels *k, int n, int reps)
+{
+    size_t nn = (size_t)n * n;
+    float *a = tf_kernels_alloc(k, 3 * nn, NULL);
+    if (!a)
+        return 0.0;
+    float *b = a + nn, *c = b + nn;
+    for (size_t i = 0; i < 2 * nn; i++)
+        a[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    double best = 0.0;
+    /* Both ways of using the threads: OpenBLAS's own, and column slices on
+     * ours (what the kernels do); the peak is the better of the two. */
+    for (int mode = 0; mode < 2; mode++) {
+        openblas_set_num_threads(mode == 0 ? k->threads : 1);
+        for (int r = 0; r < reps + 1; r++) { /* the first run warms up */
+            double t = tf_now();
+            if (mode == 0)
+                gemm1(0, 0, n, n, n, a, n, b, n, 0.0f, c, n);
+            else
+                gemm(k, 0, 0, n, n, n, a, n, b, n, 0.0f, c, n);
+            double dt = tf_now() - t;
+            double g = 2.0 * n * (double)n * n / dt / 1e9;
+            if (r > 0 && g > best)
+                best = g;
+        }
+    }
+    openblas_set_num_threads(1);
+    tf_kernels_release(k, a);
+    return best;
+}

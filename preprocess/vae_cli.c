@@ -1,0 +1,414 @@
+/* vae_cli.c: `transfuse vae init|encode|decode`, the command-line face of
+ * the VAE: write a random checkpoint in diffusers layout, encode images to
+ * latents in a safetensors file, decode latents back to PNGs. Flags are
+ * checked before any work starts (exit 2); an image that fails to load is
+ * one counted failure with its reason, the rest are still encoded. */
+#include "preprocess.h"
+#include "vae_internal.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TAG "vae"
+
+static void usage_main(FILE *out)
+{
+    fprintf(out,
+            "usage: transfuse vae <init|encode|decode> [options]\n\n"
+            "Runs a diffusers AutoencoderKL (SD 1.x/2.x, SDXL, SD3/FLUX 16-channel) on the CPU.\n\n"
+            "  init     write a random-initialised checkpoint in diffusers layout\n"
+            "  encode   images -> latents (mean, logvar, latent, image) in a .safetensors file\n"
+            "  decode   latents in a .safetensors file -> PNG images\n\n"
+            "See `transfuse vae <command> --help`.\n");
+}
+
+static void usage_init(FILE *out)
+{
+    fprintf(out,
+            "usage: transfuse vae init --layout sd|sdxl|flux|tiny --out DIR [--seed S] [--dtype f32|f16|bf16]\n\n"
+            "Writes DIR/config.json and DIR/diffusion_pytorch_model.safetensors in the exact layout\n"
+            "of a diffusers AutoencoderKL, filled with random weights (deterministic in --seed).\n"
+            "For tests, demos and benchmarks only: random weights encode nothing meaningful.\n"
+            "Real use needs real weights, e.g. a downloaded stabilityai/sd-vae-ft-mse folder.\n\n"
+            "  --layout L     sd (SD 1.x/2.x), sdxl, flux (16 channels, shift, no quant convs),\n"
+            "                 tiny (SD-shaped, channels 16-64, for fast tests)\n"
+            "  --out DIR      folder to create or overwrite files in\n"
+            "  --seed S       random seed (default 0)\n"
+            "  --dtype T      storage type of the tensors (default f32)\n");
+}
+
+static void usage_encode(FILE *out)
+{
+    fprintf(out,
+            "usage: transfuse vae encode --vae DIR --out FILE.safetensors [options] IMAGE...\n\n"
+            "Center-crops each image to a square, resizes it to --size, maps it to [-1,1] and runs\n"
+            "the VAE encoder. FILE gets f32 tensors, each (B,C,H,W) in input order:\n"
+            "  mean, logvar   the posterior (logvar clamped to [-30,20] as diffusers does)\n"
+            "  latent         (mean + exp(logvar/2)*eps - shift_factor) * scaling_factor\n"
+            "  image          the [-1,1] input actually encoded\n"
+            "and metadata (vae identity, seed, source files). An image that cannot be read is\n"
+            "reported and skipped; the exit status is then 1.\n\n"
+            "  --vae DIR        diffusers AutoencoderKL folder (config.json + safetensors)\n"
+            "  --out FILE       output .safetensors file (written atomically)\n"
+            "  --size N         square input size in pixels (default 256)\n"
+            "  --latent MODE    sample (default) or mean: what `latent` holds\n"
+            "  --seed S         seed of eps (default 0); image i always gets the same eps\n"
+            "  --batch N        images loaded per step (default 8)\n"
+            "  --threads N      threads (default: all CPUs)\n\n"
+            "Inputs are PNG files for now (JPEG/WebP arrive with the preprocess image decoder).\n");
+}
+
+static void usage_decode(FILE *out)
+{
+    fprintf(out,
+            "usage: transfuse vae decode --vae DIR --out DIR [options] FILE.safetensors\n\n"
+            "Reads the scaled latents (tensor `latent`, (B,C,h,w)) written by `vae encode` or a\n"
+            "sampler, undoes scaling and shift, runs the VAE decoder and writes DIR/000000.png, ...\n\n"
+            "  --vae DIR        diffusers AutoencoderKL folder\n"
+            "  --out DIR        folder for the PNGs (created)\n"
+            "  --tensor NAME    latent tensor to decode (default latent)\n"
+            "  --tensors FILE   also write the decoded images as f32 tensor `image` (B,3,H,W)\n"
+            "  --threads N      threads (default: all CPUs)\n");
+}
+
+static int parse_dtype(const char *s, TfDtype *out)
+{
+    if (!strcmp(s, "f32"))
+        *out = TF_DTYPE_F32;
+    else if (!strcmp(s, "f16"))
+        *out = TF_DTYPE_F16;
+    else if (!strcmp(s, "bf16"))
+        *out = TF_DTYPE_BF16;
+    else
+        return -1;
+    return 0;
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    static const struct option opts[] = {{"layout", required_argument, 0, 'l'}, {"out", required_argument, 0, 'o'},
+                                         {"seed", required_argument, 0, 's'},   {"dtype", required_argument, 0, 'd'},
+                                         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *layout = NULL, *out = NULL;
+    long seed = 0;
+    TfDtype dtype = TF_DTYPE_F32;
+    TfError err = {{0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l': layout = optarg; break;
+        case 'o': out = optarg; break;
+        case 's':
+            if (tf_parse_long("--seed", optarg, 0, LONG_MAX, &seed, &err)) {
+                fprintf(stderr, "transfuse vae init: %s\n", err.msg);
+                return 2;
+            }
+            break;
+        case 'd':
+            if (parse_dtype(optarg, &dtype)) {
+                fprintf(stderr, "transfuse vae init: --dtype must be f32, f16 or bf16\n");
+                return 2;
+            }
+            break;
+        case 'h': usage_init(stdout); return 0;
+        default: usage_init(stderr); return 2;
+        }
+    }
+    VaeConfig cfg;
+    if (!layout || !out || optind != argc) {
+        usage_init(stderr);
+        return 2;
+    }
+    if (vae_config_layout(layout, &cfg, &err)) {
+        fprintf(stderr, "transfuse vae init: %s\n", err.msg);
+        return 2;
+    }
+    if (vae_init_write(&cfg, (uint64_t)seed, dtype, out, &err)) {
+        fprintf(stderr, "transfuse vae init: %s\n", err.msg);
+        return 1;
+    }
+    tf_log(TF_LOG_INFO, TAG, "wrote a random %s checkpoint to %s (random weights: for tests only)", layout, out);
+    return 0;
+}
+
+static int cmd_encode(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"vae", required_argument, 0, 'v'},   {"out", required_argument, 0, 'o'},    {"size", required_argument, 0, 'S'},
+        {"latent", required_argument, 0, 'L'}, {"seed", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
+        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
+    const char *vae_dir = NULL, *out = NULL, *mode = "sample";
+    long size = 256, seed = 0, batch = 8, threads = 0;
+    TfError err = {{0}};
+    int c, rc = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'v': vae_dir = optarg; break;
+        case 'o': out = optarg; break;
+        case 'L': mode = optarg; break;
+        case 'S': bad = tf_parse_long("--size", optarg, 8, 4096, &size, &err); break;
+        case 's': bad = tf_parse_long("--seed", optarg, 0, LONG_MAX, &seed, &err); break;
+        case 'b': bad = tf_parse_long("--batch", optarg, 1, 1024, &batch, &err); break;
+        case 't': bad = tf_parse_long("--threads", optarg, 0, 1024, &threads, &err); break;
+        case 'h': usage_encode(stdout); return 0;
+        default: usage_encode(stderr); return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
+            return 2;
+        }
+    }
+    if (!vae_dir || !out || optind >= argc) {
+        usage_encode(stderr);
+        return 2;
+    }
+    if (strcmp(mode, "sample") && strcmp(mode, "mean")) {
+        fprintf(stderr, "transfuse vae encode: --latent must be sample or mean\n");
+        return 2;
+    }
+    const int nimg = argc - optind;
+    char **paths = argv + optind;
+    Vae *vae = vae_load(vae_dir, VAE_LOAD_ENCODER, &err);
+    if (!vae) {
+        fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
+        return 1;
+    }
+    const VaeConfig *cfg = vae_config(vae);
+    const int f = vae_downsample_factor(cfg), S = (int)size, L = cfg->latent_channels;
+    TfKernels *k = NULL;
+    TfSafetensorsWriter *w = NULL;
+    json_t *sources = json_array();
+    char *sources_text = NULL;
+    float *images = NULL, *mean = NULL, *logvar = NULL, *latent = NULL;
+    if (S % f) {
+        fprintf(stderr, "transfuse vae encode: --size %d is not a multiple of the VAE's factor %d\n", S, f);
+        rc = 2;
+        goto done;
+    }
+    const size_t per_img = (size_t)3 * S * S, per_lat = (size_t)L * (S / f) * (S / f);
+    if (!(k = tf_kernels_new((int)threads, &err)))
+        goto fail;
+    images = malloc((size_t)nimg * per_img * sizeof *images);
+    mean = malloc((size_t)nimg * per_lat * sizeof *mean);
+    logvar = malloc((size_t)nimg * per_lat * sizeof *logvar);
+    latent = malloc((size_t)nimg * per_lat * sizeof *latent);
+    if (!images || !mean || !logvar || !latent || !sources) {
+        tf_fail(&err, "out of memory for %d images", nimg);
+        goto fail;
+    }
+    tf_log(TF_LOG_INFO, TAG, "encoding %d image(s) at %dx%d with %s (identity %.16s), %d threads", nimg, S, S,
+           vae_dir, vae_identity(vae), tf_kernels_threads(k));
+    TfProgress prog;
+    tf_progress_init(&prog, "vae encode", (uint64_t)nimg, "images");
+    int done_n = 0, failed = 0;
+    double t0 = tf_now();
+    for (int i0 = 0; i0 < nimg; i0 += (int)batch) {
+        int n = nimg - i0 < batch ? nimg - i0 : (int)batch, first = done_n;
+        for (int i = i0; i < i0 + n; i++) {
+            TfError ierr = {{0}};
+            if (vae_png_load_crop(paths[i], S, images + (size_t)done_n * per_img, &ierr)) {
+                tf_log(TF_LOG_WARN, TAG, "skipping %s", ierr.msg);
+                failed++;
+                continue;
+            }
+            json_array_append_new(sources, json_string(paths[i]));
+            done_n++;
+        }
+        int nb = done_n - first;
+        if (nb && vae_encode(vae, k, images + (size_t)first * per_img, nb, S, S, mean + (size_t)first * per_lat,
+                             logvar + (size_t)first * per_lat, &err))
+            goto fail;
+        vae_latent_sample(cfg, latent + (size_t)first * per_lat, mean + (size_t)first * per_lat,
+                          logvar + (size_t)first * per_lat, nb, per_lat, (uint64_t)seed, (uint64_t)first,
+                          strcmp(mode, "mean") ? 1.0f : 0.0f);
+        tf_progress_update(&prog, (uint64_t)(i0 + n));
+    }
+    tf_progress_finish(&prog, (uint64_t)nimg);
+    double dt = tf_now() - t0;
+    if (!done_n) {
+        fprintf(stderr, "transfuse vae encode: none of the %d image(s) could be read\n", nimg);
+        goto done;
+    }
+    int64_t ish[4] = {done_n, 3, S, S}, lsh[4] = {done_n, L, S / f, S / f};
+    char num[64];
+    if (!(w = tf_safetensors_writer_new()) || !(sources_text = json_dumps(sources, JSON_COMPACT))) {
+        tf_fail(&err, "out of memory");
+        goto fail;
+    }
+    if (tf_safetensors_writer_add_f32(w, "mean", TF_DTYPE_F32, 4, lsh, mean, (size_t)done_n * per_lat, &err) ||
+        tf_safetensors_writer_add_f32(w, "logvar", TF_DTYPE_F32, 4, lsh, logvar, (size_t)done_n * per_lat, &err) ||
+        tf_safetensors_writer_add_f32(w, "latent", TF_DTYPE_F32, 4, lsh, latent, (size_t)done_n * per_lat, &err) ||
+        tf_safetensors_writer_add_f32(w, "image", TF_DTYPE_F32, 4, ish, images, (size_t)done_n * per_img, &err))
+        goto fail;
+    tf_safetensors_writer_set_metadata(w, "format", "transfuse-vae-latents", NULL);
+    tf_safetensors_writer_set_metadata(w, "vae_identity", vae_identity(vae), NULL);
+    snprintf(num, sizeof num, "%.9g", cfg->scaling_factor);
+    tf_safetensors_writer_set_metadata(w, "scaling_factor", num, NULL);
+    snprintf(num, sizeof num, "%.9g", cfg->shift_factor);
+    tf_safetensors_writer_set_metadata(w, "shift_factor", num, NULL);
+    snprintf(num, sizeof num, "%ld", seed);
+    tf_safetensors_writer_set_metadata(w, "seed", num, NULL);
+    tf_safetensors_writer_set_metadata(w, "latent", mode, NULL);
+    tf_safetensors_writer_set_metadata(w, "sources", sources_text, NULL);
+    if (tf_safetensors_writer_write(w, out, &err))
+        goto fail;
+    tf_log(TF_LOG_INFO, TAG, "encoded %d image(s) in %.1f s (%.2f images/s) -> %s%s", done_n, dt, done_n / dt, out,
+           failed ? "" : "");
+    if (failed)
+        tf_log(TF_LOG_WARN, TAG, "%d image(s) could not be read and were skipped", failed);
+    rc = failed ? 1 : 0;
+    goto done;
+fail:
+    fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
+    rc = 1;
+done:
+    free(sources_text);
+    json_decref(sources);
+    tf_safetensors_writer_free(w);
+    free(images);
+    free(mean);
+    free(logvar);
+    free(latent);
+    tf_kernels_free(k);
+    vae_free(vae);
+    return rc;
+}
+
+static int cmd_decode(int argc, char **argv)
+{
+    static const struct option opts[] = {{"vae", required_argument, 0, 'v'},     {"out", required_argument, 0, 'o'},
+                                         {"tensor", required_argument, 0, 'n'},  {"tensors", required_argument, 0, 'T'},
+                                         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *vae_dir = NULL, *out = NULL, *tname = "latent", *tensors_out = NULL;
+    long threads = 0;
+    TfError err = {{0}};
+    int c, rc = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'v': vae_dir = optarg; break;
+        case 'o': out = optarg; break;
+        case 'n': tname = optarg; break;
+        case 'T': tensors_out = optarg; break;
+        case 't':
+            if (tf_parse_long("--threads", optarg, 0, 1024, &threads, &err)) {
+                fprintf(stderr, "transfuse vae decode: %s\n", err.msg);
+                return 2;
+            }
+            break;
+        case 'h': usage_decode(stdout); return 0;
+        default: usage_decode(stderr); return 2;
+        }
+    }
+    if (!vae_dir || !out || optind != argc - 1) {
+        usage_decode(stderr);
+        return 2;
+    }
+    const char *in = argv[optind];
+    TfSafetensors *st = NULL;
+    Vae *vae = NULL;
+    TfKernels *k = NULL;
+    TfSafetensorsWriter *w = NULL;
+    float *lat = NULL, *img = NULL;
+    if (!(st = tf_safetensors_open(in, &err)))
+        goto fail;
+    const TfTensorInfo *t = tf_safetensors_find(st, tname);
+    if (!t) {
+        tf_fail(&err, "%s: no tensor '%s'", in, tname);
+        goto fail;
+    }
+    if (!(vae = vae_load(vae_dir, VAE_LOAD_DECODER, &err)))
+        goto fail;
+    const VaeConfig *cfg = vae_config(vae);
+    const int f = vae_downsample_factor(cfg);
+    if (t->ndim != 4 || t->shape[1] != cfg->latent_channels || t->shape[0] < 1 || t->shape[2] < 1 ||
+        t->shape[3] < 1 || t->shape[2] * f > 8192 || t->shape[3] * f > 8192) {
+        tf_fail(&err, "%s: tensor '%s' must be (B,%d,h,w) with h*%d and w*%d at most 8192", in, tname,
+                cfg->latent_channels, f, f);
+        goto fail;
+    }
+    const char *id = tf_safetensors_metadata(st, "vae_identity");
+    if (id && strcmp(id, vae_identity(vae)) != 0)
+        tf_log(TF_LOG_WARN, TAG, "%s was encoded by VAE %.16s, decoding with %.16s", in, id, vae_identity(vae));
+    const int B = (int)t->shape[0], h = (int)t->shape[2], wd = (int)t->shape[3];
+    const size_t per_img = (size_t)3 * h * f * wd * f;
+    lat = malloc(t->numel * sizeof *lat);
+    img = malloc((size_t)B * per_img * sizeof *img);
+    if (!lat || !img) {
+        tf_fail(&err, "out of memory");
+        goto fail;
+    }
+    if (tf_tensor_to_f32(t, lat, t->numel, &err) || tf_mkdir_p(out, &err))
+        goto fail;
+    if (!(k = tf_kernels_new((int)threads, &err)))
+        goto fail;
+    TfProgress prog;
+    tf_progress_init(&prog, "vae decode", (uint64_t)B, "images");
+    const size_t per_lat = t->numel / (size_t)B;
+    for (int b = 0; b < B; b++) {
+        if (vae_decode(vae, k, lat + (size_t)b * per_lat, 1, h, wd, img + (size_t)b * per_img, &err))
+            goto fail;
+        char name[32], path[4096];
+        snprintf(name, sizeof name, "%06d.png", b);
+        if (tf_path_join(path, sizeof path, out, name)) {
+            tf_fail(&err, "%s: path too long", out);
+            goto fail;
+        }
+        if (vae_png_write(path, img + (size_t)b * per_img, h * f, wd * f, &err))
+            goto fail;
+        tf_progress_update(&prog, (uint64_t)b + 1);
+    }
+    tf_progress_finish(&prog, (uint64_t)B);
+    if (tensors_out) {
+        int64_t sh[4] = {B, 3, (int64_t)h * f, (int64_t)wd * f};
+        if (!(w = tf_safetensors_writer_new())) {
+            tf_fail(&err, "out of memory");
+            goto fail;
+        }
+        tf_safetensors_writer_set_metadata(w, "vae_identity", vae_identity(vae), NULL);
+        if (tf_safetensors_writer_add_f32(w, "image", TF_DTYPE_F32, 4, sh, img, (size_t)B * per_img, &err) ||
+            tf_safetensors_writer_write(w, tensors_out, &err))
+            goto fail;
+    }
+    tf_log(TF_LOG_INFO, TAG, "decoded %d image(s) into %s", B, out);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "transfuse vae decode: %s\n", err.msg);
+    rc = 1;
+done:
+    tf_safetensors_writer_free(w);
+    free(lat);
+    free(img);
+    tf_kernels_free(k);
+    vae_free(vae);
+    tf_safetensors_free(st);
+    return rc;
+}
+
+int vae_main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage_main(stderr);
+        return 2;
+    }
+    const char *sub = argv[1];
+    if (!strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {
+        usage_main(stdout);
+        return 0;
+    }
+    if (!strcmp(sub, "init"))
+        return cmd_init(argc - 1, argv + 1);
+    if (!strcmp(sub, "encode"))
+        return cmd_encode(argc - 1, argv + 1);
+    if (!strcmp(sub, "decode"))
+        return cmd_decode(argc - 1, argv + 1);
+    fprintf(stderr, "transfuse vae: unknown command '%s' (init, encode, decode)\n", sub);
+    return 2;
+}
