@@ -4,11 +4,13 @@
 #include <string.h>
 
 #include "core.h"
+#include "ingest.h"
 #include "preprocess.h"
 #include "ops.h"
 #include "shards.h"
 
 static const TfCommand COMMANDS[] = {
+    {"ingest", "images and captions to a dataset of records (crop, tokens, VAE latents)", ingest_main},
     {"shards", "inspect, verify, print and import shard datasets", shards_main},
     {"preprocess", "decode, resize and crop images; tokenize captions; VAE latents", preprocess_main},
     {"broker", "run an embedded Kafka broker (librdkafka mock cluster) for one machine", broker_main},

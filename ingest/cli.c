@@ -1,0 +1,149 @@
+/* cli.c: `transfuse ingest`: a manifest of local images and captions to a
+ * dataset of Sample records (crop, tokens, VAE latents, provenance). */
+#include "ingest.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "preprocess.h"
+
+static const char HELP[] =
+    "usage: transfuse ingest --manifest FILE --out DIR --tokenizer PATH --vae DIR [options]\n\n"
+    "Turns a manifest of (image, caption) rows into a dataset of transfuse.v1.Sample\n"
+    "records: each image is read, hashed (SHA-256), decoded, center-cropped; its\n"
+    "caption tokenized (Llama-3 BPE); the crop encoded by the VAE to a latent mean\n"
+    "and log-variance; the record written to shard files with index and manifest.\n"
+    "Failed rows are counted by class with their reason (printed, rate-limited)\n"
+    "and skipped; the summary and DIR/ingest-stats.json give the counts.\n"
+    "Running again on the same DIR resumes: rows whose key is already there are\n"
+    "skipped. Ctrl-C finishes the rows in hand, publishes them, and stops.\n\n"
+    "Manifests: .tsv, .csv (RFC 4180) or .jsonl, with a header (TSV/CSV). Images\n"
+    "are local paths (relative to the manifest's folder) or file:// URLs;\n"
+    "fetching http(s) URLs is not built yet. Other columns go to Sample.extra.\n\n"
+    "  --manifest FILE       rows to ingest (required)\n"
+    "  --out DIR             dataset folder (required; created or resumed)\n"
+    "  --tokenizer PATH      tokenizer.json or tokenizer.model (required)\n"
+    "  --vae DIR             diffusers AutoencoderKL folder (required)\n"
+    "  --url-col NAME        image column (default url)\n"
+    "  --caption-col NAME    caption column (default caption)\n"
+    "  --key-col NAME        key column (default: first 24 hex digits of SHA-256 of the image column)\n"
+    "  --size N              crop side in pixels (default 256)\n"
+    "  --threads N           decode/tokenize threads and VAE kernel threads (default: all cores)\n"
+    "  --batch N             VAE batch (default 8, at most 64)\n"
+    "  --latent-dtype T      bf16 (default), f16 or f32\n"
+    "  --shard-records N     roll shards at N records (default 100000)\n"
+    "  --shard-size SIZE     roll shards at SIZE bytes (default 256M)\n"
+    "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n";
+
+static const char *const FAIL_NAMES[] = {"read", "tokenize"};
+
+int ingest_main(int argc, char **argv)
+{
+    IngestOptions o = {.bos = 1};
+    static const struct option opts[] = {
+        {"manifest", required_argument, 0, 'm'},     {"out", required_argument, 0, 'o'},
+        {"tokenizer", required_argument, 0, 't'},    {"vae", required_argument, 0, 'v'},
+        {"url-col", required_argument, 0, 'U'},      {"caption-col", required_argument, 0, 'C'},
+        {"key-col", required_argument, 0, 'K'},      {"size", required_argument, 0, 's'},
+        {"threads", required_argument, 0, 'j'},      {"batch", required_argument, 0, 'b'},
+        {"latent-dtype", required_argument, 0, 'd'}, {"shard-records", required_argument, 0, 'n'},
+        {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
+        {"help", no_argument, 0, 'h'},               {0}};
+    TfError err = {{0}};
+    long v;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.manifest = optarg; break;
+        case 'o': o.out = optarg; break;
+        case 't': o.tokenizer = optarg; break;
+        case 'v': o.vae = optarg; break;
+        case 'U': o.columns.image = optarg; break;
+        case 'C': o.columns.caption = optarg; break;
+        case 'K': o.columns.key = optarg; break;
+        case 's':
+            if (tf_parse_long("--size", optarg, 8, 4096, &v, &err))
+                goto usage;
+            o.size = (int)v;
+            break;
+        case 'j':
+            if (tf_parse_long("--threads", optarg, 1, 1024, &v, &err))
+                goto usage;
+            o.threads = (int)v;
+            break;
+        case 'b':
+            if (tf_parse_long("--batch", optarg, 1, 64, &v, &err))
+                goto usage;
+            o.batch = (int)v;
+            break;
+        case 'd':
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "f16") && strcmp(optarg, "f32")) {
+                tf_fail(&err, "--latent-dtype must be bf16, f16 or f32");
+                goto usage;
+            }
+            o.latent_dtype = optarg;
+            break;
+        case 'n':
+            if (tf_parse_long("--shard-records", optarg, 1, LONG_MAX, &v, &err))
+                goto usage;
+            o.shard_records = (uint64_t)v;
+            break;
+        case 'S':
+            if (tf_parse_size("--shard-size", optarg, &o.shard_bytes, &err))
+                goto usage;
+            break;
+        case 'B': o.bos = 0; break;
+        case 'h': fputs(HELP, stdout); return 0;
+        default: return 2;
+        }
+    }
+    if (optind != argc) {
+        tf_fail(&err, "unexpected argument '%s'", argv[optind]);
+        goto usage;
+    }
+    if (!o.manifest || !o.out || !o.tokenizer || !o.vae) {
+        tf_fail(&err, "--manifest, --out, --tokenizer and --vae are required");
+        goto usage;
+    }
+    IngestStats st;
+    if (ingest_run(&o, &st, &err)) {
+        fprintf(stderr, "transfuse ingest: %s\n", err.msg);
+        return 1;
+    }
+    json_t *fails = json_object();
+    for (int i = 1; i < IMAGE_STATUS_COUNT; i++)
+        if (st.failures[i])
+            json_object_set_new(fails, image_status_name((ImageStatus)i), json_integer((json_int_t)st.failures[i]));
+    for (int i = 0; i < INGEST_FAIL_COUNT; i++)
+        if (st.failures[IMAGE_STATUS_COUNT + i])
+            json_object_set_new(fails, FAIL_NAMES[i], json_integer((json_int_t)st.failures[IMAGE_STATUS_COUNT + i]));
+    json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f}", "manifest", o.manifest, "rows",
+                               (json_int_t)st.rows, "written", (json_int_t)st.written, "skipped_existing",
+                               (json_int_t)st.skipped_existing, "failed", (json_int_t)st.failed, "failures", fails,
+                               "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0);
+    char path[4096];
+    if (tf_path_join(path, sizeof path, o.out, "ingest-stats.json") == 0 &&
+        tf_json_write_file_atomic(path, report, &err))
+        fprintf(stderr, "transfuse ingest: %s\n", err.msg);
+    fprintf(stderr, "ingest: %llu rows: %llu written, %llu already there, %llu failed", (unsigned long long)st.rows,
+            (unsigned long long)st.written, (unsigned long long)st.skipped_existing, (unsigned long long)st.failed);
+    const char *k;
+    json_t *jv;
+    int first = 1;
+    json_object_foreach(fails, k, jv)
+    {
+        fprintf(stderr, "%s%s %lld", first ? " (" : ", ", k, (long long)json_integer_value(jv));
+        first = 0;
+    }
+    fprintf(stderr, "%s in %.1f s (%.1f rows/s) -> %s\n", first ? "" : ")", st.seconds,
+            st.seconds > 0 ? st.rows / st.seconds : 0.0, o.out);
+    json_decref(fails);
+    json_decref(report);
+    return 0;
+usage:
+    fprintf(stderr, "transfuse ingest: %s (see transfuse ingest --help)\n", err.msg);
+    return 2;
+}

@@ -1,0 +1,92 @@
+/* ingest: from a manifest of (image, caption) rows to a dataset of Sample
+ * records.
+ *
+ * A manifest is TSV, CSV (RFC 4180 quoting) or JSON lines, with a header
+ * naming the columns (TSV/CSV) or keys (JSONL): an image column (default
+ * `url`), a caption column (default `caption`), optionally a key column;
+ * every other column is kept in the record's `extra` map. Images are local
+ * paths or file:// URLs here; fetching http(s) URLs with libcurl is the
+ * fetcher's job (not built yet), and such rows fail with that reason.
+ *
+ * Each row is read, hashed (SHA-256 of the original bytes), decoded and
+ * center-cropped (preprocess image), its caption tokenized (preprocess
+ * tokenizer), and the crop encoded to a latent posterior (preprocess VAE);
+ * the Sample goes to a shard writer (shards). A bad row is one counted
+ * failure with its class and reason; it never stops the run. Running again
+ * on the same output resumes: rows whose key is already in the dataset are
+ * skipped, and a shard interrupted by a kill was never published, so
+ * nothing is lost or duplicated. */
+#ifndef TRANSFUSE_INGEST_H
+#define TRANSFUSE_INGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+
+/* ---- manifests ---- */
+
+typedef struct IngestRow {
+    char *image;            /* path or URL */
+    char *caption;
+    char *key;              /* from the key column, or derived from image */
+    char **extra_names;     /* other columns, kept in Sample.extra */
+    char **extra_values;
+    size_t n_extra;
+    uint64_t line;          /* 1-based line of the manifest */
+} IngestRow;
+
+typedef struct IngestManifest {
+    IngestRow *rows;
+    size_t n_rows;
+} IngestManifest;
+
+typedef struct IngestColumns {
+    const char *image;      /* default "url" */
+    const char *caption;    /* default "caption" */
+    const char *key;        /* NULL: key = first 24 hex digits of SHA-256(image) */
+} IngestColumns;
+
+/* Loads a manifest; the format comes from the extension (.tsv, .csv,
+ * .jsonl/.json) and relative image paths are taken relative to the
+ * manifest's folder. Returns NULL with err naming the file and line when a
+ * row cannot be parsed or a named column is missing. */
+IngestManifest *ingest_manifest_load(const char *path, const IngestColumns *cols, TfError *err);
+void ingest_manifest_free(IngestManifest *m);
+
+/* ---- the local pipeline ---- */
+
+typedef struct IngestOptions {
+    const char *manifest;
+    const char *out;              /* dataset folder */
+    const char *tokenizer;        /* tokenizer.json or tokenizer.model */
+    const char *vae;              /* diffusers AutoencoderKL folder */
+    IngestColumns columns;
+    int size;                     /* crop side, default 256 */
+    int threads;                  /* default: all cores */
+    int batch;                    /* VAE batch, default 8 */
+    const char *latent_dtype;     /* "bf16" (default), "f16", "f32" */
+    uint64_t shard_records;       /* default 100000 (shards' default) */
+    uint64_t shard_bytes;         /* default 256 MiB */
+    int bos;                      /* prepend BOS to token ids (default 1) */
+} IngestOptions;
+
+typedef struct IngestStats {
+    uint64_t rows, written, skipped_existing, failed;
+    uint64_t failures[16];        /* by ImageStatus, plus INGEST_FAIL_* below */
+    double seconds;
+} IngestStats;
+
+/* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT. */
+enum { INGEST_FAIL_READ = 0, INGEST_FAIL_TOKENIZE, INGEST_FAIL_COUNT };
+
+/* Runs the pipeline. Returns 0 when it ran (whatever the per-row
+ * outcomes, which are in *stats), -1 with err filled when it could not
+ * (bad options, unreadable model files, an output that holds other data,
+ * a write error). */
+int ingest_run(const IngestOptions *opts, IngestStats *stats, TfError *err);
+
+/* `transfuse ingest`. */
+int ingest_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,527 @@
+/* pipeline.c: the local ingest pipeline. Rows are processed in chunks:
+ * worker threads read, hash, decode/crop and tokenize the rows of a chunk
+ * in parallel (each with its own cropper and tokenizer session), then the
+ * chunk's crops go through the VAE encoder in batches (the kernels use the
+ * same threads), and the records are appended in manifest order. A SIGINT
+ * or SIGTERM finishes the chunk in hand, publishes the shard, and stops:
+ * the next run resumes after it. */
+#include "ingest.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels.h"
+#include "preprocess.h"
+#include "shards.h"
+
+#define TAG "ingest"
+#define MAX_IMAGE_BYTES ((size_t)256 << 20)
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* ---- a set of keys already in the dataset ---- */
+
+typedef struct KeySet {
+    char **slots;
+    size_t n, cap; /* cap is a power of two */
+} KeySet;
+
+static uint64_t hash_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static int keyset_has(const KeySet *k, const char *key)
+{
+    if (!k->cap)
+        return 0;
+    for (size_t i = hash_key(key) & (k->cap - 1);; i = (i + 1) & (k->cap - 1)) {
+        if (!k->slots[i])
+            return 0;
+        if (!strcmp(k->slots[i], key))
+            return 1;
+    }
+}
+
+static int keyset_add(KeySet *k, const char *key)
+{
+    if (keyset_has(k, key))
+        return 0;
+    if ((k->n + 1) * 2 > k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 1024;
+        char **slots = calloc(cap, sizeof *slots);
+        if (!slots)
+            return -1;
+        for (size_t i = 0; i < k->cap; i++) {
+            if (!k->slots[i])
+                continue;
+            size_t j = hash_key(k->slots[i]) & (cap - 1);
+            while (slots[j])
+                j = (j + 1) & (cap - 1);
+            slots[j] = k->slots[i];
+        }
+        free(k->slots);
+        k->slots = slots;
+        k->cap = cap;
+    }
+    size_t j = hash_key(key) & (k->cap - 1);
+    while (k->slots[j])
+        j = (j + 1) & (k->cap - 1);
+    if (!(k->slots[j] = strdup(key)))
+        return -1;
+    k->n++;
+    return 0;
+}
+
+static void keyset_free(KeySet *k)
+{
+    for (size_t i = 0; i < k->cap; i++)
+        free(k->slots[i]);
+    free(k->slots);
+}
+
+/* Collects the keys of every record already in the dataset at dir. */
+static int keys_load(const char *dir, KeySet *keys, TfError *err)
+{
+    char path[4096];
+    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) || access(path, F_OK) != 0)
+        return 0;
+    ShardManifest *m = shard_manifest_load(dir, err);
+    if (!m)
+        return -1;
+    ShardArena arena;
+    shard_arena_init(&arena, 1 << 20);
+    int rc = 0;
+    for (size_t i = 0; i < m->n_shards && !rc; i++) {
+        tf_path_join(path, sizeof path, dir, m->shards[i].name);
+        ShardFile *f = shard_file_load(path, err);
+        if (!f) {
+            rc = -1;
+            break;
+        }
+        ShardCursor c;
+        shard_cursor_init(&c, f);
+        const uint8_t *p;
+        size_t len;
+        int r;
+        while ((r = shard_cursor_next(&c, &p, &len, NULL)) != 0) {
+            if (r < 0)
+                continue; /* a damaged record's row is simply redone */
+            shard_arena_reset(&arena);
+            Sample *s = sample_decode(p, len, &arena, NULL);
+            if (s && s->key && keyset_add(keys, s->key)) {
+                rc = tf_fail(err, "out of memory");
+                break;
+            }
+        }
+        shard_file_free(f);
+    }
+    shard_arena_deinit(&arena);
+    shard_manifest_free(m);
+    return rc;
+}
+
+/* ---- per-row work ---- */
+
+enum { SLOT_PENDING = 0, SLOT_OK, SLOT_FAILED, SLOT_SKIPPED };
+
+typedef struct Slot {
+    const IngestRow *row;
+    int state;
+    int fail_class;          /* ImageStatus, or IMAGE_STATUS_COUNT + INGEST_FAIL_* */
+    char why[256];
+    unsigned char sha256[32];
+    uint8_t *rgb;            /* (S,S,3) u8, owned by the chunk */
+    ImageCropInfo info;
+    TokenIds tokens;
+} Slot;
+
+typedef struct Worker {
+    ImageCropper *cropper;
+    TokenizerSession *session;
+    pthread_t thread;
+    struct Chunk *chunk;
+} Worker;
+
+typedef struct Chunk {
+    Slot *slots;
+    size_t n;
+    size_t next;             /* next slot to claim */
+    pthread_mutex_t lock;
+    const KeySet *existing;
+    unsigned tok_flags;
+} Chunk;
+
+/* Reads a local path or file:// URL. */
+static unsigned char *read_image(const char *image, size_t *len, TfError *err)
+{
+    const char *path = image;
+    if (!strncmp(image, "file://", 7))
+        path = image + 7;
+    else if (strstr(image, "://")) {
+        tf_fail(err, "fetching URLs is not built yet (local paths and file:// only)");
+        return NULL;
+    }
+    return (unsigned char *)tf_read_file(path, MAX_IMAGE_BYTES, len, err);
+}
+
+static void process_slot(Worker *w, Slot *s, const Chunk *c)
+{
+    TfError err = {{0}};
+    if (keyset_has(c->existing, s->row->key)) {
+        s->state = SLOT_SKIPPED;
+        return;
+    }
+    size_t len = 0;
+    unsigned char *bytes = read_image(s->row->image, &len, &err);
+    if (!bytes) {
+        s->state = SLOT_FAILED;
+        s->fail_class = IMAGE_STATUS_COUNT + INGEST_FAIL_READ;
+        snprintf(s->why, sizeof s->why, "%s", err.msg);
+        return;
+    }
+    tf_sha256(bytes, len, s->sha256);
+    ImageStatus st = image_cropper_run(w->cropper, bytes, len, s->rgb, &s->info, &err);
+    free(bytes);
+    if (st != IMAGE_OK) {
+        s->state = SLOT_FAILED;
+        s->fail_class = (int)st;
+        snprintf(s->why, sizeof s->why, "%s: %s", image_status_name(st), err.msg);
+        return;
+    }
+    s->tokens.len = 0;
+    if (tokenizer_encode(w->session, s->row->caption, strlen(s->row->caption), c->tok_flags, &s->tokens, &err)) {
+        s->state = SLOT_FAILED;
+        s->fail_class = IMAGE_STATUS_COUNT + INGEST_FAIL_TOKENIZE;
+        snprintf(s->why, sizeof s->why, "tokenize: %s", err.msg);
+        return;
+    }
+    s->state = SLOT_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    Worker *w = arg;
+    Chunk *c = w->chunk;
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        size_t i = c->next++;
+        pthread_mutex_unlock(&c->lock);
+        if (i >= c->n)
+            return NULL;
+        process_slot(w, &c->slots[i], c);
+    }
+}
+
+/* ---- records ---- */
+
+static int dtype_parse(const char *name, int *proto_dtype, TfDtype *dtype)
+{
+    if (!strcmp(name, "bf16")) {
+        *proto_dtype = TRANSFUSE__V1__DTYPE__DTYPE_BF16;
+        *dtype = TF_DTYPE_BF16;
+    } else if (!strcmp(name, "f16")) {
+        *proto_dtype = TRANSFUSE__V1__DTYPE__DTYPE_F16;
+        *dtype = TF_DTYPE_F16;
+    } else if (!strcmp(name, "f32")) {
+        *proto_dtype = TRANSFUSE__V1__DTYPE__DTYPE_F32;
+        *dtype = TF_DTYPE_F32;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+/* Little-endian bytes of n floats in dtype, into out. */
+static void pack_floats(const float *x, size_t n, TfDtype dtype, uint8_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (dtype == TF_DTYPE_F32) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            for (int b = 0; b < 4; b++)
+                out[4 * i + (size_t)b] = (uint8_t)(u >> (8 * b));
+        } else {
+            uint16_t h = dtype == TF_DTYPE_BF16 ? tf_f32_to_bf16(x[i]) : tf_f32_to_f16(x[i]);
+            out[2 * i] = (uint8_t)h;
+            out[2 * i + 1] = (uint8_t)(h >> 8);
+        }
+    }
+}
+
+static int append_record(ShardWriter *wr, const Slot *s, const float *mean, const float *logvar, size_t per,
+                         uint32_t shape[3], int proto_dtype, TfDtype dtype, uint8_t *scratch, TfError *err)
+{
+    const IngestRow *r = s->row;
+    size_t es = tf_dtype_size(dtype);
+    Transfuse__V1__Tensor tm = TRANSFUSE__V1__TENSOR__INIT, tl = TRANSFUSE__V1__TENSOR__INIT;
+    tm.dtype = tl.dtype = proto_dtype;
+    tm.n_shape = tl.n_shape = 3;
+    tm.shape = tl.shape = shape;
+    pack_floats(mean, per, dtype, scratch);
+    pack_floats(logvar, per, dtype, scratch + per * es);
+    tm.data = (ProtobufCBinaryData){per * es, scratch};
+    tl.data = (ProtobufCBinaryData){per * es, scratch + per * es};
+
+    Transfuse__V1__CropBox crop = TRANSFUSE__V1__CROP_BOX__INIT;
+    crop.x = (uint32_t)s->info.crop_x;
+    crop.y = (uint32_t)s->info.crop_y;
+    crop.width = (uint32_t)s->info.crop_w;
+    crop.height = (uint32_t)s->info.crop_h;
+    Transfuse__V1__Provenance pv = TRANSFUSE__V1__PROVENANCE__INIT;
+    pv.source_url = r->image;
+    pv.sha256 = (ProtobufCBinaryData){32, (uint8_t *)s->sha256};
+    pv.original_width = (uint32_t)s->info.width;
+    pv.original_height = (uint32_t)s->info.height;
+    pv.crop = &crop;
+    pv.exif_orientation = s->info.orientation_applied ? (uint32_t)s->info.orientation : 0;
+    pv.original_format = (char *)image_format_name(s->info.format);
+
+    Transfuse__V1__Sample__ExtraEntry *entries = calloc(r->n_extra ? r->n_extra : 1, sizeof *entries);
+    Transfuse__V1__Sample__ExtraEntry **eptrs = calloc(r->n_extra ? r->n_extra : 1, sizeof *eptrs);
+    uint32_t *tokens = malloc((s->tokens.len ? s->tokens.len : 1) * sizeof *tokens);
+    if (!entries || !eptrs || !tokens) {
+        free(entries);
+        free(eptrs);
+        free(tokens);
+        return tf_fail(err, "out of memory");
+    }
+    for (size_t i = 0; i < r->n_extra; i++) {
+        transfuse__v1__sample__extra_entry__init(&entries[i]);
+        entries[i].key = r->extra_names[i];
+        entries[i].value = r->extra_values[i];
+        eptrs[i] = &entries[i];
+    }
+    for (size_t i = 0; i < s->tokens.len; i++)
+        tokens[i] = (uint32_t)s->tokens.ids[i];
+    Sample smp = TRANSFUSE__V1__SAMPLE__INIT;
+    smp.key = r->key;
+    smp.caption = r->caption;
+    smp.n_tokens = s->tokens.len;
+    smp.tokens = tokens;
+    smp.latent_mean = &tm;
+    smp.latent_logvar = &tl;
+    smp.provenance = &pv;
+    smp.n_extra = r->n_extra;
+    smp.extra = eptrs;
+    int rc = shard_writer_append_sample(wr, &smp, err);
+    free(entries);
+    free(eptrs);
+    free(tokens);
+    return rc;
+}
+
+/* ---- the run ---- */
+
+int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
+{
+    memset(stats, 0, sizeof *stats);
+    double t0 = tf_now();
+    int size = o->size ? o->size : 256, batch = o->batch ? o->batch : 8;
+    int threads = o->threads ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1)
+        threads = 1;
+    int proto_dtype;
+    TfDtype dtype;
+    if (dtype_parse(o->latent_dtype ? o->latent_dtype : "bf16", &proto_dtype, &dtype))
+        return tf_fail(err, "latent dtype '%s' is not bf16, f16 or f32", o->latent_dtype);
+    if (!o->manifest || !o->out || !o->tokenizer || !o->vae)
+        return tf_fail(err, "manifest, output folder, tokenizer and VAE are all required");
+
+    int rc = -1;
+    IngestManifest *m = NULL;
+    Tokenizer *tok = NULL;
+    Vae *vae = NULL;
+    TfKernels *k = NULL;
+    ShardWriter *wr = NULL;
+    KeySet existing = {0};
+    Worker *workers = NULL;
+    Chunk chunk = {0};
+    float *images = NULL, *mean = NULL, *logvar = NULL;
+    uint8_t *scratch = NULL;
+    int n_workers = 0;
+    pthread_mutex_init(&chunk.lock, NULL);
+
+    if (!(m = ingest_manifest_load(o->manifest, &o->columns, err)))
+        goto done;
+    if (!(tok = tokenizer_load(o->tokenizer, err)))
+        goto done;
+    if (!(vae = vae_load(o->vae, VAE_LOAD_ENCODER, err)))
+        goto done;
+    const VaeConfig *cfg = vae_config(vae);
+    int f = vae_downsample_factor(cfg);
+    if (size % f) {
+        tf_fail(err, "crop size %d is not a multiple of the VAE's downsampling factor %d", size, f);
+        goto done;
+    }
+    uint32_t shape[3] = {(uint32_t)cfg->latent_channels, (uint32_t)(size / f), (uint32_t)(size / f)};
+    size_t per = (size_t)shape[0] * shape[1] * shape[2];
+
+    ShardFacts facts = {0};
+    snprintf(facts.tokenizer_id, sizeof facts.tokenizer_id, "%s", tokenizer_identity(tok));
+    snprintf(facts.tokenizer_name, sizeof facts.tokenizer_name, "%s", o->tokenizer);
+    snprintf(facts.vae_id, sizeof facts.vae_id, "%s", vae_identity(vae));
+    snprintf(facts.vae_name, sizeof facts.vae_name, "%s", o->vae);
+    facts.latent_scaling = cfg->scaling_factor;
+    facts.latent_shift = cfg->shift_factor;
+    snprintf(facts.latent_dtype, sizeof facts.latent_dtype, "%s", o->latent_dtype ? o->latent_dtype : "bf16");
+    facts.latent_rank = 3;
+    memcpy(facts.latent_shape, shape, sizeof shape);
+
+    ShardWriterOptions wo = {.max_shard_records = o->shard_records, .max_shard_bytes = o->shard_bytes};
+    if (!(wr = shard_writer_open(o->out, &wo, &facts, err)))
+        goto done;
+    if (keys_load(o->out, &existing, err))
+        goto done;
+    if (existing.n)
+        tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
+               existing.n);
+    if (!(k = tf_kernels_new(threads, err)))
+        goto done;
+
+    size_t chunk_rows = (size_t)batch * (size_t)(threads > 4 ? threads : 4);
+    chunk.slots = calloc(chunk_rows, sizeof *chunk.slots);
+    workers = calloc((size_t)threads, sizeof *workers);
+    images = malloc((size_t)batch * 3 * (size_t)size * (size_t)size * sizeof *images);
+    mean = malloc((size_t)batch * per * sizeof *mean);
+    logvar = malloc((size_t)batch * per * sizeof *logvar);
+    scratch = malloc(2 * per * 4);
+    if (!chunk.slots || !workers || !images || !mean || !logvar || !scratch) {
+        tf_fail(err, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < chunk_rows; i++)
+        if (!(chunk.slots[i].rgb = malloc((size_t)size * (size_t)size * 3))) {
+            tf_fail(err, "out of memory");
+            goto done;
+        }
+    ImageCropOptions copt;
+    image_crop_options_init(&copt);
+    copt.size = size;
+    for (int t = 0; t < threads; t++, n_workers++) {
+        if (!(workers[t].cropper = image_cropper_new(&copt, err)) ||
+            !(workers[t].session = tokenizer_session_new(tok, err)))
+            goto done;
+        workers[t].chunk = &chunk;
+    }
+    chunk.existing = &existing;
+    chunk.tok_flags = o->bos ? TOKENIZER_ADD_BOS : 0;
+
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    stop_requested = 0;
+
+    TfRateLimit limit = {.burst = 20, .period_s = 10};
+    TfProgress prog;
+    tf_progress_init(&prog, "ingest", m->n_rows, "rows");
+    size_t row = 0;
+    int failed_write = 0;
+    while (row < m->n_rows && !stop_requested && !failed_write) {
+        chunk.n = m->n_rows - row < chunk_rows ? m->n_rows - row : chunk_rows;
+        chunk.next = 0;
+        for (size_t i = 0; i < chunk.n; i++) {
+            chunk.slots[i].row = &m->rows[row + i];
+            chunk.slots[i].state = SLOT_PENDING;
+        }
+        for (int t = 0; t < threads; t++)
+            pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
+        for (int t = 0; t < threads; t++)
+            pthread_join(workers[t].thread, NULL);
+        /* Encode the good crops in batches, append records in row order. */
+        size_t i = 0;
+        while (i < chunk.n && !failed_write) {
+            size_t idx[64];
+            int b = 0;
+            size_t j = i;
+            for (; j < chunk.n && b < batch; j++) {
+                Slot *s = &chunk.slots[j];
+                if (s->state != SLOT_OK)
+                    continue;
+                float *dst = images + (size_t)b * 3 * (size_t)size * (size_t)size; /* (3,S,S) */
+                size_t plane = (size_t)size * (size_t)size;
+                for (size_t p = 0; p < plane; p++)
+                    for (int ch = 0; ch < 3; ch++)
+                        dst[(size_t)ch * plane + p] = s->rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
+                idx[b++] = j;
+            }
+            if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, err)) {
+                failed_write = 1;
+                break;
+            }
+            for (size_t q = i; q < j; q++) {
+                Slot *s = &chunk.slots[q];
+                stats->rows++;
+                if (s->state == SLOT_SKIPPED) {
+                    stats->skipped_existing++;
+                } else if (s->state == SLOT_FAILED) {
+                    stats->failed++;
+                    stats->failures[s->fail_class]++;
+                    tf_log_limited(&limit, TF_LOG_WARN, TAG, "%s line %llu (%s): %s", o->manifest,
+                                   (unsigned long long)s->row->line, s->row->image, s->why);
+                }
+            }
+            for (int q = 0; q < b; q++) {
+                Slot *s = &chunk.slots[idx[q]];
+                if (append_record(wr, s, mean + (size_t)q * per, logvar + (size_t)q * per, per, shape, proto_dtype,
+                                  dtype, scratch, err)) {
+                    failed_write = 1;
+                    break;
+                }
+                stats->written++;
+            }
+            i = j;
+        }
+        row += chunk.n;
+        tf_progress_update(&prog, row);
+    }
+    tf_progress_finish(&prog, row);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (failed_write)
+        goto done;
+    if (stop_requested)
+        tf_log(TF_LOG_WARN, TAG, "stopped by a signal after %zu of %zu rows; run again to resume", row, m->n_rows);
+    if (shard_writer_flush(wr, err))
+        goto done;
+    rc = 0;
+done:
+    stats->seconds = tf_now() - t0;
+    shard_writer_free(wr);
+    for (int t = 0; t < n_workers; t++) {
+        image_cropper_free(workers[t].cropper);
+        tokenizer_session_free(workers[t].session);
+    }
+    if (chunk.slots)
+        for (size_t i = 0; i < ((size_t)batch * (size_t)(threads > 4 ? threads : 4)); i++) {
+            free(chunk.slots[i].rgb);
+            token_ids_deinit(&chunk.slots[i].tokens);
+        }
+    free(chunk.slots);
+    free(workers);
+    free(images);
+    free(mean);
+    free(logvar);
+    free(scratch);
+    pthread_mutex_destroy(&chunk.lock);
+    keyset_free(&existing);
+    tf_kernels_free(k);
+    vae_free(vae);
+    tokenizer_free(tok);
+    ingest_manifest_free(m);
+    return rc;
+}
