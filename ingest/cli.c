@@ -108,6 +108,7 @@ int ingest_main(int argc, char **argv)
         tf_fail(&err, "--manifest, --out, --tokenizer and --vae are required");
         goto usage;
     }
+    image_tune_process_malloc(); /* libjpeg's progressive buffers stay on the heap */
     IngestStats st;
     if (ingest_run(&o, &st, &err)) {
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);

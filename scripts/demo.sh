@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --demo
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" >/dev/null
-T=$PWD/build/cli/transfuse
+cmake -S . -B build-demo -G Ninja >/dev/null
+cmake --build build-demo -j "$(nproc)" | grep -Ev '^\[[0-9]+/[0-9]+\]' || true
+T=$PWD/build-demo/cli/transfuse
+[ -x "$T" ] || { echo "demo: the build failed" >&2; exit 1; }
 out=out/demo
 n=${DEMO_IMAGES:-16}
 rm -rf "$out/dataset" "$out/archive" "$out/vae" "$out/manifest.tsv"
@@ -28,9 +29,11 @@ echo "== 2. manifest: $n wallpapers from Debian's packages, captions from their 
   printf 'url\tcaption\tpackage\n'
   find /usr/share/backgrounds /usr/share/wallpapers -type f \
        \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' -o -iname '*.webp' \) 2>/dev/null |
-    sort | head -n "$n" | while read -r f; do
+    sort > "$out/all-images.txt" || true
+  head -n "$n" "$out/all-images.txt" | while read -r f; do
       name=$(basename "${f%.*}" | tr '_-' '  ')
-      printf '%s\tA wallpaper: %s\t%s\n' "$f" "$name" "$(dpkg -S "$f" 2>/dev/null | cut -d: -f1 | head -1)"
+      pkg=$(dpkg -S "$f" 2>/dev/null | cut -d: -f1 | head -n 1 || true)
+      printf '%s\tA wallpaper: %s\t%s\n' "$f" "$name" "$pkg"
     done
 } > "$out/manifest.tsv"
 
@@ -58,7 +61,7 @@ url="kafka://$(cut -d, -f1 "$out/bootstrap")/demo"
 kill $broker; wait $broker 2>/dev/null || true
 trap - EXIT
 
-records=$("$T" shards ls --json "$out/dataset" | sed -n 's/.*"records":\([0-9]*\).*/\1/p')
+records=$("$T" shards cat "$out/dataset" --fields key | wc -l)
 cat <<MSG
 
 What this did: read $n real photos listed in $out/manifest.tsv, decoded and
