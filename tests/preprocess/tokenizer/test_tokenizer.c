@@ -4,6 +4,7 @@
  * against a brute-force BPE, added tokens, BOS, invalid UTF-8, decoding,
  * the identity hash, the tiktoken loader, pattern translation and the
  * files that must be refused. */
+#include <pthread.h>
 #include <unistd.h>
 
 #include "test.h"
@@ -285,6 +286,56 @@ static void test_tiktoken(const Tokenizer *json_tok)
     tokenizer_free(tok);
 }
 
+/* One Tokenizer, one session per thread: the results must not depend on
+ * what other threads do (sanitizer builds catch races on shared state). */
+typedef struct ThreadJob {
+    const Tokenizer *tok;
+    int failures;
+} ThreadJob;
+
+static const char *const THREAD_TEXTS[] = {"the cat's dog", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                                                             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                           "\xe4\xb8\xad\xc3\xa9 123456 <|bos|>", "  \n\n x\xff"};
+
+static void *thread_run(void *arg)
+{
+    ThreadJob *job = arg;
+    TfError err;
+    TokenizerSession *s = tokenizer_session_new(job->tok, &err);
+    TokenizerSession *ref = tokenizer_session_new(job->tok, &err);
+    if (!s || !ref) {
+        job->failures++;
+        goto done;
+    }
+    for (int round = 0; round < 300; round++) {
+        for (size_t i = 0; i < sizeof THREAD_TEXTS / sizeof THREAD_TEXTS[0]; i++) {
+            const char *t = THREAD_TEXTS[(i + (size_t)round) % 4];
+            TokenIds a = {0}, b = {0};
+            if (tokenizer_encode(s, t, strlen(t), 0, &a, &err) || tokenizer_encode(ref, t, strlen(t), 0, &b, &err) ||
+                a.len != b.len || memcmp(a.ids, b.ids, a.len * sizeof(int32_t)))
+                job->failures++;
+            token_ids_deinit(&a);
+            token_ids_deinit(&b);
+        }
+    }
+done:
+    tokenizer_session_free(s);
+    tokenizer_session_free(ref);
+    return NULL;
+}
+
+static void test_threads(const Tokenizer *tok)
+{
+    pthread_t th[3];
+    ThreadJob jobs[3] = {{tok, 0}, {tok, 0}, {tok, 0}};
+    for (int i = 0; i < 3; i++)
+        REQUIRE(pthread_create(&th[i], NULL, thread_run, &jobs[i]) == 0);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CHECKF(jobs[i].failures == 0, "thread %d: %d differing encodes", i, jobs[i].failures);
+    }
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/tf_tokenizer_test_%d", (int)getpid());
@@ -308,6 +359,7 @@ int main(void)
     test_encode(tok);
     test_pattern();
     test_tiktoken(tok);
+    test_threads(tok);
     test_refused();
     tokenizer_free(tok);
 
