@@ -1,21 +1,30 @@
 /* tokenizer_cli.c: `transfuse tokenize`, a line filter around the
  * tokenizer: text lines in, one JSON array of ids out per line (or the
- * reverse with --decode). A line that cannot be handled gives an empty
- * output line (so output lines stay aligned with input lines), a warning,
- * and exit status 1 at the end. */
+ * reverse with --decode). Lines are read in batches; with --threads each
+ * thread takes a contiguous part of a batch through its own session and the
+ * parts are written in input order. A line that cannot be handled gives an
+ * empty output line (so output lines stay aligned with input lines), a
+ * warning, and exit status 1 at the end. */
 #include <getopt.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "tokenizer_internal.h"
+
+#define BATCH_LINES 8192
+#define BATCH_BYTES (8u << 20)
+#define MAX_THREADS 256
 
 static void usage(FILE *out)
 {
     fprintf(out,
             "usage: transfuse tokenize --tokenizer PATH [--bos] [--decode] [--json] [--specials-as-text]\n"
+            "                          [--threads N]\n"
             "       transfuse tokenize --tokenizer PATH --identity\n\n"
-            "Reads lines on stdin and writes one line per input line on stdout:\n"
+            "Reads lines on stdin and writes one line per input line on stdout, in order:\n"
             "  encode (default): a JSON array of token ids, e.g. [9906,1917,0]\n"
             "  --decode:         input lines are JSON arrays of ids; output is text\n\n"
             "options:\n"
@@ -28,31 +37,68 @@ static void usage(FILE *out)
             "                      newlines; with --decode, write JSON strings\n"
             "  --specials-as-text  encode \"<|eot_id|>\" and other special-token text as\n"
             "                      ordinary text (default: the special id, as Hugging Face does)\n"
+            "  --threads N         encode on N threads (default 1; 0 = one per core)\n"
             "  --identity          print the tokenizer's identity hash and vocabulary size\n"
             "  -h, --help          this help\n\n"
             "The line ending (\\n) is not part of the text; a \\r before it is. Invalid\n"
             "UTF-8 is replaced by U+FFFD (per maximal invalid subpart) before encoding.\n"
-            "A summary (lines, bytes, MB/s) goes to stderr at the end.\n");
+            "A line that fails gives an empty output line and a warning; the exit status\n"
+            "is then 1. A summary (lines, bytes, MB/s) goes to stderr at the end.\n");
 }
 
-/* Writes ids as a JSON array with a newline. */
-static void write_ids(FILE *out, const int32_t *ids, size_t n)
+typedef struct Buf {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra)
 {
-    char buf[16];
-    putc_unlocked('[', out);
+    if (b->n + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->n + extra)
+        cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np)
+        return -1;
+    b->p = np;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_add(Buf *b, const void *data, size_t n)
+{
+    if (buf_reserve(b, n))
+        return -1;
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+    return 0;
+}
+
+/* Appends ids as a JSON array and a newline. */
+static int buf_add_ids(Buf *b, const int32_t *ids, size_t n)
+{
+    if (n > (SIZE_MAX - 3) / 12 || buf_reserve(b, n * 12 + 3))
+        return -1;
+    char *o = b->p + b->n;
+    *o++ = '[';
     for (size_t i = 0; i < n; i++) {
         if (i)
-            putc_unlocked(',', out);
-        uint32_t v = (uint32_t)ids[i];
+            *o++ = ',';
+        char tmp[12];
         int k = 0;
+        uint32_t v = (uint32_t)ids[i];
         do {
-            buf[k++] = (char)('0' + v % 10);
+            tmp[k++] = (char)('0' + v % 10);
             v /= 10;
         } while (v);
         while (k)
-            putc_unlocked(buf[--k], out);
+            *o++ = tmp[--k];
     }
-    fputs_unlocked("]\n", out);
+    *o++ = ']';
+    *o++ = '\n';
+    b->n = (size_t)(o - b->p);
+    return 0;
 }
 
 /* Parses "[1, 2, 3]" into ids. Returns 0 or -1 with err filled. */
@@ -108,16 +154,301 @@ static int parse_ids(const char *line, size_t len, TokenIds *ids, TfError *err)
     return 0;
 }
 
+/* Appends the UTF-8 form of code point cp. */
+static int buf_add_utf8(Buf *b, uint32_t cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return buf_add(b, u, n);
+}
+
+static int hex4(const char *p, uint32_t *v)
+{
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        *v = *v << 4 | (uint32_t)d;
+    }
+    return 0;
+}
+
+/* Decodes a line holding one JSON string into out (replacing its
+ * contents). Bytes pass through as they are (the tokenizer replaces invalid
+ * UTF-8); a lone surrogate escape becomes U+FFFD, as JavaScript's
+ * TextEncoder makes it. Faster than a general JSON parser on this one shape.
+ * Returns 0 or -1 with err filled. */
+static int json_string_decode(const char *line, size_t len, Buf *out, TfError *err)
+{
+    size_t i = 0;
+    out->n = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+        i++;
+    if (i >= len || line[i] != '"')
+        return tf_fail(err, "expected a JSON string");
+    i++;
+    for (;;) {
+        size_t start = i;
+        while (i < len && line[i] != '"' && line[i] != '\\' && (unsigned char)line[i] >= 0x20)
+            i++;
+        if (i > start && buf_add(out, line + start, i - start))
+            return tf_fail(err, "out of memory");
+        if (i >= len)
+            return tf_fail(err, "unterminated JSON string");
+        char c = line[i];
+        if (c == '"') {
+            i++;
+            break;
+        }
+        if ((unsigned char)c < 0x20)
+            return tf_fail(err, "control character 0x%02x in a JSON string (must be escaped)", (unsigned)c);
+        if (i + 1 >= len)
+            return tf_fail(err, "unterminated JSON string");
+        char e = line[i + 1];
+        i += 2;
+        int rc = 0;
+        switch (e) {
+        case '"': rc = buf_add(out, "\"", 1); break;
+        case '\\': rc = buf_add(out, "\\", 1); break;
+        case '/': rc = buf_add(out, "/", 1); break;
+        case 'b': rc = buf_add(out, "\b", 1); break;
+        case 'f': rc = buf_add(out, "\f", 1); break;
+        case 'n': rc = buf_add(out, "\n", 1); break;
+        case 'r': rc = buf_add(out, "\r", 1); break;
+        case 't': rc = buf_add(out, "\t", 1); break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (i + 4 > len || hex4(line + i, &cp))
+                return tf_fail(err, "bad \\u escape in a JSON string");
+            i += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= len && line[i] == '\\' && line[i + 1] == 'u' &&
+                !hex4(line + i + 2, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            } else if (cp >= 0xD800 && cp <= 0xDFFF) {
+                cp = 0xFFFD;
+            }
+            rc = buf_add_utf8(out, cp);
+            break;
+        }
+        default:
+            return tf_fail(err, "bad escape \\%c in a JSON string", e);
+        }
+        if (rc)
+            return tf_fail(err, "out of memory");
+    }
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+        i++;
+    if (i != len)
+        return tf_fail(err, "trailing characters after the JSON string");
+    return 0;
+}
+
+/* Appends text as a JSON string (UTF-8 kept, quotes, backslashes and
+ * control characters escaped). */
+static int buf_add_json_string(Buf *b, const char *text, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (len > (SIZE_MAX - 2) / 6 || buf_reserve(b, len * 6 + 2))
+        return -1;
+    char *o = b->p + b->n;
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c < 0x20) {
+            *o++ = '\\';
+            switch (c) {
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\f': *o++ = 'f'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex[c >> 4];
+                *o++ = hex[c & 15];
+            }
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    b->n = (size_t)(o - b->p);
+    return 0;
+}
+
+typedef struct Options {
+    int decode, json;
+    unsigned flags;
+} Options;
+
+/* A batch of lines: their bytes one after another, with offsets. */
+typedef struct Batch {
+    Buf text;
+    size_t off[BATCH_LINES + 1];
+    size_t n;
+    size_t first_line; /* 1-based number of the batch's first line */
+} Batch;
+
+/* One thread's share of a batch, and its running totals. */
+typedef struct Worker {
+    const Tokenizer *tok;
+    TokenizerSession *sess;
+    const Options *opt;
+    const Batch *batch;
+    size_t begin, end; /* lines of the batch */
+    Buf out;
+    Buf json; /* decoded JSON string */
+    TokenIds ids;
+    TfRateLimit warn;
+    size_t failed, tokens;
+    uint64_t text_bytes;
+    double work;
+    int oom;
+} Worker;
+
+static void warn_line(Worker *w, size_t line_no, const char *msg)
+{
+    tf_log_limited(&w->warn, TF_LOG_WARN, "tokenize", "line %zu: %s", line_no, msg);
+    w->failed++;
+}
+
+/* Handles one line, appending its output line to w->out. */
+static void process_line(Worker *w, const char *line, size_t len, size_t line_no)
+{
+    TfError err;
+    const Options *o = w->opt;
+    size_t before = w->out.n;
+    if (!o->decode) {
+        const char *text = line;
+        size_t text_len = len;
+        if (o->json) {
+            if (json_string_decode(line, len, &w->json, &err)) {
+                warn_line(w, line_no, err.msg);
+                goto failed;
+            }
+            text = w->json.p ? w->json.p : "";
+            text_len = w->json.n;
+        }
+        double t0 = tf_now();
+        w->ids.len = 0;
+        int rc = tokenizer_encode(w->sess, text, text_len, o->flags, &w->ids, &err);
+        w->work += tf_now() - t0;
+        if (rc) {
+            warn_line(w, line_no, err.msg);
+            goto failed;
+        }
+        w->tokens += w->ids.len;
+        w->text_bytes += text_len;
+        if (buf_add_ids(&w->out, w->ids.ids, w->ids.len))
+            goto oom;
+        return;
+    }
+    if (parse_ids(line, len, &w->ids, &err)) {
+        warn_line(w, line_no, err.msg);
+        goto failed;
+    }
+    char *text;
+    size_t text_len;
+    double t0 = tf_now();
+    int rc = tokenizer_decode(w->tok, w->ids.ids, w->ids.len, 0, &text, &text_len, &err);
+    w->work += tf_now() - t0;
+    if (rc) {
+        warn_line(w, line_no, err.msg);
+        goto failed;
+    }
+    w->tokens += w->ids.len;
+    w->text_bytes += text_len;
+    if (o->json) {
+        rc = buf_add_json_string(&w->out, text, text_len);
+    } else {
+        rc = buf_add(&w->out, text, text_len);
+    }
+    free(text);
+    if (rc || buf_add(&w->out, "\n", 1))
+        goto oom;
+    return;
+failed:
+    w->out.n = before;
+    if (buf_add(&w->out, "\n", 1))
+        goto oom;
+    return;
+oom:
+    w->oom = 1;
+}
+
+static void *worker_run(void *arg)
+{
+    Worker *w = arg;
+    const Batch *b = w->batch;
+    for (size_t i = w->begin; i < w->end && !w->oom; i++)
+        process_line(w, b->text.p + b->off[i], b->off[i + 1] - b->off[i], b->first_line + i);
+    return NULL;
+}
+
+/* Reads up to a batch of lines (without their \n). Returns the count; 0 at
+ * the end of input; -1 when out of memory. */
+static long batch_read(Batch *b, char **line, size_t *line_cap, uint64_t *bytes)
+{
+    b->first_line += b->n;
+    b->n = 0;
+    b->text.n = 0;
+    b->off[0] = 0;
+    while (b->n < BATCH_LINES && b->text.n < BATCH_BYTES) {
+        ssize_t got = getline(line, line_cap, stdin);
+        if (got < 0)
+            break;
+        size_t len = (size_t)got;
+        *bytes += len;
+        if (len && (*line)[len - 1] == '\n')
+            len--;
+        if (buf_add(&b->text, *line, len))
+            return -1;
+        b->off[++b->n] = b->text.n;
+    }
+    return (long)b->n;
+}
+
 int tokenize_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"tokenizer", required_argument, 0, 't'}, {"bos", no_argument, 0, 'b'},
         {"decode", no_argument, 0, 'd'},          {"json", no_argument, 0, 'j'},
         {"specials-as-text", no_argument, 0, 's'}, {"identity", no_argument, 0, 'i'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
+        {"threads", required_argument, 0, 'n'},   {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     const char *path = NULL;
-    int bos = 0, decode = 0, json = 0, specials_text = 0, identity = 0;
+    int bos = 0, specials_text = 0, identity = 0;
+    long threads = 1;
+    Options opt = {0};
+    TfError err;
     if (tf_cli_wants_help(argc, argv)) {
         usage(stdout);
         return 0;
@@ -129,10 +460,16 @@ int tokenize_main(int argc, char **argv)
         switch (c) {
         case 't': path = optarg; break;
         case 'b': bos = 1; break;
-        case 'd': decode = 1; break;
-        case 'j': json = 1; break;
+        case 'd': opt.decode = 1; break;
+        case 'j': opt.json = 1; break;
         case 's': specials_text = 1; break;
         case 'i': identity = 1; break;
+        case 'n':
+            if (tf_parse_long("--threads", optarg, 0, MAX_THREADS, &threads, &err)) {
+                fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
+                return 2;
+            }
+            break;
         default:
             fprintf(stderr, "transfuse tokenize: unknown or incomplete option '%s' (see --help)\n",
                     argv[optind - 1]);
@@ -147,12 +484,16 @@ int tokenize_main(int argc, char **argv)
         fprintf(stderr, "transfuse tokenize: --tokenizer PATH is required (see --help)\n");
         return 2;
     }
-    if (decode && (bos || specials_text)) {
+    if (opt.decode && (bos || specials_text)) {
         fprintf(stderr, "transfuse tokenize: --bos and --specials-as-text apply to encoding, not --decode\n");
         return 2;
     }
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+    }
+    opt.flags = (bos ? TOKENIZER_ADD_BOS : 0) | (specials_text ? TOKENIZER_SPECIALS_AS_TEXT : 0);
 
-    TfError err;
     double t0 = tf_now();
     Tokenizer *tok = tokenizer_load(path, &err);
     if (!tok) {
@@ -171,114 +512,113 @@ int tokenize_main(int argc, char **argv)
         tokenizer_free(tok);
         return 2;
     }
-    TokenizerSession *sess = tokenizer_session_new(tok, &err);
-    if (!sess) {
-        fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
-        tokenizer_free(tok);
-        return 1;
-    }
 
-    static char outbuf[1 << 16];
-    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+    int rc = 1;
+    char *line = NULL;
+    size_t line_cap = 0;
+    uint64_t bytes = 0;
+    Batch *batch = calloc(1, sizeof *batch);
+    Worker *workers = calloc((size_t)threads, sizeof *workers);
+    if (!batch || !workers) {
+        fprintf(stderr, "transfuse tokenize: out of memory\n");
+        goto done;
+    }
+    batch->first_line = 1;
+    for (long t = 0; t < threads; t++) {
+        Worker *w = &workers[t];
+        w->tok = tok;
+        w->opt = &opt;
+        w->batch = batch;
+        w->warn = (TfRateLimit){.burst = 10, .period_s = 10};
+        if (!(w->sess = tokenizer_session_new(tok, &err))) {
+            fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
+            goto done;
+        }
+    }
     struct stat st;
     uint64_t total = fstat(0, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0;
     TfProgress prog;
-    tf_progress_init(&prog, decode ? "decode" : "tokenize", total, "B");
-    TfRateLimit warn = {.burst = 10, .period_s = 10};
-
-    char *line = NULL;
-    size_t line_cap = 0, lines = 0, failed = 0, tokens = 0;
-    uint64_t bytes = 0, text_bytes = 0; /* input bytes; text bytes encoded or decoded */
-    double work = 0;
-    TokenIds ids = {0};
-    ssize_t got;
-    while ((got = getline(&line, &line_cap, stdin)) >= 0) {
-        size_t len = (size_t)got;
-        bytes += len;
-        lines++;
-        if (len && line[len - 1] == '\n')
-            line[--len] = 0;
-        const char *text = line;
-        size_t text_len = len;
-        json_t *js = NULL;
-        int ok = 1;
-        if (json && !decode) {
-            json_error_t je;
-            js = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-            if (!js || !json_is_string(js)) {
-                tf_log_limited(&warn, TF_LOG_WARN, "tokenize", "line %zu: not a JSON string%s%s", lines,
-                               js ? "" : ": ", js ? "" : je.text);
-                ok = 0;
-            } else {
-                text = json_string_value(js);
-                text_len = json_string_length(js);
-            }
+    tf_progress_init(&prog, opt.decode ? "decode" : "tokenize", total, "B");
+    size_t lines = 0;
+    int io_error = 0;
+    double started_at = tf_now();
+    long n;
+    while ((n = batch_read(batch, &line, &line_cap, &bytes)) > 0) {
+        lines += (size_t)n;
+        /* contiguous shares; a few threads on a small batch is fine */
+        long active = threads < n ? threads : n;
+        for (long t = 0; t < active; t++) {
+            workers[t].begin = (size_t)(n * t / active);
+            workers[t].end = (size_t)(n * (t + 1) / active);
+            workers[t].out.n = 0;
         }
-        double w0 = tf_now();
-        if (ok && !decode) {
-            ids.len = 0;
-            if (tokenizer_encode(sess, text, text_len,
-                                 (bos ? TOKENIZER_ADD_BOS : 0) | (specials_text ? TOKENIZER_SPECIALS_AS_TEXT : 0),
-                                 &ids, &err)) {
-                tf_log_limited(&warn, TF_LOG_WARN, "tokenize", "line %zu: %s", lines, err.msg);
-                ok = 0;
-            } else {
-                work += tf_now() - w0;
-                tokens += ids.len;
-                text_bytes += text_len;
-                write_ids(stdout, ids.ids, ids.len);
+        pthread_t tids[MAX_THREADS];
+        long started = 1;
+        for (long t = 1; t < active; t++, started++)
+            if (pthread_create(&tids[t], NULL, worker_run, &workers[t]))
+                break;
+        worker_run(&workers[0]);
+        for (long t = started; t < active; t++) /* threads that did not start: do their share here */
+            worker_run(&workers[t]);
+        for (long t = 1; t < started; t++)
+            pthread_join(tids[t], NULL);
+        for (long t = 0; t < active; t++) {
+            if (workers[t].oom) {
+                fprintf(stderr, "transfuse tokenize: out of memory\n");
+                goto done;
             }
-        } else if (ok) {
-            char *out = NULL;
-            size_t out_len = 0;
-            if (parse_ids(line, len, &ids, &err) ||
-                tokenizer_decode(tok, ids.ids, ids.len, 0, &out, &out_len, &err)) {
-                tf_log_limited(&warn, TF_LOG_WARN, "tokenize", "line %zu: %s", lines, err.msg);
-                ok = 0;
-            } else {
-                work += tf_now() - w0;
-                tokens += ids.len;
-                text_bytes += out_len;
-                if (json) {
-                    json_t *s = json_stringn_nocheck(out, out_len);
-                    char *dump = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
-                    if (dump)
-                        fputs(dump, stdout);
-                    free(dump);
-                    json_decref(s);
-                } else {
-                    fwrite(out, 1, out_len, stdout);
-                }
-                putc_unlocked('\n', stdout);
-            }
-            free(out);
+            if (workers[t].out.n && fwrite(workers[t].out.p, 1, workers[t].out.n, stdout) != workers[t].out.n)
+                io_error = 1;
         }
-        json_decref(js);
-        if (!ok) {
-            failed++;
-            putc_unlocked('\n', stdout);
-        }
+        if (io_error)
+            break;
         tf_progress_update(&prog, bytes);
     }
     tf_progress_finish(&prog, bytes);
-    int rc = 0;
+    if (n < 0) {
+        fprintf(stderr, "transfuse tokenize: out of memory\n");
+        goto done;
+    }
+    rc = 0;
     if (ferror(stdin)) {
         fprintf(stderr, "transfuse tokenize: reading stdin failed\n");
         rc = 1;
     }
-    if (fflush(stdout) != 0 || ferror(stdout)) {
+    if (io_error || fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "transfuse tokenize: writing stdout failed\n");
         rc = 1;
     }
+    size_t failed = 0, tokens = 0;
+    uint64_t text_bytes = 0;
+    double work = 0;
+    for (long t = 0; t < threads; t++) {
+        failed += workers[t].failed;
+        tokens += workers[t].tokens;
+        text_bytes += workers[t].text_bytes;
+        work += workers[t].work;
+    }
+    /* MB/s per thread: text bytes over the time spent inside the tokenizer */
     tf_log(TF_LOG_INFO, "tokenize",
-           "%zu lines (%zu failed), %llu bytes of text, %zu tokens; %.3f s in the %s: %.1f MB/s of text", lines,
-           failed, (unsigned long long)text_bytes, tokens, work, decode ? "decoder" : "encoder",
-           work > 0 ? (double)text_bytes / work / 1e6 : 0.0);
+           "%zu lines (%zu failed), %llu bytes of text, %zu tokens in %.2f s; %.3f s in the %s: %.1f MB/s of "
+           "text%s",
+           lines, failed, (unsigned long long)text_bytes, tokens, tf_now() - started_at, work,
+           opt.decode ? "decoder" : "encoder", work > 0 ? (double)text_bytes / work / 1e6 : 0.0,
+           threads > 1 ? " per thread" : "");
     if (failed)
         rc = 1;
+done:
+    if (workers)
+        for (long t = 0; t < threads; t++) {
+            tokenizer_session_free(workers[t].sess);
+            free(workers[t].out.p);
+            free(workers[t].json.p);
+            token_ids_deinit(&workers[t].ids);
+        }
+    free(workers);
+    if (batch)
+        free(batch->text.p);
+    free(batch);
     free(line);
-    token_ids_deinit(&ids);
-    tokenizer_session_free(sess);
     tokenizer_free(tok);
     return rc;
 }

@@ -335,6 +335,11 @@ def main():
     with open(os.path.join(out_dir, "corpus.jsonl"), "w", encoding="utf-8") as f:
         for s in items:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
+        if not captions:
+            # lone surrogates can only be written as escapes; node turns them
+            # into U+FFFD when encoding to UTF-8
+            for raw in ['"a\\ud800b"', '"\\udc00 x"', '"emoji \\ud83d"', '"\\ud83d\\ude00\\ude00"']:
+                f.write(raw + "\n")
     with open(os.path.join(out_dir, "invalid.txt"), "wb") as f:
         for line in invalid_lines():
             f.write(line + b"\n")
