@@ -177,9 +177,26 @@ enum {
     TOKENIZER_SPECIALS_AS_TEXT = 1u << 1,
 };
 
+/* Which meaning the split pattern's \s and (?i) get. The engines that run
+ * Llama-3's pattern disagree on a few characters (U+FEFF, U+0085, and
+ * case folding of "'ſ"): */
+typedef enum TokenizerRegex {
+    /* JavaScript's, as transformers.js runs it (the reference of the tests;
+     * the default) */
+    TOKENIZER_REGEX_JS = 0,
+    /* Unicode's, as Hugging Face tokenizers (Rust, the library behind
+     * Python's transformers) and tiktoken (Meta's tokenizer.py) run it */
+    TOKENIZER_REGEX_RUST = 1,
+} TokenizerRegex;
+
 /* Loads a tokenizer.json or a tiktoken tokenizer.model (told apart by
- * content). Returns a new Tokenizer, or NULL with err filled. */
+ * content) with the default TOKENIZER_REGEX_JS. Returns a new Tokenizer,
+ * or NULL with err filled. */
 Tokenizer *tokenizer_load(const char *path, TfError *err);
+
+/* The same with a choice of pattern semantics. The identity differs
+ * between the two when they can give different ids. */
+Tokenizer *tokenizer_load_regex(const char *path, TokenizerRegex regex, TfError *err);
 void tokenizer_free(Tokenizer *tok);
 
 /* Number of ids (vocabulary plus added tokens; one past the largest id). */

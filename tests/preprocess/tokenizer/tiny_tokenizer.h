@@ -47,7 +47,7 @@ static const char *const TINY_MERGES[][2] = {
     {"a", "a"},  {"aa", "aa"}, {" ", "t"},  {"h", "e"},   {" t", "he"}, {"i", "n"}, {"in", "g"},
     {" ", " "},  {"  ", "  "}, {"c", "a"},  {"ca", "t"},  {" ", "cat"}, {"o", "g"}, {"d", "og"},
     {" ", "dog"}, {"1", "2"},  {"12", "3"}, {"'", "s"},   {"a", "b"},   {"ab", "a"}, {"b", "a"},
-    {"\xc3", "\xa9"}, {"\xe4\xb8", "\xad"}, {"\xe4", "\xb8"}, {"\n", "\n"}, {" ", "\n"},
+    {"\xc3", "\xa9"}, {"\xe4\xb8", "\xad"}, {"\xe4", "\xb8"}, {"\n", "\n"}, {" ", "\n"}, {"\xc5", "\xbf"}, {"\xc5\xbf", "x"},
 };
 #define TINY_N_MERGES (sizeof TINY_MERGES / sizeof TINY_MERGES[0])
 #define TINY_BOS 512
