@@ -140,8 +140,10 @@ int preprocess_main(int argc, char **argv);
 /* A byte-level BPE tokenizer of the kind Llama-3 uses, loaded from a
  * Hugging Face tokenizer.json or from Meta's tokenizer.model (tiktoken's
  * base64 rank format, with Llama-3's split pattern and special tokens).
- * Results are identical to the Hugging Face tokenizers (checked against the
- * transformers.js port on a 20,000-line corpus).
+ * Ids are identical to those of the transformers.js port of Hugging Face's
+ * tokenizers, or with TOKENIZER_REGEX_RUST to Hugging Face's Rust library
+ * and tiktoken (each checked line by line on a 20,000-line corpus; see
+ * docs/TOKENIZER.md).
  *
  * A Tokenizer is immutable once loaded and may be shared by threads; each
  * thread encodes through its own TokenizerSession (scratch buffers, regex

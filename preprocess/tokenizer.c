@@ -15,7 +15,10 @@
  * classes whose meaning differs between JavaScript and PCRE2 (\s, \d, \w,
  * '.', '$') are rewritten to the JavaScript meaning, and the
  * case-insensitive contraction group is rewritten to ASCII case pairs as
- * the reference does (so "'ſ" is not the contraction "'s"). */
+ * the reference does (so "'ſ" is not the contraction "'s"). With
+ * TOKENIZER_REGEX_RUST, \s is Unicode's White_Space and the rest keeps
+ * PCRE2's Unicode meaning, which is what Oniguruma (Hugging Face's Rust
+ * library) and fancy-regex (tiktoken) do with these patterns. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
