@@ -84,7 +84,8 @@ static void test_conv(TfKernels *k)
     check_conv(k, (TfConv2dShape){2, 8, 12, 10, 8, 3, 2, 0, 0, 1, 1}, "3x3 stride 2, pad right/bottom");
     check_conv(k, (TfConv2dShape){1, 8, 11, 9, 4, 3, 2, 0, 0, 1, 1}, "3x3 stride 2, odd 11x9");
     check_conv(k, (TfConv2dShape){2, 20, 6, 5, 7, 1, 1, 0, 0, 0, 0}, "1x1");
-    check_conv(k, (TfConv2dShape){1, 520, 4, 4, 9, 3, 1, 1, 1, 1, 1}, "3x3 many channels (chunking)");
+    check_conv(k, (TfConv2dShape){1, 520, 4, 4, 9, 3, 1, 1, 1, 1, 1}, "3x3 many channels");
+    check_conv(k, (TfConv2dShape){1, 64, 40, 256, 64, 3, 1, 1, 1, 1, 1}, "3x3 40x256 (chunked rows)");
     TfError err = {{0}};
     TfConv2dShape bad = {1, 4, 2, 2, 4, 5, 1, 0, 0, 0, 0};
     CHECK(tf_conv2d(k, NULL, NULL, NULL, NULL, &bad, &err) == -1);
