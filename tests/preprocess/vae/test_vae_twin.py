@@ -47,8 +47,8 @@ def run(*args):
 
 
 def make_images(work, n, seed):
-    """n PNGs of different sizes and aspect ratios: smooth gradients plus
-    noise, like photos rather than white noise."""
+    """n images (PNG, JPEG alternately) of different sizes and aspect
+    ratios: smooth gradients plus noise, like photos rather than noise."""
     rng = np.random.RandomState(seed)
     paths = []
     for i in range(n):
@@ -56,8 +56,8 @@ def make_images(work, n, seed):
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([(xx * (2 + c) + yy * (3 - c)) % 256 for c in range(3)], -1).astype(np.float64)
         img = np.clip(img * 0.7 + rng.randn(h, w, 3) * 20 + 30, 0, 255).astype(np.uint8)
-        p = os.path.join(work, "img%d.png" % i)
-        Image.fromarray(img).save(p)
+        p = os.path.join(work, "img%d.%s" % (i, "jpg" if i % 2 else "png"))
+        Image.fromarray(img).save(p, quality=95) if i % 2 else Image.fromarray(img).save(p)
         paths.append(p)
     return paths
 
