@@ -489,29 +489,37 @@ void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C,
 int tf_attention(TfKernels *k, float *y, const float *q, const float *kk, const float *v, int B, int C, int T,
                  float scale, TfError *err)
 {
-    float *s = scratch_get(k, (size_t)T * T, err); /* (T,T) scores, then probabilities */
+    /* Query rows go in blocks so the (rows, T) score block stays within
+     * about 16M floats whatever T is (a 1024x1024 image decodes with
+     * T = 16384 in the mid block). */
+    int rows = (int)(((size_t)16 << 20) / (size_t)T);
+    rows = rows < 1 ? 1 : rows > T ? T : rows;
+    float *s = scratch_get(k, (size_t)rows * T, err); /* (rows,T) scores, then probabilities */
     if (!s)
         return -1;
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * C * T;
-        /* s(i,j) = q(:,i) . k(:,j): q^T k with q, k (C,T). */
-        gemm(k, 1, 0, T, T, C, q + off, T, kk + off, T, 0.0f, s, T);
+        for (int i0 = 0; i0 < T; i0 += rows) {
+            const int n = T - i0 < rows ? T - i0 : rows;
+            /* s(i,j) = q(:,i0+i) . k(:,j): q^T k with q, k (C,T). */
+            gemm(k, 1, 0, n, T, C, q + off + i0, T, kk + off, T, 0.0f, s, T);
 #pragma omp parallel for num_threads(k->threads) schedule(static)
-        for (int i = 0; i < T; i++) {
-            float *row = s + (size_t)i * T, mx = -INFINITY;
-            for (int j = 0; j < T; j++)
-                mx = row[j] * scale > mx ? row[j] * scale : mx;
-            double sum = 0.0;
-            for (int j = 0; j < T; j++) {
-                row[j] = expf(row[j] * scale - mx);
-                sum += row[j];
+            for (int i = 0; i < n; i++) {
+                float *row = s + (size_t)i * T, mx = -INFINITY;
+                for (int j = 0; j < T; j++)
+                    mx = row[j] * scale > mx ? row[j] * scale : mx;
+                double sum = 0.0;
+                for (int j = 0; j < T; j++) {
+                    row[j] = expf(row[j] * scale - mx);
+                    sum += row[j];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int j = 0; j < T; j++)
+                    row[j] *= inv;
             }
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j < T; j++)
-                row[j] *= inv;
+            /* y(c,i0+i) = sum_j v(c,j) p(i,j): v p^T. */
+            gemm(k, 0, 1, C, n, T, v + off, T, s, T, 0.0f, y + off + i0, T);
         }
-        /* y(c,i) = sum_j v(c,j) p(i,j): v p^T. */
-        gemm(k, 0, 1, C, T, T, v + off, T, s, T, 0.0f, y + off, T);
     }
     return 0;
 }
