@@ -24,7 +24,8 @@
 typedef struct TfKernels TfKernels;
 
 /* A context running kernels with `threads` threads (0: all online CPUs).
- * Owns its scratch memory. Returns NULL with err filled on failure. */
+ * Owns its scratch memory, so one thread uses a context at a time (give
+ * each worker its own). Returns NULL with err filled on failure. */
 TfKernels *tf_kernels_new(int threads, TfError *err);
 void tf_kernels_free(TfKernels *k);
 
@@ -98,8 +99,8 @@ void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C,
 
 /* Single-head softmax attention in channel-major layout:
  * y[:, :, i] = sum_j softmax_j(scale * q[:, :, i] . k[:, :, j]) v[:, :, j].
- * Softmax in fp32 with the row maximum subtracted. Needs T*T floats of
- * scratch per image.
+ * Softmax in fp32 with the row maximum subtracted. Query rows go in
+ * blocks, so scratch stays near 16M floats for any T.
  *   y, q, kk, v (B,C,T) */
 int tf_attention(TfKernels *k, float *y, const float *q, const float *kk, const float *v, int B, int C, int T,
                  float scale, TfError *err);

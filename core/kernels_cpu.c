@@ -11,10 +11,13 @@
 #include "kernels.h"
 
 #include <cblas.h>
+#include <omp.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 struct TfKernels {
@@ -23,6 +26,26 @@ struct TfKernels {
     float *scratch; /* grows to the largest request, reused */
     size_t scratch_n;
 };
+
+/* Debian 12's OpenBLAS (0.3.21) does not recognise AVX-512 on AMD Zen 4
+ * and falls back to its Haswell (AVX2) kernels, about 1.7x slower there
+ * than its SkylakeX ones. It picks its kernels when the library loads, so
+ * only the environment can change that: say so once. */
+static void blas_hint(void)
+{
+#if defined(__x86_64__)
+    const char *core = openblas_get_corename();
+    if (getenv("OPENBLAS_CORETYPE") || !core || (strcasecmp(core, "haswell") && strcasecmp(core, "zen")))
+        return;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        tf_log(TF_LOG_INFO, "kernels",
+               "OpenBLAS chose its %s kernels on a CPU with AVX-512; OPENBLAS_CORETYPE=SkylakeX in the environment "
+               "makes matrix work faster (see docs/PERFORMANCE.md)",
+               core);
+#endif
+}
 
 const char *tf_kernels_backend(void)
 {
@@ -43,6 +66,8 @@ TfKernels *tf_kernels_new(int threads, TfError *err)
     k->threads = threads;
     k->winograd = 1;
     openblas_set_num_threads(1);
+    static pthread_once_t hint_once = PTHREAD_ONCE_INIT;
+    pthread_once(&hint_once, blas_hint);
     return k;
 }
 
@@ -266,10 +291,11 @@ static int conv_winograd(TfKernels *k, float *y, const float *x, const float *w,
     trows = trows < 1 ? 1 : trows > th ? th : trows;
     const size_t pmax = (size_t)trows * tw;
     const size_t nu = (size_t)16 * K * C, nv = (size_t)16 * C * pmax, nm = (size_t)16 * K * pmax;
-    float *u = scratch_get(k, nu + nv + nm, err);
+    const size_t per_thread = (size_t)8 * (2 * (size_t)tw + 2); /* row buffers of the transforms */
+    float *u = scratch_get(k, nu + nv + nm + per_thread * (size_t)k->threads, err);
     if (!u)
         return -1;
-    float *v = u + nu, *m = v + nv;
+    float *v = u + nu, *m = v + nv, *rows = m + nm;
     wino_filter(k, u, w, K, C);
     for (int b = 0; b < s->B; b++) {
         const float *xb = x + (size_t)b * C * HW;
@@ -277,39 +303,46 @@ static int conv_winograd(TfKernels *k, float *y, const float *x, const float *w,
         for (int ty0 = 0; ty0 < th; ty0 += trows) {
             const int nty = th - ty0 < trows ? th - ty0 : trows;
             const size_t P = (size_t)nty * tw;
-            /* Input transform: v (16, C, P). */
-#pragma omp parallel for num_threads(k->threads) schedule(static) collapse(2)
-            for (int c = 0; c < C; c++) {
-                for (int ty = 0; ty < nty; ty++) {
-                    const float *xc = xb + (size_t)c * HW;
-                    int y0 = (ty0 + ty) * 2 - 1;
-                    for (int tx = 0; tx < tw; tx++) {
-                        int x0 = tx * 2 - 1;
-                        float d[4][4];
+            /* Input transform: v (16, C, P). Per (channel, tile row): the
+             * four input rows, zero-padded, combine row-wise (B^T d) over
+             * the whole width, then column-wise per tile (. B), writing 16
+             * contiguous streams over the tiles. */
+#pragma omp parallel num_threads(k->threads)
+            {
+                const int wp = 2 * tw + 2;
+                float *buf = rows + per_thread * (size_t)omp_get_thread_num();
+#pragma omp for schedule(static) collapse(2)
+                for (int c = 0; c < C; c++) {
+                    for (int ty = 0; ty < nty; ty++) {
+                        const float *xc = xb + (size_t)c * HW;
+                        const int y0 = (ty0 + ty) * 2 - 1;
+                        float *d[4], *t[4];
                         for (int i = 0; i < 4; i++) {
+                            d[i] = buf + (size_t)i * wp;
+                            t[i] = buf + (size_t)(4 + i) * wp;
                             int iy = y0 + i;
-                            for (int j = 0; j < 4; j++) {
-                                int ix = x0 + j;
-                                d[i][j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[(size_t)iy * W + ix] : 0.0f;
-                            }
+                            memset(d[i], 0, (size_t)wp * sizeof *d[i]);
+                            if (iy >= 0 && iy < H)
+                                memcpy(d[i] + 1, xc + (size_t)iy * W, (size_t)W * sizeof *d[i]);
                         }
-                        float t[4][4];
-                        for (int j = 0; j < 4; j++) {
+                        for (int j = 0; j < wp; j++) {
                             t[0][j] = d[0][j] - d[2][j];
                             t[1][j] = d[1][j] + d[2][j];
                             t[2][j] = d[2][j] - d[1][j];
                             t[3][j] = d[1][j] - d[3][j];
                         }
-                        size_t p = (size_t)ty * tw + tx;
+                        const size_t step = (size_t)C * P, p0 = (size_t)ty * tw;
                         for (int i = 0; i < 4; i++) {
-                            float r0 = t[i][0] - t[i][2], r1 = t[i][1] + t[i][2], r2 = t[i][2] - t[i][1],
-                                  r3 = t[i][1] - t[i][3];
-                            float *vp = v + ((size_t)(i * 4) * C + c) * P + p;
-                            size_t step = (size_t)C * P;
-                            vp[0] = r0;
-                            vp[step] = r1;
-                            vp[2 * step] = r2;
-                            vp[3 * step] = r3;
+                            const float *ti = t[i];
+                            float *v0 = v + ((size_t)(i * 4) * C + c) * P + p0;
+                            float *v1 = v0 + step, *v2 = v1 + step, *v3 = v2 + step;
+                            for (int tx = 0; tx < tw; tx++) {
+                                float a0 = ti[2 * tx], a1 = ti[2 * tx + 1], a2 = ti[2 * tx + 2], a3 = ti[2 * tx + 3];
+                                v0[tx] = a0 - a2;
+                                v1[tx] = a1 + a2;
+                                v2[tx] = a2 - a1;
+                                v3[tx] = a1 - a3;
+                            }
                         }
                     }
                 }
@@ -319,32 +352,37 @@ static int conv_winograd(TfKernels *k, float *y, const float *x, const float *w,
             for (int e = 0; e < 16; e++)
                 gemm1(0, 0, K, (int)P, C, u + (size_t)e * K * C, C, v + (size_t)e * C * P, (int)P, 0.0f,
                       m + (size_t)e * K * P, (int)P);
-            /* Output transform: A^T m A plus bias, cropped at odd edges. */
-#pragma omp parallel for num_threads(k->threads) schedule(static) collapse(2)
-            for (int o = 0; o < K; o++) {
-                for (int ty = 0; ty < nty; ty++) {
-                    float bo = bias ? bias[o] : 0.0f;
-                    float *yo = yb + (size_t)o * HW;
-                    int oy = (ty0 + ty) * 2;
-                    for (int tx = 0; tx < tw; tx++) {
-                        size_t p = (size_t)ty * tw + tx;
-                        const float *mp = m + (size_t)o * P + p;
+            /* Output transform: A^T m A plus bias, cropped at odd edges,
+             * one (filter, tile row) at a time over contiguous tile streams. */
+#pragma omp parallel num_threads(k->threads)
+            {
+                float *buf = rows + per_thread * (size_t)omp_get_thread_num();
+#pragma omp for schedule(static) collapse(2)
+                for (int o = 0; o < K; o++) {
+                    for (int ty = 0; ty < nty; ty++) {
+                        const float bo = bias ? bias[o] : 0.0f;
                         const size_t step = (size_t)K * P;
-                        float a[4][4];
-                        for (int e = 0; e < 16; e++)
-                            a[e / 4][e % 4] = mp[e * step];
-                        float t[2][4];
-                        for (int j = 0; j < 4; j++) {
-                            t[0][j] = a[0][j] + a[1][j] + a[2][j];
-                            t[1][j] = a[1][j] - a[2][j] - a[3][j];
+                        const float *mp = m + (size_t)o * P + (size_t)ty * tw;
+                        float *r0 = buf, *r1 = buf + 2 * tw;
+                        for (int tx = 0; tx < tw; tx++) {
+                            float a[16];
+                            for (int e = 0; e < 16; e++)
+                                a[e] = mp[e * step + tx];
+                            float s0[4], s1[4];
+                            for (int j = 0; j < 4; j++) {
+                                s0[j] = a[j] + a[4 + j] + a[8 + j];
+                                s1[j] = a[4 + j] - a[8 + j] - a[12 + j];
+                            }
+                            r0[2 * tx] = bo + s0[0] + s0[1] + s0[2];
+                            r0[2 * tx + 1] = bo + s0[1] - s0[2] - s0[3];
+                            r1[2 * tx] = bo + s1[0] + s1[1] + s1[2];
+                            r1[2 * tx + 1] = bo + s1[1] - s1[2] - s1[3];
                         }
-                        int ox = tx * 2;
-                        for (int i = 0; i < 2 && oy + i < H; i++) {
-                            float *row = yo + (size_t)(oy + i) * W + ox;
-                            row[0] = bo + t[i][0] + t[i][1] + t[i][2];
-                            if (ox + 1 < W)
-                                row[1] = bo + t[i][1] - t[i][2] - t[i][3];
-                        }
+                        float *yo = yb + (size_t)o * HW;
+                        const int oy = (ty0 + ty) * 2;
+                        memcpy(yo + (size_t)oy * W, r0, (size_t)W * sizeof *yo);
+                        if (oy + 1 < H)
+                            memcpy(yo + (size_t)(oy + 1) * W, r1, (size_t)W * sizeof *yo);
                     }
                 }
             }
@@ -451,29 +489,37 @@ void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C,
 int tf_attention(TfKernels *k, float *y, const float *q, const float *kk, const float *v, int B, int C, int T,
                  float scale, TfError *err)
 {
-    float *s = scratch_get(k, (size_t)T * T, err); /* (T,T) scores, then probabilities */
+    /* Query rows go in blocks so the (rows, T) score block stays within
+     * about 16M floats whatever T is (a 1024x1024 image decodes with
+     * T = 16384 in the mid block). */
+    int rows = (int)(((size_t)16 << 20) / (size_t)T);
+    rows = rows < 1 ? 1 : rows > T ? T : rows;
+    float *s = scratch_get(k, (size_t)rows * T, err); /* (rows,T) scores, then probabilities */
     if (!s)
         return -1;
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * C * T;
-        /* s(i,j) = q(:,i) . k(:,j): q^T k with q, k (C,T). */
-        gemm(k, 1, 0, T, T, C, q + off, T, kk + off, T, 0.0f, s, T);
+        for (int i0 = 0; i0 < T; i0 += rows) {
+            const int n = T - i0 < rows ? T - i0 : rows;
+            /* s(i,j) = q(:,i0+i) . k(:,j): q^T k with q, k (C,T). */
+            gemm(k, 1, 0, n, T, C, q + off + i0, T, kk + off, T, 0.0f, s, T);
 #pragma omp parallel for num_threads(k->threads) schedule(static)
-        for (int i = 0; i < T; i++) {
-            float *row = s + (size_t)i * T, mx = -INFINITY;
-            for (int j = 0; j < T; j++)
-                mx = row[j] * scale > mx ? row[j] * scale : mx;
-            double sum = 0.0;
-            for (int j = 0; j < T; j++) {
-                row[j] = expf(row[j] * scale - mx);
-                sum += row[j];
+            for (int i = 0; i < n; i++) {
+                float *row = s + (size_t)i * T, mx = -INFINITY;
+                for (int j = 0; j < T; j++)
+                    mx = row[j] * scale > mx ? row[j] * scale : mx;
+                double sum = 0.0;
+                for (int j = 0; j < T; j++) {
+                    row[j] = expf(row[j] * scale - mx);
+                    sum += row[j];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int j = 0; j < T; j++)
+                    row[j] *= inv;
             }
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j < T; j++)
-                row[j] *= inv;
+            /* y(c,i0+i) = sum_j v(c,j) p(i,j): v p^T. */
+            gemm(k, 0, 1, C, n, T, v + off, T, s, T, 0.0f, y + off + i0, T);
         }
-        /* y(c,i) = sum_j v(c,j) p(i,j): v p^T. */
-        gemm(k, 0, 1, C, T, T, v + off, T, s, T, 0.0f, y + off, T);
     }
     return 0;
 }

@@ -4,10 +4,12 @@
  * with its diffusers name and shape (vae_layout). The same walk sizes the
  * single parameter allocation (llm.c style), loads a checkpoint (with the
  * older attention names as fallbacks), and writes random checkpoints for
- * `vae init`, so names, shapes and code cannot drift apart. Forward passes
- * run one image at a time: at the sizes used here every GEMM already has
- * thousands of columns, and one image keeps activations to three buffers of
- * the largest stage. */
+ * `vae init`, so names, shapes and code cannot drift apart. Activations live
+ * in three buffers of the largest stage that trade places layer by layer.
+ * The encoder takes a group of images through each layer together (per-layer
+ * costs such as Winograd filter transforms are paid once per group); the
+ * decoder, whose largest stage is several times bigger, goes one image at a
+ * time. */
 #include "preprocess.h"
 #include "vae_internal.h"
 
@@ -702,10 +704,10 @@ static int work_alloc(TfKernels *k, VaeWork *w, size_t big, size_t mid, TfError 
     return 0;
 }
 
-static int conv(TfKernels *k, float *y, const float *x, const VaeConv *c, int H, int W, int stride_pad_rb,
+static int conv(TfKernels *k, float *y, const float *x, const VaeConv *c, int B, int H, int W, int stride_pad_rb,
                 TfError *err)
 {
-    TfConv2dShape s = {.B = 1, .C = c->cin, .H = H, .W = W, .K = c->cout, .R = c->r, .stride = 1};
+    TfConv2dShape s = {.B = B, .C = c->cin, .H = H, .W = W, .K = c->cout, .R = c->r, .stride = 1};
     if (stride_pad_rb) { /* diffusers Downsample2D: pad right/bottom by 1, stride 2 */
         s.stride = 2;
         s.pad_bottom = s.pad_right = 1;
@@ -715,54 +717,55 @@ static int conv(TfKernels *k, float *y, const float *x, const VaeConv *c, int H,
     return tf_conv2d(k, y, x, c->w, c->b, &s, err);
 }
 
-/* x (cin,H,W) -> x (cout,H,W), using tmp1 and tmp2 (each the largest stage). */
-static int resnet(TfKernels *k, const VaeConfig *cfg, const VaeResnet *r, float **x, float **t1, float **t2, int H,
-                  int W, TfError *err)
+/* x (B,cin,H,W) -> x (B,cout,H,W), using t1 and t2 (each the largest stage);
+ * the three buffers may trade places. */
+static int resnet(TfKernels *k, const VaeConfig *cfg, const VaeResnet *r, float **x, float **t1, float **t2, int B,
+                  int H, int W, TfError *err)
 {
-    const size_t HW = (size_t)H * W;
+    const size_t HW = (size_t)H * W, BHW = (size_t)B * HW;
     const int cin = r->c1.cin, cout = r->c1.cout;
-    tf_group_norm(k, *t1, *x, r->n1.g, r->n1.b, 1, cin, HW, cfg->norm_num_groups, VAE_EPS, 1);
-    if (conv(k, *t2, *t1, &r->c1, H, W, 0, err))
+    tf_group_norm(k, *t1, *x, r->n1.g, r->n1.b, B, cin, HW, cfg->norm_num_groups, VAE_EPS, 1);
+    if (conv(k, *t2, *t1, &r->c1, B, H, W, 0, err))
         return -1;
-    tf_group_norm(k, *t2, *t2, r->n2.g, r->n2.b, 1, cout, HW, cfg->norm_num_groups, VAE_EPS, 1);
-    if (conv(k, *t1, *t2, &r->c2, H, W, 0, err)) /* t1 = h */
+    tf_group_norm(k, *t2, *t2, r->n2.g, r->n2.b, B, cout, HW, cfg->norm_num_groups, VAE_EPS, 1);
+    if (conv(k, *t1, *t2, &r->c2, B, H, W, 0, err)) /* t1 = h */
         return -1;
     if (r->has_sc) {
-        if (conv(k, *t2, *x, &r->sc, H, W, 0, err))
+        if (conv(k, *t2, *x, &r->sc, B, H, W, 0, err))
             return -1;
-        tf_add(k, *t2, *t2, *t1, (size_t)cout * HW);
+        tf_add(k, *t2, *t2, *t1, (size_t)cout * BHW);
         float *old = *x;
         *x = *t2;
         *t2 = old;
     } else {
-        tf_add(k, *x, *x, *t1, (size_t)cout * HW);
+        tf_add(k, *x, *x, *t1, (size_t)cout * BHW);
     }
     return 0;
 }
 
-static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float *x, float *tmp, VaeWork *w, int H,
-                     int W, TfError *err)
+static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float *x, float *tmp, VaeWork *w, int B,
+                     int H, int W, TfError *err)
 {
     const int C = a->q.cin, T = H * W;
-    tf_group_norm(k, tmp, x, a->gn.g, a->gn.b, 1, C, (size_t)T, cfg->norm_num_groups, VAE_EPS, 0);
-    if (conv(k, w->q, tmp, &a->q, H, W, 0, err) || conv(k, w->k, tmp, &a->k, H, W, 0, err) ||
-        conv(k, w->v, tmp, &a->v, H, W, 0, err))
+    tf_group_norm(k, tmp, x, a->gn.g, a->gn.b, B, C, (size_t)T, cfg->norm_num_groups, VAE_EPS, 0);
+    if (conv(k, w->q, tmp, &a->q, B, H, W, 0, err) || conv(k, w->k, tmp, &a->k, B, H, W, 0, err) ||
+        conv(k, w->v, tmp, &a->v, B, H, W, 0, err))
         return -1;
-    if (tf_attention(k, w->o, w->q, w->k, w->v, 1, C, T, 1.0f / sqrtf((float)C), err))
+    if (tf_attention(k, w->o, w->q, w->k, w->v, B, C, T, 1.0f / sqrtf((float)C), err))
         return -1;
-    if (conv(k, tmp, w->o, &a->o, H, W, 0, err))
+    if (conv(k, tmp, w->o, &a->o, B, H, W, 0, err))
         return -1;
-    tf_add(k, x, x, tmp, (size_t)C * T);
+    tf_add(k, x, x, tmp, (size_t)B * C * T);
     return 0;
 }
 
-static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int H, int W, TfError *err)
+static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W, TfError *err)
 {
-    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, H, W, err))
+    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, B, H, W, err))
         return -1;
-    if (m->has_attn && attention(k, cfg, &m->attn, w->a, w->b, w, H, W, err))
+    if (m->has_attn && attention(k, cfg, &m->attn, w->a, w->b, w, B, H, W, err))
         return -1;
-    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, H, W, err);
+    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, B, H, W, err);
 }
 
 static size_t encoder_max(const VaeConfig *cfg, int H, int W)
@@ -797,24 +800,31 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
         return tf_fail(err, "the encoder was not loaded");
     if (check_geometry(cfg, H, W, err))
         return -1;
-    const int nb = cfg->nblocks, L = cfg->latent_channels, f = vae_downsample_factor(cfg);
+    const int nb = cfg->nblocks, L = cfg->latent_channels, f = vae_downsample_factor(cfg), C = cfg->in_channels;
     const int h = H / f, wd = W / f;
-    const size_t hw = (size_t)h * wd;
+    const size_t hw = (size_t)h * wd, HW = (size_t)H * W;
+    /* Images go through each layer together, up to a group whose largest
+     * activation stays under about 256 MiB, so per-layer costs (filter
+     * transforms, first touches of memory) are paid once per group. */
+    const size_t big = encoder_max(cfg, H, W);
+    int group = (int)(((size_t)64 << 20) / big);
+    group = group < 1 ? 1 : group > B ? B : group;
     VaeWork w;
-    if (work_alloc(k, &w, encoder_max(cfg, H, W), (size_t)cfg->block_out_channels[nb - 1] * hw, err))
+    if (work_alloc(k, &w, big * (size_t)group, (size_t)group * cfg->block_out_channels[nb - 1] * hw, err))
         return -1;
     int rc = -1;
-    for (int b = 0; b < B; b++) {
+    for (int b0 = 0; b0 < B; b0 += group) {
+        const int n = B - b0 < group ? B - b0 : group;
         int ch = H, cw = W;
-        tf_kernels_upload(k, w.b, image + (size_t)b * cfg->in_channels * H * W, (size_t)cfg->in_channels * H * W);
-        if (conv(k, w.a, w.b, &e->conv_in, ch, cw, 0, err))
+        tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW);
+        if (conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block; j++)
-                if (resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, ch, cw, err))
+                if (resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, n, ch, cw, err))
                     goto done;
             if (i != nb - 1) {
-                if (conv(k, w.b, w.a, &e->down[i], ch, cw, 1, err))
+                if (conv(k, w.b, w.a, &e->down[i], n, ch, cw, 1, err))
                     goto done;
                 float *t = w.a;
                 w.a = w.b;
@@ -823,23 +833,26 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
                 cw /= 2;
             }
         }
-        if (mid(k, cfg, &e->mid, &w, ch, cw, err))
+        if (mid(k, cfg, &e->mid, &w, n, ch, cw, err))
             goto done;
-        tf_group_norm(k, w.b, w.a, e->norm_out.g, e->norm_out.b, 1, e->norm_out.c, hw, cfg->norm_num_groups, VAE_EPS,
+        tf_group_norm(k, w.b, w.a, e->norm_out.g, e->norm_out.b, n, e->norm_out.c, hw, cfg->norm_num_groups, VAE_EPS,
                       1);
-        if (conv(k, w.c, w.b, &e->conv_out, ch, cw, 0, err))
+        if (conv(k, w.c, w.b, &e->conv_out, n, ch, cw, 0, err))
             goto done;
-        float *moments = w.c; /* (2L,h,w) */
+        float *moments = w.c; /* (n,2L,h,w) */
         if (cfg->use_quant_conv) {
-            if (conv(k, w.b, w.c, &e->quant, ch, cw, 0, err))
+            if (conv(k, w.b, w.c, &e->quant, n, ch, cw, 0, err))
                 goto done;
             moments = w.b;
         }
-        tf_kernels_download(k, mean + (size_t)b * L * hw, moments, (size_t)L * hw);
-        float *lv = logvar + (size_t)b * L * hw;
-        tf_kernels_download(k, lv, moments + (size_t)L * hw, (size_t)L * hw);
-        for (size_t i = 0; i < (size_t)L * hw; i++)
-            lv[i] = lv[i] < -30.0f ? -30.0f : lv[i] > 20.0f ? 20.0f : lv[i];
+        for (int b = 0; b < n; b++) {
+            const float *mo = moments + (size_t)b * 2 * L * hw;
+            tf_kernels_download(k, mean + (size_t)(b0 + b) * L * hw, mo, (size_t)L * hw);
+            float *lv = logvar + (size_t)(b0 + b) * L * hw;
+            tf_kernels_download(k, lv, mo + (size_t)L * hw, (size_t)L * hw);
+            for (size_t i = 0; i < (size_t)L * hw; i++)
+                lv[i] = lv[i] < -30.0f ? -30.0f : lv[i] > 20.0f ? 20.0f : lv[i];
+        }
     }
     rc = 0;
 done:
@@ -901,31 +914,31 @@ int vae_decode(Vae *vae, TfKernels *k, const float *latent, int B, int h, int w,
         tf_kernels_upload(k, wk.b, latent + (size_t)b * L * hw, (size_t)L * hw);
         tf_scale_shift(k, wk.b, wk.b, 1.0f / cfg->scaling_factor, cfg->shift_factor, (size_t)L * hw);
         if (cfg->use_post_quant_conv) {
-            if (conv(k, wk.c, wk.b, &d->post_quant, ch, cw, 0, err))
+            if (conv(k, wk.c, wk.b, &d->post_quant, 1, ch, cw, 0, err))
                 goto done;
             float *t = wk.b;
             wk.b = wk.c;
             wk.c = t;
         }
-        if (conv(k, wk.a, wk.b, &d->conv_in, ch, cw, 0, err))
+        if (conv(k, wk.a, wk.b, &d->conv_in, 1, ch, cw, 0, err))
             goto done;
-        if (mid(k, cfg, &d->mid, &wk, ch, cw, err))
+        if (mid(k, cfg, &d->mid, &wk, 1, ch, cw, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block + 1; j++)
-                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, ch, cw, err))
+                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, err))
                     goto done;
             if (i != nb - 1) {
                 tf_upsample_nearest2x(k, wk.b, wk.a, 1, d->up[i].cin, ch, cw);
                 ch *= 2;
                 cw *= 2;
-                if (conv(k, wk.a, wk.b, &d->up[i], ch, cw, 0, err))
+                if (conv(k, wk.a, wk.b, &d->up[i], 1, ch, cw, 0, err))
                     goto done;
             }
         }
         tf_group_norm(k, wk.b, wk.a, d->norm_out.g, d->norm_out.b, 1, d->norm_out.c, HW, cfg->norm_num_groups,
                       VAE_EPS, 1);
-        if (conv(k, wk.c, wk.b, &d->conv_out, ch, cw, 0, err))
+        if (conv(k, wk.c, wk.b, &d->conv_out, 1, ch, cw, 0, err))
             goto done;
         tf_kernels_download(k, image + (size_t)b * cfg->out_channels * HW, wk.c, (size_t)cfg->out_channels * HW);
     }

@@ -1,6 +1,7 @@
 /* vae_cli.c: `transfuse vae init|encode|decode`, the command-line face of
- * the VAE: write a random checkpoint in diffusers layout, encode images to
- * latents in a safetensors file, decode latents back to PNGs. Flags are
+ * the VAE: write a random checkpoint in diffusers layout, encode images
+ * (through the preprocess image crop) to latents in a safetensors file,
+ * decode latents back to PNGs. Flags are
  * checked before any work starts (exit 2); an image that fails to load is
  * one counted failure with its reason, the rest are still encoded. */
 #include "preprocess.h"
@@ -43,7 +44,8 @@ static void usage_encode(FILE *out)
 {
     fprintf(out,
             "usage: transfuse vae encode --vae DIR --out FILE.safetensors [options] IMAGE...\n\n"
-            "Center-crops each image to a square, resizes it to --size, maps it to [-1,1] and runs\n"
+            "Decodes each image (JPEG, PNG, WebP; EXIF orientation applied), resizes its short side\n"
+            "to --size and takes the centre square (the pipeline's crop), maps it to [-1,1] and runs\n"
             "the VAE encoder. FILE gets f32 tensors, each (B,C,H,W) in input order:\n"
             "  mean, logvar   the posterior (logvar clamped to [-30,20] as diffusers does)\n"
             "  latent         (mean + exp(logvar/2)*eps - shift_factor) * scaling_factor\n"
@@ -56,8 +58,7 @@ static void usage_encode(FILE *out)
             "  --latent MODE    sample (default) or mean: what `latent` holds\n"
             "  --seed S         seed of eps (default 0); image i always gets the same eps\n"
             "  --batch N        images loaded per step (default 8)\n"
-            "  --threads N      threads (default: all CPUs)\n\n"
-            "Inputs are PNG files for now (JPEG/WebP arrive with the preprocess image decoder).\n");
+            "  --threads N      threads (default: all CPUs)\n");
 }
 
 static void usage_decode(FILE *out)
@@ -134,6 +135,29 @@ static int cmd_init(int argc, char **argv)
     return 0;
 }
 
+/* Largest image file `vae encode` reads. */
+#define VAE_MAX_FILE_BYTES ((size_t)256 << 20)
+
+/* Reads, decodes and crops one image file through the preprocess image
+ * API (the pipeline's own crop), then maps it to (3,S,S) floats in [-1,1]. */
+static int load_image(ImageCropper *cropper, const char *path, uint8_t *rgb, float *out, TfError *err)
+{
+    size_t len;
+    char *bytes = tf_read_file(path, VAE_MAX_FILE_BYTES, &len, err);
+    if (!bytes)
+        return -1;
+    ImageStatus st = image_cropper_run(cropper, bytes, len, rgb, NULL, err);
+    free(bytes);
+    if (st != IMAGE_OK)
+        return tf_fail_context(err, "%s: %s", path, image_status_name(st));
+    const int S = image_cropper_options(cropper)->size;
+    const size_t n = (size_t)S * S;
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++)
+            out[(size_t)c * n + i] = rgb[i * 3 + c] / 127.5f - 1.0f;
+    return 0;
+}
+
 static int cmd_encode(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -185,6 +209,8 @@ static int cmd_encode(int argc, char **argv)
     json_t *sources = json_array();
     char *sources_text = NULL;
     float *images = NULL, *mean = NULL, *logvar = NULL, *latent = NULL;
+    uint8_t *rgb = NULL;
+    ImageCropper *cropper = NULL;
     if (S % f) {
         fprintf(stderr, "transfuse vae encode: --size %d is not a multiple of the VAE's factor %d\n", S, f);
         rc = 2;
@@ -193,11 +219,18 @@ static int cmd_encode(int argc, char **argv)
     const size_t per_img = (size_t)3 * S * S, per_lat = (size_t)L * (S / f) * (S / f);
     if (!(k = tf_kernels_new((int)threads, &err)))
         goto fail;
+    image_tune_process_malloc();
+    ImageCropOptions copt;
+    image_crop_options_init(&copt);
+    copt.size = S;
+    if (!(cropper = image_cropper_new(&copt, &err)))
+        goto fail;
+    rgb = malloc((size_t)S * S * 3);
     images = malloc((size_t)nimg * per_img * sizeof *images);
     mean = malloc((size_t)nimg * per_lat * sizeof *mean);
     logvar = malloc((size_t)nimg * per_lat * sizeof *logvar);
     latent = malloc((size_t)nimg * per_lat * sizeof *latent);
-    if (!images || !mean || !logvar || !latent || !sources) {
+    if (!rgb || !images || !mean || !logvar || !latent || !sources) {
         tf_fail(&err, "out of memory for %d images", nimg);
         goto fail;
     }
@@ -211,7 +244,7 @@ static int cmd_encode(int argc, char **argv)
         int n = nimg - i0 < batch ? nimg - i0 : (int)batch, first = done_n;
         for (int i = i0; i < i0 + n; i++) {
             TfError ierr = {{0}};
-            if (vae_png_load_crop(paths[i], S, images + (size_t)done_n * per_img, &ierr)) {
+            if (load_image(cropper, paths[i], rgb, images + (size_t)done_n * per_img, &ierr)) {
                 tf_log(TF_LOG_WARN, TAG, "skipping %s", ierr.msg);
                 failed++;
                 continue;
@@ -267,6 +300,8 @@ fail:
     fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
     rc = 1;
 done:
+    image_cropper_free(cropper);
+    free(rgb);
     free(sources_text);
     json_decref(sources);
     tf_safetensors_writer_free(w);

@@ -13,7 +13,7 @@ build=(build-essential cmake ninja-build pkg-config git ca-certificates
        libturbojpeg0-dev libjpeg62-turbo-dev libwebp-dev libpng-dev libexif-dev
        libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev)
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
-      python3-pil python3-opencv kcat clang libclang-rt-14-dev
+      python3-pil python3-opencv kcat clang libclang-rt-14-dev libomp-14-dev
       mate-backgrounds gnome-backgrounds ukui-wallpapers)
 demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")

@@ -47,8 +47,8 @@ def run(*args):
 
 
 def make_images(work, n, seed):
-    """n PNGs of different sizes and aspect ratios: smooth gradients plus
-    noise, like photos rather than white noise."""
+    """n images (PNG, JPEG alternately) of different sizes and aspect
+    ratios: smooth gradients plus noise, like photos rather than noise."""
     rng = np.random.RandomState(seed)
     paths = []
     for i in range(n):
@@ -56,8 +56,8 @@ def make_images(work, n, seed):
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([(xx * (2 + c) + yy * (3 - c)) % 256 for c in range(3)], -1).astype(np.float64)
         img = np.clip(img * 0.7 + rng.randn(h, w, 3) * 20 + 30, 0, 255).astype(np.uint8)
-        p = os.path.join(work, "img%d.png" % i)
-        Image.fromarray(img).save(p)
+        p = os.path.join(work, "img%d.%s" % (i, "jpg" if i % 2 else "png"))
+        Image.fromarray(img).save(p, quality=95) if i % 2 else Image.fromarray(img).save(p)
         paths.append(p)
     return paths
 
@@ -106,15 +106,53 @@ def check_decode(tf, vae_dir, latents, work, label):
         check(label + ": PNG vs decoder output (8-bit levels)", float(np.abs(px - want).max()), 1.0)
 
 
+def case_cli(tf, work, vae_dir, images):
+    """Usage errors exit 2 before any work; --help exits 0; a broken image
+    is one counted failure (exit 1) and the others are still encoded."""
+    def status(*args):
+        return subprocess.run([tf, "vae", *args], capture_output=True, text=True)
+    out = os.path.join(work, "cli.safetensors")
+    cases = [
+        ((), 2), (("--help",), 0), (("encode", "--help"), 0), (("decode", "--help"), 0), (("init", "--help"), 0),
+        (("frobnicate",), 2), (("init", "--layout", "nope", "--out", work + "/x"), 2),
+        (("init", "--layout", "tiny"), 2), (("init", "--layout", "tiny", "--out", work + "/x", "--dtype", "f8"), 2),
+        (("encode", "--vae", vae_dir, "--out", out), 2),
+        (("encode", "--vae", vae_dir, "--out", out, "--batch", "0", images[0]), 2),
+        (("encode", "--vae", vae_dir, "--out", out, "--latent", "mode", images[0]), 2),
+        (("encode", "--vae", vae_dir, "--out", out, "--size", "100", images[0]), 2),
+        (("decode", "--vae", vae_dir, "--out", work), 2),
+        (("encode", "--vae", work + "/missing", "--out", out, images[0]), 1),
+    ]
+    for args, want in cases:
+        r = status(*args)
+        if r.returncode != want:
+            failures.append("vae %s: exit %d, expected %d" % (" ".join(args), r.returncode, want))
+    if "real weights" not in status("init", "--help").stdout:
+        failures.append("vae init --help does not say that real use needs real weights")
+    broken = os.path.join(work, "broken.png")
+    with open(images[0], "rb") as f:
+        data = f.read()
+    with open(broken, "wb") as f:
+        f.write(data[: len(data) // 2])
+    r = status("encode", "--vae", vae_dir, "--out", out, broken, images[1])
+    got, meta = twin.st_read(out) if os.path.exists(out) else ({}, {})
+    if r.returncode != 1 or "broken.png" not in r.stderr or got.get("mean", torch.empty(0)).shape[:1] != (1,):
+        failures.append("a broken PNG among good ones: exit %d, output %s" % (r.returncode, list(got)))
+    elif images[1] not in meta.get("sources", ""):
+        failures.append("sources metadata lacks the encoded image")
+    print("%-52s %s" % ("command line: usage errors, help, broken image", "ok"))
+
+
 def case_tiny(tf, work):
-    images = make_images(work, 3, 0)
+    images = make_images(work, 2, 0)
     tiny = twin.json.load(open(os.path.join(os.path.dirname(__file__), "tiny_config.json")))
     # 1. `vae init` checkpoints: f32 (encode + decode), bf16 and f16.
     for dtype in ("f32", "bf16", "f16"):
         d = os.path.join(work, "tiny_" + dtype)
         run(tf, "vae", "init", "--layout", "tiny", "--seed", "3", "--dtype", dtype, "--out", d)
-        lat, _ = check_encode(tf, d, images, work, "init tiny " + dtype)
+        lat, _ = check_encode(tf, d, images if dtype == "f32" else images[:1], work, "init tiny " + dtype)
         if dtype == "f32":
+            case_cli(tf, work, d, images)
             check_decode(tf, d, lat, work, "init tiny f32")
             check_encode(tf, d, images[:1], work, "init tiny f32 mean", latent_mode="mean")
     # 16-bit files must hold exactly the f32 weights rounded once.
