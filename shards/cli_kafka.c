@@ -209,8 +209,7 @@ static int kcmd_ls(int argc, char **argv)
         TfError gerr = {{0}};
         listed = kafka_group_list(bootstrap, k.config, &gerr);
         if (!listed)
-            snprintf(group_note, sizeof group_note, "%s%s; name groups with --group", gerr.msg,
-                     info.is_mock ? " (librdkafka's mock cluster has no ListGroups)" : "");
+            snprintf(group_note, sizeof group_note, "%s; name groups with --group", gerr.msg);
         for (size_t i = 0; listed && listed[i] && n_groups < MAX_GROUPS; i++)
             groups[n_groups++] = listed[i];
     }

@@ -166,13 +166,17 @@ int kafka_topic_partition_count(rd_kafka_t *rk, const char *topic, char *cluster
     int n = -1;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
     const struct rd_kafka_metadata_topic *mt = NULL;
+    /* One budget of 10 s for the whole lookup, so an unreachable cluster
+     * is reported promptly. */
+    double deadline = tf_now() + 10;
     for (int attempt = 0; attempt < 6; attempt++) {
         if (md)
             rd_kafka_metadata_destroy(md);
         md = NULL;
         mt = NULL;
-        e = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
-        if (e == RD_KAFKA_RESP_ERR__TRANSPORT && attempt < 5) {
+        int left_ms = (int)((deadline - tf_now()) * 1000);
+        e = rd_kafka_metadata(rk, 1, NULL, &md, left_ms > 100 ? left_ms : 100);
+        if (e == RD_KAFKA_RESP_ERR__TRANSPORT && attempt < 5 && tf_now() + 0.2 < deadline) {
             kafka_sleep_ms(200);
             continue;
         }
@@ -189,7 +193,8 @@ int kafka_topic_partition_count(rd_kafka_t *rk, const char *topic, char *cluster
         break;
     }
     if (e) {
-        tf_fail(err, "cannot reach the Kafka cluster for topic %s: %s", topic, rd_kafka_err2str(e));
+        tf_fail(err, "cannot reach the Kafka cluster for topic %s: %s (is the broker address right and up?)", topic,
+                rd_kafka_err2str(e));
         goto done;
     }
     if (!mt) {
@@ -903,6 +908,16 @@ char **kafka_group_list(const char *bootstrap, const char *const *config, TfErro
     rd_kafka_t *rk = kafka_handle_new(RD_KAFKA_PRODUCER, bootstrap, NULL, config, err);
     if (!rk)
         return NULL;
+    /* The mock cluster has no ListGroups (and librdkafka 2.0.2 leaks the
+     * failed request's error object): say so without asking. */
+    char *cid = rd_kafka_clusterid(rk, 10000);
+    int mock = kafka_cluster_is_mock(cid);
+    if (cid)
+        rd_kafka_mem_free(rk, cid);
+    if (mock) {
+        tf_fail(err, "listing consumer groups: librdkafka's mock cluster has no ListGroups");
+        goto done;
+    }
     ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS);
     rd_kafka_AdminOptions_set_request_timeout(ao, 10000, es, sizeof es);
     q = rd_kafka_queue_new(rk);
