@@ -79,7 +79,7 @@ diff <("$T" shards cat --fields key "$W/data" | sort) <("$T" shards cat --fields
 grep -q '"id": "vae-feedbeef"' "$W/arch/manifest.json" && grep -q '"dtype": "f32"' "$W/arch/manifest.json" || fail "archive manifest lacks the VAE identity"
 
 # kcat as the producer: one file = one record; transfuse reads them back.
-(cd "$W/files" && ls | head -50 | xargs kcat -P -b "$BS" -t peer -p 1 -k peer-key)
+(cd "$W/files" && ls | sed -n '1,50p' | xargs kcat -P -b "$BS" -t peer -p 1 -k peer-key)
 for _ in $(seq 50); do
   [ "$("$T" shards ls --json "kafka://$BS/peer" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["records"])')" = 50 ] && break
   sleep 0.1
