@@ -19,7 +19,7 @@ trap 'kill $BROKER 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$W/files"
 "$MK" "$W/data" "$N" --files "$W/files"
 MB=$(du -sb "$W/files" | awk '{print $1/1e6}')
-echo "records: $N, $MB MB of payload ($(ls "$W/files" | head -1 | xargs -I{} stat -c %s "$W/files/{}") bytes each)"
+echo "records: $N, $MB MB of payload ($(ls "$W/files" | sed -n 1p | xargs -I{} stat -c %s "$W/files/{}") bytes each)"
 "$T" broker --topic p:4 --topic c:16 --bootstrap-file "$W/bs" >/dev/null 2>&1 &
 BROKER=$!
 for _ in $(seq 100); do [ -s "$W/bs" ] && break; sleep 0.1; done
