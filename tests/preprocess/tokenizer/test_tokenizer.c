@@ -319,8 +319,10 @@ typedef struct ThreadJob {
     int failures;
 } ThreadJob;
 
-static const char *const THREAD_TEXTS[] = {"the cat's dog", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                                                             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+/* the second is 115 bytes long: the heap path */
+static const char *const THREAD_TEXTS[] = {"the cat's dog",
+                                           ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
                                            "\xe4\xb8\xad\xc3\xa9 123456 <|bos|>", "  \n\n x\xff"};
 
 static void *thread_run(void *arg)
