@@ -35,7 +35,10 @@ static const char HELP[] =
     "  --latent-dtype T      bf16 (default), f16 or f32\n"
     "  --shard-records N     roll shards at N records (default 100000)\n"
     "  --shard-size SIZE     roll shards at SIZE bytes (default 256M)\n"
-    "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n";
+    "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n"
+    "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
+    "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
+    "                        only on rare characters such as U+FEFF; the manifest records which)\n";
 
 static const char *const FAIL_NAMES[] = {"read", "tokenize"};
 
@@ -50,6 +53,7 @@ int ingest_main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},      {"batch", required_argument, 0, 'b'},
         {"latent-dtype", required_argument, 0, 'd'}, {"shard-records", required_argument, 0, 'n'},
         {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
+        {"tokenizer-regex", required_argument, 0, 'R'},
         {"help", no_argument, 0, 'h'},               {0}};
     TfError err = {{0}};
     long v;
@@ -96,6 +100,13 @@ int ingest_main(int argc, char **argv)
                 goto usage;
             break;
         case 'B': o.bos = 0; break;
+        case 'R':
+            if (strcmp(optarg, "js") && strcmp(optarg, "rust")) {
+                tf_fail(&err, "--tokenizer-regex must be js or rust");
+                goto usage;
+            }
+            o.regex_rust = !strcmp(optarg, "rust");
+            break;
         case 'h': fputs(HELP, stdout); return 0;
         default: return 2;
         }

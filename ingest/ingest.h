@@ -69,6 +69,8 @@ typedef struct IngestOptions {
     uint64_t shard_records;       /* default 100000 (shards' default) */
     uint64_t shard_bytes;         /* default 256 MiB */
     int bos;                      /* prepend BOS to token ids (default 1) */
+    int regex_rust;               /* split pattern as Hugging Face's Rust library runs it
+                                     (default 0: as the transformers.js reference) */
 } IngestOptions;
 
 typedef struct IngestStats {

@@ -356,7 +356,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
 
     if (!(m = ingest_manifest_load(o->manifest, &o->columns, err)))
         goto done;
-    if (!(tok = tokenizer_load(o->tokenizer, err)))
+    if (!(tok = tokenizer_load_regex(o->tokenizer, o->regex_rust ? TOKENIZER_REGEX_RUST : TOKENIZER_REGEX_JS, err)))
         goto done;
     if (!(vae = vae_load(o->vae, VAE_LOAD_ENCODER, err)))
         goto done;
