@@ -18,6 +18,6 @@ if [ "${TF_TEST_QUICK:-0}" != 1 ]; then
   echo "== build (clang, address+undefined sanitizers, fuzzers) =="
   CC=clang cmake -S . -B build-san -G Ninja -DTF_WERROR=ON -DTF_SANITIZE=ON -DTF_FUZZ=ON -DTF_CUDA=OFF >/dev/null
   cmake --build build-san -j "$jobs"
-  echo "== tests under sanitizers, and fuzz runs =="
-  (cd build-san && ASAN_OPTIONS=detect_leaks=1 ctest -L "unit|fuzz" --output-on-failure -j "$jobs")
+  echo "== tests under sanitizers (unit, the CLIs on real inputs), and fuzz runs =="
+  (cd build-san && ASAN_OPTIONS=detect_leaks=1 ctest -L "unit|fuzz|sanitize" --output-on-failure -j "$jobs")
 fi
