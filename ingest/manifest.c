@@ -37,6 +37,21 @@ static void fields_clear(Fields *f)
     f->n = 0;
 }
 
+/* Appends one byte to a growing buffer. Returns -1 when out of memory. */
+static int byte_push(char **buf, size_t *len, size_t *cap, char c)
+{
+    if (*len + 1 >= *cap) {
+        size_t ncap = *cap ? *cap * 2 : 256;
+        char *g = realloc(*buf, ncap);
+        if (!g)
+            return -1;
+        *buf = g;
+        *cap = ncap;
+    }
+    (*buf)[(*len)++] = c;
+    return 0;
+}
+
 /* Splits one record starting at *p (CSV with RFC 4180 quotes, or TSV with
  * none), advancing *p past its line end. Counts lines into *line. Returns
  * 0, or -1 with err on an unterminated quote or out of memory. */
@@ -66,29 +81,17 @@ static int split_record(const char **p, const char *end, int csv, Fields *out, u
                 }
                 if (*s == '\n')
                     (*line)++;
-                if (blen + 1 >= bcap) {
-                    bcap = bcap ? bcap * 2 : 256;
-                    char *g = realloc(buf, bcap);
-                    if (!g) {
-                        free(buf);
-                        return tf_fail(err, "out of memory");
-                    }
-                    buf = g;
+                if (byte_push(&buf, &blen, &bcap, *s++)) {
+                    free(buf);
+                    return tf_fail(err, "out of memory");
                 }
-                buf[blen++] = *s++;
             }
             /* anything up to the separator after a closing quote is kept */
             while (s < end && *s != sep && *s != '\n' && *s != '\r') {
-                if (blen + 1 >= bcap) {
-                    bcap = bcap ? bcap * 2 : 256;
-                    char *g = realloc(buf, bcap);
-                    if (!g) {
-                        free(buf);
-                        return tf_fail(err, "out of memory");
-                    }
-                    buf = g;
+                if (byte_push(&buf, &blen, &bcap, *s++)) {
+                    free(buf);
+                    return tf_fail(err, "out of memory");
                 }
-                buf[blen++] = *s++;
             }
             if (fields_push(out, buf ? buf : "", blen)) {
                 free(buf);

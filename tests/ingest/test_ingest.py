@@ -167,6 +167,23 @@ keys = [json.loads(l)["key"] for l in run("shards", "cat", out2, "--fields", "ke
 check(sorted(keys) == [f"k{k:03d}" for k in range(80)], f"after resume: {len(keys)} keys, {len(set(keys))} distinct")
 check(run("shards", "verify", out2).returncode == 0, "verify after resume")
 
+# JSON-lines manifests: non-string values kept as JSON text in extra.
+jl = os.path.join(WORK, "rows.jsonl")
+with open(jl, "w") as f:
+    f.write(json.dumps({"url": good[0], "caption": "from jsonl", "width_hint": 640, "tag": "a"}) + "\n\n")
+    f.write(json.dumps({"url": good[4], "caption": "second", "tag": "b"}) + "\n")
+out3 = os.path.join(WORK, "ds3")
+check(run("ingest", "--manifest", jl, "--out", out3, "--tokenizer", TOK, "--vae", vae).returncode == 0, "jsonl ingest")
+rows = [json.loads(l) for l in run("shards", "cat", out3, "--fields", "caption,extra").stdout.decode().splitlines()]
+check(rows == [{"caption": "from jsonl", "extra": {"width_hint": "640", "tag": "a"}},
+               {"caption": "second", "extra": {"tag": "b"}}], f"jsonl rows {rows}")
+bad_csv = os.path.join(WORK, "bad.csv")
+with open(bad_csv, "w") as f:
+    f.write('url,caption\n"unterminated,x\n')
+p = run("ingest", "--manifest", bad_csv, "--out", out3, "--tokenizer", TOK, "--vae", vae, ok=(1,))
+check(p.returncode == 1 and "bad.csv" in p.stderr.decode() and "unterminated" in p.stderr.decode(),
+      "malformed CSV named: " + p.stderr.decode())
+
 # Usage errors exit 2 before any work; a missing manifest is a clear error.
 for argv in (["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK],
              ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f8"],
