@@ -11,6 +11,7 @@
 #include "kernels.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 #include <omp.h>
 #include <pthread.h>
 #include <math.h>
@@ -27,24 +28,55 @@ struct TfKernels {
     size_t scratch_n;
 };
 
-/* Debian 12's OpenBLAS (0.3.21) does not recognise AVX-512 on AMD Zen 4
- * and falls back to its Haswell (AVX2) kernels, about 1.7x slower there
- * than its SkylakeX ones. It picks its kernels when the library loads, so
- * only the environment can change that: say so once. */
-static void blas_hint(void)
+/* OpenBLAS is loaded when the first kernels are created, not at program
+ * start: Debian's build starts a pool of threads when it loads, which spin
+ * in sched_yield for a while (about 0.1 s of CPU per process and core, a
+ * third of a `shards verify` run by perf), and its dynamic linking costs
+ * about 10 ms; commands that do no matrix work should pay neither. Loading
+ * late also lets the environment be set first:
+ *   - OPENBLAS_NUM_THREADS=1: the kernels call sgemm single-threaded from
+ *     their own OpenMP threads, so OpenBLAS's pool would only spin;
+ *   - OPENBLAS_CORETYPE=SkylakeX on CPUs with AVX-512 (F, BW, VL, DQ):
+ *     Debian 12's OpenBLAS (0.3.21) does not recognise AVX-512 on AMD Zen 4
+ *     and falls back to its Haswell kernels, 1.6-2x slower there
+ *     (docs/PERFORMANCE.md, VAE).
+ * Settings already in the environment are kept. setenv is not thread-safe:
+ * create the first kernels before starting threads that read the
+ * environment. */
+static struct {
+    void *lib;
+    __typeof__(&cblas_sgemm) sgemm;
+    __typeof__(&openblas_set_num_threads) set_num_threads;
+    __typeof__(&openblas_get_corename) get_corename;
+    char error[512];
+} blas;
+
+static void blas_load(void)
 {
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
 #if defined(__x86_64__)
-    const char *core = openblas_get_corename();
-    if (getenv("OPENBLAS_CORETYPE") || !core || (strcasecmp(core, "haswell") && strcasecmp(core, "zen")))
-        return;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    if (!getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-        tf_log(TF_LOG_INFO, "kernels",
-               "OpenBLAS chose its %s kernels on a CPU with AVX-512; OPENBLAS_CORETYPE=SkylakeX in the environment "
-               "makes matrix work faster (see docs/PERFORMANCE.md)",
-               core);
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
 #endif
+    static const char *const names[] = {"libopenblas.so.0", "libopenblas.so"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !blas.lib; i++)
+        blas.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!blas.lib) {
+        snprintf(blas.error, sizeof blas.error, "cannot load OpenBLAS (libopenblas.so.0: %s); install libopenblas0",
+                 dlerror());
+        return;
+    }
+    *(void **)&blas.sgemm = dlsym(blas.lib, "cblas_sgemm");
+    *(void **)&blas.set_num_threads = dlsym(blas.lib, "openblas_set_num_threads");
+    *(void **)&blas.get_corename = dlsym(blas.lib, "openblas_get_corename");
+    if (!blas.sgemm || !blas.set_num_threads || !blas.get_corename) {
+        snprintf(blas.error, sizeof blas.error, "the loaded OpenBLAS lacks cblas_sgemm or openblas_* functions");
+        blas.sgemm = NULL;
+        return;
+    }
+    tf_log(TF_LOG_DEBUG, "kernels", "OpenBLAS %s kernels", blas.get_corename());
 }
 
 const char *tf_kernels_backend(void)
@@ -65,9 +97,14 @@ TfKernels *tf_kernels_new(int threads, TfError *err)
     }
     k->threads = threads;
     k->winograd = 1;
-    openblas_set_num_threads(1);
-    static pthread_once_t hint_once = PTHREAD_ONCE_INIT;
-    pthread_once(&hint_once, blas_hint);
+    static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+    pthread_once(&blas_once, blas_load);
+    if (!blas.sgemm) {
+        tf_fail(err, "%s", blas.error);
+        free(k);
+        return NULL;
+    }
+    blas.set_num_threads(1);
     return k;
 }
 
@@ -140,7 +177,7 @@ static float *scratch_get(TfKernels *k, size_t n, TfError *err)
 static void gemm1(int transa, int transb, int m, int n, int kd, const float *a, int lda, const float *b, int ldb,
                   float beta, float *c, int ldc)
 {
-    cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, kd,
+    blas.sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, kd,
                 1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -537,7 +574,7 @@ double tf_kernels_sgemm_peak(TfKernels *k, int n, int reps)
     /* Both ways of using the threads: OpenBLAS's own, and column slices on
      * ours (what the kernels do); the peak is the better of the two. */
     for (int mode = 0; mode < 2; mode++) {
-        openblas_set_num_threads(mode == 0 ? k->threads : 1);
+        blas.set_num_threads(mode == 0 ? k->threads : 1);
         for (int r = 0; r < reps + 1; r++) { /* the first run warms up */
             double t = tf_now();
             if (mode == 0)
@@ -550,7 +587,7 @@ double tf_kernels_sgemm_peak(TfKernels *k, int n, int reps)
                 best = g;
         }
     }
-    openblas_set_num_threads(1);
+    blas.set_num_threads(1);
     tf_kernels_release(k, a);
     return best;
 }
