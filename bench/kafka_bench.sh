@@ -42,7 +42,7 @@ echo
 echo "== producer MB/s (transfuse vs kcat in the same round; ratio = transfuse/kcat) =="
 declare -A VARIANTS=(
   [chosen]=""
-  [linger0]="-X linger.ms=0"
+  [linger20]="-X linger.ms=20"
   [linger5]="-X linger.ms=5"
   [linger100]="-X linger.ms=100"
   [batch16k]="-X batch.size=16384"
@@ -51,7 +51,7 @@ declare -A VARIANTS=(
   [inflight5]="-X max.in.flight.requests.per.connection=5"
 )
 for round in 1 2 3; do
-  for v in chosen linger0 linger5 linger100 batch16k lz4 zstd inflight5; do
+  for v in chosen linger5 linger20 linger100 batch16k lz4 zstd inflight5; do
     k=$(kcat_produce)
     # shellcheck disable=SC2086
     t=$(tf_produce ${VARIANTS[$v]})

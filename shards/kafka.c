@@ -5,7 +5,7 @@
  * retention), and admin/inspection (topic creation, watermarks, committed
  * offsets of groups).
  *
- * Producer defaults (linger.ms=20, batch.size=1 MiB, compression none)
+ * Producer defaults (linger.ms=0, batch.size=1 MiB, compression none)
  * were chosen by bench/kafka_bench.sh on ~17 KB Sample records; see
  * docs/PERFORMANCE.md "Kafka" and docs/KAFKA.md. */
 #include "kafka_internal.h"
@@ -29,7 +29,7 @@ static const char *const SINK_DEFAULTS[] = {
      * one request in flight per broker keeps every record. Measured cost:
      * docs/PERFORMANCE.md "Kafka". */
     "max.in.flight.requests.per.connection=1",
-    "linger.ms=20",
+    "linger.ms=0",
     "batch.size=1000000",
     "compression.codec=none",
     "queue.buffering.max.kbytes=65536",
