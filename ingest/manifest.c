@@ -205,18 +205,23 @@ static int row_fill(IngestRow *r, char **names, char **values, size_t n, const I
     return 0;
 }
 
-static int push_row(IngestManifest *m, size_t *cap, IngestRow **out)
+/* Appends a row of the given column names and values, read at `line`. */
+static int add_row(IngestManifest *m, size_t *cap, uint64_t line, const Fields *names, const Fields *values,
+                   const IngestColumns *cols, const char *base_dir, const char *path, TfError *err)
 {
     if (m->n_rows == *cap) {
         size_t c = *cap ? *cap * 2 : 256;
         IngestRow *g = realloc(m->rows, c * sizeof *g);
         if (!g)
-            return -1;
+            return tf_fail(err, "out of memory");
         m->rows = g;
         *cap = c;
     }
-    *out = &m->rows[m->n_rows++];
-    memset(*out, 0, sizeof **out);
+    IngestRow *r = &m->rows[m->n_rows++];
+    memset(r, 0, sizeof *r);
+    r->line = line;
+    if (row_fill(r, names->v, values->v, names->n, cols, base_dir, err))
+        return tf_fail_context(err, "%s", path);
     return 0;
 }
 
@@ -279,16 +284,8 @@ IngestManifest *ingest_manifest_load(const char *path, const IngestColumns *cols
                 }
             }
             json_decref(obj);
-            IngestRow *r;
-            if (push_row(m, &cap, &r)) {
-                tf_fail(err, "out of memory");
+            if (add_row(m, &cap, this_line, &header, &values, &cols, base_dir, path, err))
                 goto fail;
-            }
-            r->line = this_line;
-            if (row_fill(r, header.v, values.v, header.n, &cols, base_dir, err)) {
-                tf_fail_context(err, "%s", path);
-                goto fail;
-            }
         }
     } else if (ends_with(path, ".tsv") || ends_with(path, ".csv") || ends_with(path, ".txt")) {
         int csv = ends_with(path, ".csv");
@@ -310,16 +307,8 @@ IngestManifest *ingest_manifest_load(const char *path, const IngestColumns *cols
                         header.n);
                 goto fail;
             }
-            IngestRow *r;
-            if (push_row(m, &cap, &r)) {
-                tf_fail(err, "out of memory");
+            if (add_row(m, &cap, this_line, &header, &values, &cols, base_dir, path, err))
                 goto fail;
-            }
-            r->line = this_line;
-            if (row_fill(r, header.v, values.v, header.n, &cols, base_dir, err)) {
-                tf_fail_context(err, "%s", path);
-                goto fail;
-            }
         }
     } else {
         tf_fail(err, "%s: unknown manifest format (use .tsv, .csv or .jsonl)", path);

@@ -59,6 +59,24 @@ static void kusage(const char *cmd, const char *msg)
     fprintf(stderr, "transfuse shards %s: %s (see transfuse shards %s --help)\n", cmd, msg, cmd);
 }
 
+/* Parses the one kafka://HOST:PORT/TOPIC argument left after the options
+ * of `cmd` (with `ready` 0 when a required option is missing; `need` says
+ * what the command needs). Returns 0, or 2 after a usage message. */
+static int topic_arg(const char *cmd, int argc, char **argv, int ready, const char *need, char bootstrap[1024],
+                     char topic[256])
+{
+    TfError err = {{0}};
+    if (optind != argc - 1 || !ready) {
+        kusage(cmd, need);
+        return 2;
+    }
+    if (kafka_url_parse(argv[optind], bootstrap, 1024, topic, 256, &err)) {
+        kusage(cmd, err.msg);
+        return 2;
+    }
+    return 0;
+}
+
 /* Handles -X, --partition, --offset, --limit, --group; returns 1 when
  * consumed, 0 when not a common option, -1 on a bad value. */
 static int common_opt(KCommon *k, int c, const char *cmd)
@@ -190,14 +208,8 @@ static int kcmd_ls(int argc, char **argv)
     }
     char bootstrap[1024], topic[256];
     TfError err = {{0}};
-    if (optind != argc - 1) {
-        kusage("ls", "needs exactly one kafka://HOST:PORT/TOPIC");
+    if (topic_arg("ls", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
         return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("ls", err.msg);
-        return 2;
-    }
     KafkaTopicInfo info;
     if (kafka_topic_describe(bootstrap, topic, k.config, &info, &err)) {
         fprintf(stderr, "transfuse shards ls: %s\n", err.msg);
@@ -319,14 +331,8 @@ static int kcmd_cat(int argc, char **argv)
     }
     char bootstrap[1024], topic[256];
     TfError err = {{0}};
-    if (optind != argc - 1) {
-        kusage("cat", "needs exactly one kafka://HOST:PORT/TOPIC");
+    if (topic_arg("cat", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
         return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("cat", err.msg);
-        return 2;
-    }
     if (raw && isatty(STDOUT_FILENO)) {
         kusage("cat", "--raw writes binary; redirect stdout to a file or a pipe");
         return 2;
@@ -495,14 +501,8 @@ static int kcmd_verify(int argc, char **argv)
     }
     char bootstrap[1024], topic[256];
     TfError err = {{0}};
-    if (optind != argc - 1) {
-        kusage("verify", "needs exactly one kafka://HOST:PORT/TOPIC");
+    if (topic_arg("verify", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
         return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("verify", err.msg);
-        return 2;
-    }
     kcli_signals();
     KafkaPosition *start = NULL;
     double t0 = tf_now();
@@ -842,14 +842,8 @@ static int kcmd_archive(int argc, char **argv)
         }
     }
     char bootstrap[1024], topic[256];
-    if (optind != argc - 1 || !out) {
-        kusage("archive", "needs kafka://HOST:PORT/TOPIC and --out DIR");
+    if (topic_arg("archive", argc, argv, out != 0, "needs kafka://HOST:PORT/TOPIC and --out DIR", bootstrap, topic))
         return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("archive", err.msg);
-        return 2;
-    }
     kcli_signals();
     KafkaPosition *start = NULL;
     KafkaSource *src;
@@ -1002,14 +996,8 @@ static int kcmd_create(int argc, char **argv)
         }
     }
     char bootstrap[1024], topic[256];
-    if (optind != argc - 1 || !partitions) {
-        kusage("create", "needs kafka://HOST:PORT/TOPIC and --partitions N");
+    if (topic_arg("create", argc, argv, partitions != 0, "needs kafka://HOST:PORT/TOPIC and --partitions N", bootstrap, topic))
         return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("create", err.msg);
-        return 2;
-    }
     int rc = kafka_topic_create(bootstrap, topic, (int)partitions, (int)replication, k.config, &err);
     if (rc < 0) {
         fprintf(stderr, "transfuse shards create: %s\n", err.msg);
