@@ -258,6 +258,8 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
 
 static int ids_push(TokenIds *out, const int32_t *ids, size_t n)
 {
+    if (!n) /* an empty array may still have no storage: no arithmetic on NULL */
+        return 0;
     if (grow((void **)&out->ids, &out->cap, out->len + n, sizeof *out->ids))
         return -1;
     memcpy(out->ids + out->len, ids, n * sizeof *ids);
