@@ -13,7 +13,7 @@
 set -euo pipefail
 B=${1:-build}
 N=${2:-3000}
-T=$B/cli/transfuse MK=$B/tests/ops/kafka_make_dataset KC=$B/tests/ops/kafka_consume
+T=$B/cli/transfuse MK=$B/tests/ops/kafka_make_dataset KC=$B/bench/kafka_consume
 W=$(mktemp -d /tmp/kafka_bench.XXXXXX)
 trap 'kill $BROKER 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$W/files"

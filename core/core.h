@@ -2,8 +2,8 @@
  *
  * Errors, logging, the subcommand table, files written atomically, base64,
  * SHA-256, progress lines, and JSON loading. Nothing here knows about
- * images, records or models. Tensor kernels live beside this header in
- * kernels.h (CPU reference and CUDA builds of one interface).
+ * images, records or models. The tensor kernels are a library of their own
+ * (kernels/kernels.h: one interface, CPU and CUDA builds).
  *
  * Conventions used across the code base:
  *   - functions that can fail return 0 on success and -1 on failure, and

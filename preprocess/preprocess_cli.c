@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "image_internal.h"
+#include "image/image_internal.h"
 
 static const TfCommand PREPROCESS_COMMANDS[] = {
     {"crop", "decode images, resize and centre-crop them, write PNGs", image_crop_main},

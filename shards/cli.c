@@ -8,7 +8,7 @@
  *   cat     records as JSON lines (or one record's raw payload)
  *   import  JSON lines to a dataset (the inverse of cat)
  * Human tables by default, --json for scripts. */
-#include "shards_internal.h"
+#include "file_internal.h"
 #include "kafka_internal.h" /* Kafka: dispatch of kafka:// paths */
 
 #include <dirent.h>

@@ -3,7 +3,7 @@
  * --files also one file per record, for the broker/kcat interop test and
  * bench/kafka_bench.sh.
  *   kafka_make_dataset DIR N [--files FILEDIR] */
-#include "../shards/kafka_test_util.h"
+#include "../shards/kafka/kafka_test_util.h"
 
 int main(int argc, char **argv)
 {

@@ -1,7 +1,7 @@
-/* shards_internal.h: what the shard-file sources share and nobody else
+/* file_internal.h: what the shard-file sources share and nobody else
  * needs: the index format and manifest updates. */
-#ifndef TRANSFUSE_SHARDS_INTERNAL_H
-#define TRANSFUSE_SHARDS_INTERNAL_H
+#ifndef TRANSFUSE_SHARDS_FILE_INTERNAL_H
+#define TRANSFUSE_SHARDS_FILE_INTERNAL_H
 
 #include "shards.h"
 

@@ -3,7 +3,7 @@
  * used; after damage the cursor resynchronises on the next frame that checks
  * out (through the index when it is sound, else by scanning for a header
  * whose length CRC matches), so one bad record costs only itself. */
-#include "shards_internal.h"
+#include "file_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

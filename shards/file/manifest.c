@@ -2,7 +2,7 @@
  * shards with counts, bytes and checksums, and the facts shared by every
  * record. Updates take a lock file so that several writer processes can
  * fill one folder; each update rewrites the file atomically. */
-#include "shards_internal.h"
+#include "file_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -2,7 +2,7 @@
  * and by count. A shard is written under a hidden temporary name with its
  * index, fsynced, renamed into place, and only then added to the manifest:
  * a reader (or a resumed job) never sees half a shard. */
-#include "shards_internal.h"
+#include "file_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
