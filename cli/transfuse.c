@@ -1,59 +1,79 @@
 /* transfuse: the one binary. A thin dispatcher: each library contributes
- * its subcommands as TfCommand entries, listed here. */
+ * its subcommands as TfCommand entries, listed here. This is also the one
+ * place that installs signal handlers (see "stopping" in core.h). */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core.h"
 #include "ingest.h"
-#include "preprocess.h"
 #include "ops.h"
+#include "preprocess.h"
 #include "shards.h"
 
 static const TfCommand COMMANDS[] = {
-    {"ingest", "images and captions to a dataset of records (crop, tokens, VAE latents)", ingest_main},
-    {"shards", "inspect, verify, print and import shard datasets", shards_main},
-    {"preprocess", "decode, resize and crop images; tokenize captions; VAE latents", preprocess_main},
-    {"broker", "run an embedded Kafka broker (librdkafka mock cluster) for one machine", broker_main},
+    {"ingest", "manifest rows (local images + captions) to records: crop, tokens, VAE latents", ingest_main},
+    {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive", shards_main},
+    {"preprocess", "decode, resize and centre-crop images (crop, bench)", preprocess_main},
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
     {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
+    {"broker", "an embedded Kafka broker (librdkafka's mock cluster) for one machine", broker_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
-static void usage(FILE *out)
+static const char FOOTER[] =
+    "options:\n"
+    "  -h, --help     this help\n"
+    "  --version      print the version\n\n"
+    "exit status:\n"
+    "  0 done (per-item failures are counted in the stats)\n"
+    "  1 done, but a check failed or a failure limit was passed\n"
+    "  2 bad command line or configuration: nothing was done\n"
+    "  3 could not run (missing input, I/O or broker error)\n"
+    "  130 stopped by Ctrl-C or SIGTERM: finished work is kept, nothing half-written is visible\n\n"
+    "environment:\n"
+    "  TRANSFUSE_LOG=debug|info|warn|error|quiet   log level on stderr (default info)\n";
+
+/* SIGINT/SIGTERM: a command that honours the stop flag gets one graceful
+ * stop; a second signal, or any signal to a command that does not watch
+ * the flag, ends the process the default way at once. Only
+ * async-signal-safe calls here. */
+static void on_stop_signal(int sig)
 {
-    fprintf(out,
-            "transfuse %s: image-caption data pipeline and LlamaFusion trainer\n\n"
-            "usage: transfuse <command> [options]\n"
-            "       transfuse <command> --help\n\n"
-            "commands:\n",
-            TF_VERSION_STRING);
-    for (size_t i = 0; i < N_COMMANDS; i++)
-        fprintf(out, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
-    fprintf(out,
-            "\noptions:\n"
-            "  -h, --help     this help\n"
-            "  --version      print the version\n\n"
-            "environment:\n"
-            "  TRANSFUSE_LOG=debug|info|warn|error|quiet   log level on stderr (default info)\n");
+    static volatile sig_atomic_t seen;
+    if (tf_cli_stop_watched() && !seen) {
+        seen = 1;
+        atomic_store(tf_cli_stop_flag(), 1);
+        static const char msg[] = "\ntransfuse: stopping (finishing what is safe to finish; again to quit now)\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        return;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void install_stop_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: blocking calls return EINTR and loops see the flag */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
-        usage(stdout);
-        return 0;
-    }
-    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+    if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version"))) {
         printf("transfuse %s\n", TF_VERSION_STRING);
-        return 0;
+        return TF_EXIT_OK;
     }
-    for (size_t i = 0; i < N_COMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name))
-            return COMMANDS[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "transfuse: unknown command '%s' (see transfuse --help)\n", argv[1]);
-    return 2;
+    install_stop_handlers();
+    char about[160];
+    snprintf(about, sizeof about,
+             "transfuse %s: image-caption data pipeline (ingest, preprocess, shards, Kafka)", TF_VERSION_STRING);
+    return tf_cli_dispatch("transfuse", about, FOOTER, COMMANDS, N_COMMANDS, argc, argv);
 }

@@ -113,64 +113,6 @@ void tf_log_limited(TfRateLimit *limit, TfLogLevel level, const char *tag, const
     va_end(ap);
 }
 
-/* ---- command line ---- */
-
-int tf_cli_wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--"))
-            return 0;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return 1;
-    }
-    return 0;
-}
-
-int tf_parse_long(const char *flag, const char *text, long min, long max, long *out, TfError *err)
-{
-    if (!text || !*text)
-        return tf_fail(err, "%s needs a number", flag);
-    errno = 0;
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (errno || *end || end == text)
-        return tf_fail(err, "%s: '%s' is not a whole number", flag, text);
-    if (v < min || v > max)
-        return tf_fail(err, "%s: %ld is out of range [%ld, %ld]", flag, v, min, max);
-    *out = v;
-    return 0;
-}
-
-int tf_parse_size(const char *flag, const char *text, uint64_t *out, TfError *err)
-{
-    if (!text || !*text)
-        return tf_fail(err, "%s needs a size", flag);
-    errno = 0;
-    char *end;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || end == text || text[0] == '-')
-        return tf_fail(err, "%s: '%s' is not a size (e.g. 256M)", flag, text);
-    unsigned shift = 0;
-    switch (toupper((unsigned char)*end)) {
-    case 0: break;
-    case 'K': shift = 10; end++; break;
-    case 'M': shift = 20; end++; break;
-    case 'G': shift = 30; end++; break;
-    case 'T': shift = 40; end++; break;
-    default: return tf_fail(err, "%s: '%s' has an unknown suffix (use K, M, G or T)", flag, text);
-    }
-    if (*end == 'i' || *end == 'I')
-        end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (*end)
-        return tf_fail(err, "%s: '%s' is not a size (e.g. 256M)", flag, text);
-    if (shift && v > (UINT64_MAX >> shift))
-        return tf_fail(err, "%s: '%s' is too large", flag, text);
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
 /* ---- time and progress ---- */
 
 double tf_now(void)

@@ -66,26 +66,114 @@ typedef struct TfRateLimit {
 void tf_log_limited(TfRateLimit *limit, TfLogLevel level, const char *tag, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* ---- subcommands ---------------------------------------------------------- */
+/* ---- command line: one dispatcher, one option parser, one table of exit codes
+ *
+ * Every subcommand of the `transfuse` binary follows the same rules:
+ *   - options are parsed by tf_opts_next (getopt_long): `--opt value` and
+ *     `--opt=value` both work, options may follow operands, and an unknown
+ *     option or a missing value exits TF_EXIT_USAGE before any work starts;
+ *   - sizes take decimal suffixes (K, M, G, T = 10^3..10^12) or binary ones
+ *     (Ki, Mi, Gi, Ti = 2^10..2^40), an optional trailing B: `100M` is
+ *     100,000,000 bytes, `256Mi` is 268,435,456;
+ *   - `--threads 0` means one thread per online CPU;
+ *   - the exit status is one of TF_EXIT_* below.
+ */
 
-/* One subcommand of the `transfuse` binary. `run` gets argv with argv[0]
- * being the subcommand's name and returns the process exit status
- * (0 success, 1 failure of the work, 2 usage error). */
+#define TF_EXIT_OK 0       /* done; per-item failures are counted in the stats */
+#define TF_EXIT_CHECK 1    /* done, but a check failed or a failure limit was passed */
+#define TF_EXIT_USAGE 2    /* bad command line or configuration; nothing was done */
+#define TF_EXIT_FAIL 3     /* could not run: missing input, I/O or broker error */
+#define TF_EXIT_STOPPED 130 /* stopped on request (SIGINT/SIGTERM); finished work is kept */
+
+/* One subcommand. `run` gets argv with argv[0] being the subcommand's name
+ * and returns a TF_EXIT_* status. */
 typedef struct TfCommand {
     const char *name;
     const char *summary;
     int (*run)(int argc, char **argv);
 } TfCommand;
 
+/* The one subcommand dispatcher. Runs the command named by argv[1] from
+ * cmds[0..n). With no command, or an unknown one, prints the table to
+ * stderr and returns TF_EXIT_USAGE; with -h, --help or `help` prints it to
+ * stdout and returns TF_EXIT_OK. `prog` ("transfuse shards") heads the
+ * usage, `about` (may be NULL) is a paragraph under it, `footer` (may be
+ * NULL) is printed after the table. */
+int tf_cli_dispatch(const char *prog, const char *about, const char *footer, const TfCommand *cmds, size_t n,
+                    int argc, char **argv);
+
 /* Returns 1 when argv holds -h or --help (before a "--"), else 0. */
 int tf_cli_wants_help(int argc, char **argv);
+
+/* The one option parser: a getopt_long loop with the rules above.
+ *
+ *     TfOpts o = {"transfuse shards verify", argc, argv, "hq", LONG_OPTIONS};
+ *     int c;
+ *     while ((c = tf_opts_next(&o)) != -1)
+ *         switch (c) { ...; case '?': return TF_EXIT_USAGE; }
+ *     operands: argv[o.first_operand .. argc)
+ *
+ * Returns the option's value, -1 after the last option, or '?' after
+ * printing one line naming the unknown option or missing value (prefixed by
+ * prog) to stderr. The option's argument is in o.arg. */
+#ifndef __cplusplus
+struct option;
+typedef struct TfOpts {
+    const char *prog;
+    int argc;
+    char **argv;
+    const char *shortopts;          /* getopt form, e.g. "ho:" */
+    const struct option *longopts;  /* {0} terminated */
+    /* filled by tf_opts_next */
+    const char *arg;                /* the current option's argument, or NULL */
+    int first_operand;              /* after -1: index of the first operand */
+    int started;
+} TfOpts;
+int tf_opts_next(TfOpts *o);
+#endif
 
 /* Parses a decimal integer in [min, max] from `text` into *out. Returns 0,
  * or -1 with a message naming `flag` when the text is not such a number. */
 int tf_parse_long(const char *flag, const char *text, long min, long max, long *out, TfError *err);
 
-/* Parses a size with an optional K/M/G/T suffix (powers of 1024). */
+/* Parses a size with the suffixes above into *out. Returns 0 or -1 with a
+ * message naming `flag`. */
 int tf_parse_size(const char *flag, const char *text, uint64_t *out, TfError *err);
+
+/* Parses a thread count in [0, max]; 0 becomes the number of online CPUs. */
+int tf_parse_threads(const char *flag, const char *text, int max, int *out, TfError *err);
+
+/* Online CPUs (at least 1). */
+int tf_cpu_count(void);
+
+/* ---- stopping ---------------------------------------------------------------
+ *
+ * Libraries never install signal handlers: long-running work takes a
+ * `const TfStopFlag *stop` (NULL: never stops) and checks it at least every
+ * ~100 ms, then drains what is safe to drain. The binary's SIGINT/SIGTERM
+ * handler (cli/transfuse.c) sets the process's flag. A command that honours
+ * it says so by asking for it with tf_cli_stop_flag(): for such a command
+ * the first signal sets the flag and a second one ends the process at once;
+ * a command that never asked ends on the first signal. Either way nothing
+ * half-written becomes visible, since every output is published by rename.
+ */
+#ifndef __cplusplus
+#include <stdatomic.h>
+typedef atomic_int TfStopFlag;
+
+/* Non-zero when a stop was requested; `stop` may be NULL. */
+static inline int tf_stop_requested(const TfStopFlag *stop)
+{
+    return stop && atomic_load_explicit((TfStopFlag *)stop, memory_order_relaxed) != 0;
+}
+
+/* The process's stop flag, for the CLI layer of a command that honours it.
+ * Calling it marks the running command as one that stops gracefully. */
+TfStopFlag *tf_cli_stop_flag(void);
+
+/* For the signal handler only: 1 once tf_cli_stop_flag was called. */
+int tf_cli_stop_watched(void);
+#endif
 
 /* ---- time, progress ------------------------------------------------------- */
 
@@ -106,6 +194,66 @@ typedef struct TfProgress {
 void tf_progress_init(TfProgress *p, const char *label, uint64_t total, const char *unit);
 void tf_progress_update(TfProgress *p, uint64_t done);
 void tf_progress_finish(TfProgress *p, uint64_t done);
+
+/* ---- metrics ------------------------------------------------------------------
+ *
+ * One process-wide registry of counters, gauges and histograms (fixed
+ * buckets), rendered in Prometheus' text format (version 0.0.4) and served
+ * on /metrics by tf_metrics_serve. Looking a series up takes a lock and
+ * may allocate: do it once, keep the pointer (series live until the process
+ * ends). Updating a series is one atomic operation, safe from any thread
+ * and cheap on hot paths.
+ *
+ * Names follow Prometheus' rules ([a-zA-Z_:][a-zA-Z0-9_:]*, counters end in
+ * _total, units in the name: _seconds, _bytes). Labels are given as
+ * NULL-terminated name, value pairs; values are escaped when rendered. A
+ * lookup with an invalid name, label, or a name already used by another
+ * kind returns NULL, and every update accepts NULL as a no-op, so a metric
+ * can never fail the work it measures.
+ */
+typedef struct TfCounter TfCounter;
+typedef struct TfGauge TfGauge;
+typedef struct TfHistogram TfHistogram;
+
+/* The series NAME{labels...}, created on first use with `help`. */
+TfCounter *tf_counter(const char *name, const char *help, ...) __attribute__((sentinel));
+TfGauge *tf_gauge(const char *name, const char *help, ...) __attribute__((sentinel));
+/* `bounds` are the n ascending upper bounds (the +Inf bucket is added); a
+ * later lookup of the same name must give the same bounds. */
+TfHistogram *tf_histogram(const char *name, const char *help, const double *bounds, size_t n, ...)
+    __attribute__((sentinel));
+
+void tf_counter_add(TfCounter *c, uint64_t n);
+uint64_t tf_counter_value(const TfCounter *c);
+void tf_gauge_set(TfGauge *g, double v);
+void tf_gauge_add(TfGauge *g, double v);
+double tf_gauge_value(const TfGauge *g);
+void tf_histogram_observe(TfHistogram *h, double v);
+
+/* Bucket bounds for latencies in seconds: 1 ms to 60 s, roughly x2.5. */
+extern const double TF_SECONDS_BUCKETS[];
+extern const size_t TF_SECONDS_BUCKETS_N;
+
+/* The whole registry in text format, sorted by name: a malloc'd string
+ * (caller frees) and its length, or NULL when out of memory. */
+char *tf_metrics_render(size_t *len);
+
+/* An HTTP server (libmicrohttpd, its own thread) answering GET /metrics
+ * with the registry; every other path is 404. Binds `addr` (NULL:
+ * 127.0.0.1) on `port` (0 asks the kernel for a free port: see
+ * tf_metrics_server_port). Returns NULL with err filled when it cannot
+ * listen. */
+typedef struct TfMetricsServer TfMetricsServer;
+TfMetricsServer *tf_metrics_serve(const char *addr, int port, TfError *err);
+int tf_metrics_server_port(const TfMetricsServer *s);
+void tf_metrics_server_free(TfMetricsServer *s);
+
+/* For the CLI of a long-running command: `--metrics-port N` (0 = off, the
+ * default) and `--metrics-addr A`. Starts the server when port > 0 and logs
+ * its address under `tag`; returns NULL when off or failed (err filled
+ * when failed, so the caller can tell: err->msg[0] != 0). Also sets the
+ * transfuse_build_info and process start series. */
+TfMetricsServer *tf_metrics_cli_start(const char *tag, const char *addr, long port, TfError *err);
 
 /* ---- files ---------------------------------------------------------------- */
 

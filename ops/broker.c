@@ -11,7 +11,8 @@
 #include "ops.h"
 
 #include <errno.h>
-#include <signal.h>
+#include <getopt.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,14 +22,6 @@
 
 #define BROKER_TAG "broker"
 #define BROKER_MAX_TOPICS 64
-
-static volatile sig_atomic_t broker_stop;
-
-static void broker_on_signal(int sig)
-{
-    (void)sig;
-    broker_stop = 1;
-}
 
 static void broker_usage(FILE *out)
 {
@@ -54,6 +47,9 @@ static void broker_usage(FILE *out)
             "                         min(3, brokers))\n"
             "  --bootstrap-file FILE  also write the bootstrap address to FILE\n"
             "                         (atomically, so waiting for the file is safe)\n"
+            "  --metrics-port N       serve Prometheus metrics on 127.0.0.1:N/metrics\n"
+            "                         (per-partition high watermarks; 0 = off, the default)\n"
+            "  --metrics-addr A       address to bind the metrics port (default 127.0.0.1)\n"
             "  -h, --help             this help\n");
 }
 
@@ -61,6 +57,44 @@ static void broker_log_cb(const rd_kafka_t *rk, int level, const char *fac, cons
 {
     (void)rk;
     tf_log(level <= 3 ? TF_LOG_ERROR : level <= 4 ? TF_LOG_WARN : TF_LOG_DEBUG, BROKER_TAG, "%s: %s", fac, buf);
+}
+
+/* A plain client of the cluster, for reading watermarks into metrics. */
+static rd_kafka_t *broker_watcher_new(const char *bootstraps, TfError *err)
+{
+    char es[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, broker_log_cb);
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstraps, es, sizeof es) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return tf_fail(err, "metrics client: %s", es), NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, es, sizeof es);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return tf_fail(err, "metrics client: %s", es), NULL;
+    }
+    return rk;
+}
+
+/* Exports the low and high watermark of every partition of `topic`. A
+ * partition that does not answer in time keeps its last values. */
+static void broker_watch_topic(rd_kafka_t *rk, const char *topic, int partitions)
+{
+    for (int p = 0; p < partitions; p++) {
+        int64_t lo, hi;
+        if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 500))
+            continue;
+        char part[16];
+        snprintf(part, sizeof part, "%d", p);
+        tf_gauge_set(tf_gauge("transfuse_broker_high_watermark", "Next offset to be written, per partition",
+                              "topic", topic, "partition", part, NULL),
+                     (double)hi);
+        tf_gauge_set(tf_gauge("transfuse_broker_low_watermark",
+                              "Oldest offset still kept, per partition (the mock drops old data)", "topic", topic,
+                              "partition", part, NULL),
+                     (double)lo);
+    }
 }
 
 int broker_main(int argc, char **argv)
@@ -74,25 +108,34 @@ int broker_main(int argc, char **argv)
     int n_topics = 0;
     TfError err = {{0}};
 
-    if (tf_cli_wants_help(argc, argv)) {
-        broker_usage(stdout);
-        return 0;
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--brokers") && v) {
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'},           {"brokers", required_argument, NULL, 'b'},
+        {"replication", required_argument, NULL, 'r'}, {"bootstrap-file", required_argument, NULL, 'f'},
+        {"topic", required_argument, NULL, 't'},    {"metrics-port", required_argument, NULL, 'm'},
+        {"metrics-addr", required_argument, NULL, 'a'}, {NULL, 0, NULL, 0}};
+    long metrics_port = 0;
+    const char *metrics_addr = NULL;
+    TfOpts o = {.prog = "transfuse broker", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
+    int c;
+    while ((c = tf_opts_next(&o)) != -1) {
+        const char *v = o.arg;
+        switch (c) {
+        case 'h': broker_usage(stdout); return TF_EXIT_OK;
+        case 'b':
             if (tf_parse_long("--brokers", v, 1, 16, &brokers, &err))
                 goto usage;
-            i++;
-        } else if (!strcmp(a, "--replication") && v) {
+            break;
+        case 'r':
             if (tf_parse_long("--replication", v, 1, 16, &replication, &err))
                 goto usage;
-            i++;
-        } else if (!strcmp(a, "--bootstrap-file") && v) {
-            bootstrap_file = v;
-            i++;
-        } else if (!strcmp(a, "--topic") && v) {
+            break;
+        case 'f': bootstrap_file = v; break;
+        case 'm':
+            if (tf_parse_long("--metrics-port", v, 0, 65535, &metrics_port, &err))
+                goto usage;
+            break;
+        case 'a': metrics_addr = v; break;
+        case 't': {
             const char *colon = strrchr(v, ':');
             if (n_topics == BROKER_MAX_TOPICS) {
                 tf_fail(&err, "at most %d topics", BROKER_MAX_TOPICS);
@@ -102,9 +145,9 @@ int broker_main(int argc, char **argv)
                 tf_fail(&err, "--topic %s: expected NAME:PARTITIONS", v);
                 goto usage;
             }
-            for (const char *c = v; c < colon; c++)
-                if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-                      *c == '.' || *c == '_' || *c == '-')) {
+            for (const char *p = v; p < colon; p++)
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                      *p == '.' || *p == '_' || *p == '-')) {
                     tf_fail(&err, "--topic %s: topic names may hold only letters, digits, '.', '_' and '-'", v);
                     goto usage;
                 }
@@ -113,11 +156,14 @@ int broker_main(int argc, char **argv)
             if (tf_parse_long("--topic partitions", colon + 1, 1, 10000, &topics[n_topics].partitions, &err))
                 goto usage;
             n_topics++;
-            i++;
-        } else {
-            tf_fail(&err, "unknown or incomplete option '%s'", a);
-            goto usage;
+            break;
         }
+        default: return TF_EXIT_USAGE;
+        }
+    }
+    if (o.first_operand < argc) {
+        tf_fail(&err, "unexpected argument '%s'", argv[o.first_operand]);
+        goto usage;
     }
     if (!replication)
         replication = brokers < 3 ? brokers : 3;
@@ -129,13 +175,7 @@ int broker_main(int argc, char **argv)
         tf_log(TF_LOG_WARN, BROKER_TAG,
                "no --topic given: transfuse clients never auto-create topics, so create them here");
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = broker_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    const TfStopFlag *stop = tf_cli_stop_flag();
 
     /* The mock cluster hangs off a client handle (for its thread and logs). */
     char es[256];
@@ -145,10 +185,12 @@ int broker_main(int argc, char **argv)
     if (!rk) {
         rd_kafka_conf_destroy(conf);
         fprintf(stderr, "transfuse broker: %s\n", es);
-        return 1;
+        return TF_EXIT_FAIL;
     }
+    rd_kafka_t *watcher = NULL;
+    TfMetricsServer *metrics = NULL;
     rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(rk, (int)brokers);
-    int rc = 1;
+    int rc = TF_EXIT_FAIL;
     if (!mc) {
         fprintf(stderr, "transfuse broker: cannot start the mock cluster\n");
         goto done;
@@ -162,6 +204,18 @@ int broker_main(int argc, char **argv)
         }
     }
     const char *bootstraps = rd_kafka_mock_cluster_bootstraps(mc);
+    if (metrics_port) {
+        metrics = tf_metrics_cli_start(BROKER_TAG, metrics_addr, metrics_port, &err);
+        if (!metrics) {
+            fprintf(stderr, "transfuse broker: %s\n", err.msg);
+            goto done;
+        }
+        watcher = broker_watcher_new(bootstraps, &err);
+        if (!watcher) {
+            fprintf(stderr, "transfuse broker: %s\n", err.msg);
+            goto done;
+        }
+    }
     if (bootstrap_file) {
         char line[1024];
         int len = snprintf(line, sizeof line, "%s\n", bootstraps);
@@ -179,18 +233,27 @@ int broker_main(int argc, char **argv)
            "mock cluster with %ld broker(s) at %s; in memory, ~5 MiB kept per partition; stop with Ctrl-C", brokers,
            bootstraps);
 
-    while (!broker_stop) {
+    double next_watch = 0;
+    while (!tf_stop_requested(stop)) {
+        if (watcher && tf_now() >= next_watch) {
+            for (int t = 0; t < n_topics; t++)
+                broker_watch_topic(watcher, topics[t].name, (int)topics[t].partitions);
+            next_watch = tf_now() + 1.0;
+        }
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
     }
     tf_log(TF_LOG_INFO, BROKER_TAG, "stopping");
-    rc = 0;
+    rc = TF_EXIT_OK;
 done:
+    tf_metrics_server_free(metrics);
+    if (watcher)
+        rd_kafka_destroy(watcher);
     if (mc)
         rd_kafka_mock_cluster_destroy(mc);
     rd_kafka_destroy(rk);
     return rc;
 usage:
     fprintf(stderr, "transfuse broker: %s (see transfuse broker --help)\n", err.msg);
-    return 2;
+    return TF_EXIT_USAGE;
 }

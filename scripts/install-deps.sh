@@ -11,10 +11,10 @@ SUDO=""
 build=(build-essential cmake ninja-build pkg-config git ca-certificates
        libprotobuf-c-dev protobuf-c-compiler librdkafka-dev libcurl4-openssl-dev
        libturbojpeg0-dev libjpeg62-turbo-dev libwebp-dev libpng-dev
-       libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev)
+       libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev libmicrohttpd-dev)
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
       python3-pil python3-opencv kcat clang libclang-rt-14-dev libomp-14-dev
-      mate-backgrounds gnome-backgrounds ukui-wallpapers)
+      prometheus mate-backgrounds gnome-backgrounds ukui-wallpapers)
 demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")

@@ -317,7 +317,7 @@ typedef struct KafkaSinkOptions {
      * group `flow_group` has committed. NULL: off. */
     const char *flow_group;
     uint64_t flow_max_bytes;       /* default 3 MiB (the mock keeps ~5 MiB of batches) */
-    const volatile int *stop;      /* when set and non-zero, waits give up (signal handlers) */
+    const TfStopFlag *stop;        /* when set, waits give up (see "stopping" in core.h) */
 } KafkaSinkOptions;
 
 typedef struct KafkaSink KafkaSink;

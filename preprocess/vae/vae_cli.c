@@ -14,17 +14,6 @@
 
 #define TAG "vae"
 
-static void usage_main(FILE *out)
-{
-    fprintf(out,
-            "usage: transfuse vae <init|encode|decode> [options]\n\n"
-            "Runs a diffusers AutoencoderKL (SD 1.x/2.x, SDXL, SD3/FLUX 16-channel) on the CPU.\n\n"
-            "  init     write a random-initialised checkpoint in diffusers layout\n"
-            "  encode   images -> latents (mean, logvar, latent, image) in a .safetensors file\n"
-            "  decode   latents in a .safetensors file -> PNG images\n\n"
-            "See `transfuse vae <command> --help`.\n");
-}
-
 static void usage_init(FILE *out)
 {
     fprintf(out,
@@ -427,23 +416,15 @@ done:
     return rc;
 }
 
+static const TfCommand VAE_COMMANDS[] = {
+    {"init", "write a random-initialised checkpoint in diffusers layout (tests, demos)", cmd_init},
+    {"encode", "images -> latents (mean, logvar, latent, image) in a .safetensors file", cmd_encode},
+    {"decode", "latents in a .safetensors file -> PNG images", cmd_decode},
+};
+
 int vae_main(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage_main(stderr);
-        return 2;
-    }
-    const char *sub = argv[1];
-    if (!strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {
-        usage_main(stdout);
-        return 0;
-    }
-    if (!strcmp(sub, "init"))
-        return cmd_init(argc - 1, argv + 1);
-    if (!strcmp(sub, "encode"))
-        return cmd_encode(argc - 1, argv + 1);
-    if (!strcmp(sub, "decode"))
-        return cmd_decode(argc - 1, argv + 1);
-    fprintf(stderr, "transfuse vae: unknown command '%s' (init, encode, decode)\n", sub);
-    return 2;
+    return tf_cli_dispatch("transfuse vae", "Runs a diffusers AutoencoderKL (SD 1.x/2.x, SDXL, SD3/FLUX 16-channel) on the CPU.",
+                           "Run `transfuse vae <command> --help` for its options.\n", VAE_COMMANDS,
+                           sizeof VAE_COMMANDS / sizeof VAE_COMMANDS[0], argc, argv);
 }

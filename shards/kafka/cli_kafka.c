@@ -23,24 +23,13 @@
 #define MAX_X 64
 #define MAX_GROUPS 32
 
-static volatile sig_atomic_t kcli_stop_flag;
-static volatile int kcli_stop;
-
-static void kcli_on_signal(int sig)
-{
-    (void)sig;
-    kcli_stop_flag = 1;
-    kcli_stop = 1;
-}
+/* The process's stop flag (Ctrl-C, SIGTERM), for commands that drain. */
+static const TfStopFlag *kcli_stop_ptr;
+#define kcli_stop tf_stop_requested(kcli_stop_ptr)
 
 static void kcli_signals(void)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = kcli_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    kcli_stop_ptr = tf_cli_stop_flag();
 }
 
 /* Options every Kafka command takes. */
@@ -687,7 +676,7 @@ static int kcmd_publish(int argc, char **argv)
                            .config = k.config,
                            .flow_group = flow_group,
                            .flow_max_bytes = flow_max,
-                           .stop = &kcli_stop};
+                           .stop = kcli_stop_ptr};
     KafkaSink *sink = kafka_sink_new(&so, &err);
     if (!sink) {
         fprintf(stderr, "transfuse shards publish: %s\n", err.msg);

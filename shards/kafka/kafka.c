@@ -367,7 +367,7 @@ struct KafkaSink {
     char bootstrap[1024];
     int32_t partitions;
     int is_mock;
-    const volatile int *stop;
+    const TfStopFlag *stop;
     uint64_t delivered, failed;
     uint64_t unit_failed;         /* since the last flush */
     char first_failure[256];
@@ -464,7 +464,7 @@ static int sink_flow_wait(KafkaSink *s, int32_t p, size_t len, TfError *err)
         /* One record always goes through an empty window, whatever its size. */
         if (ahead == 0 || ahead + len <= s->flow_max)
             break;
-        if (s->stop && *s->stop)
+        if (tf_stop_requested(s->stop))
             return tf_fail(err, "stopped while waiting for consumers (flow control)");
         rd_kafka_poll(s->rk, 50);
         if (tf_now() - s->flow_checked > 0.1)
@@ -596,7 +596,7 @@ int kafka_sink_send(KafkaSink *s, int32_t partition, const void *payload, size_t
             break;
         rd_kafka_headers_destroy(h); /* not taken on failure */
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            if (s->stop && *s->stop)
+            if (tf_stop_requested(s->stop))
                 return tf_fail(err, "stopped while the producer queue was full");
             rd_kafka_poll(s->rk, 100);
             continue;
@@ -621,7 +621,7 @@ int kafka_sink_flush(KafkaSink *s, int timeout_ms, TfError *err)
             s->first_failure[0] = 0;
             return tf_fail(err, "%d record(s) still undelivered after %d ms", rd_kafka_outq_len(s->rk), timeout_ms);
         }
-        if (s->stop && *s->stop) {
+        if (tf_stop_requested(s->stop)) {
             s->unit_failed = 0;
             s->first_failure[0] = 0;
             return tf_fail(err, "stopped with %d record(s) undelivered", rd_kafka_outq_len(s->rk));
