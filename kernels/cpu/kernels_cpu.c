@@ -79,13 +79,46 @@ static void blas_load(void)
     tf_log(TF_LOG_DEBUG, "kernels", "OpenBLAS %s kernels", blas.get_corename());
 }
 
-const char *tf_kernels_backend(void)
+int tf_backend_parse(const char *name, TfBackend *out, TfError *err)
 {
-    return "cpu";
+    if (!strcmp(name, "cpu"))
+        *out = TF_BACKEND_CPU;
+    else if (!strcmp(name, "cuda"))
+        *out = TF_BACKEND_CUDA;
+    else
+        return tf_fail(err, "unknown device '%s' (cpu or cuda)", name);
+    return 0;
 }
 
-TfKernels *tf_kernels_new(int threads, TfError *err)
+const char *tf_backend_name(TfBackend backend)
 {
+    return backend == TF_BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+TfBackend tf_kernels_backend(const TfKernels *k)
+{
+    (void)k;
+    return TF_BACKEND_CPU;
+}
+
+const char *tf_kernels_backend_name(const TfKernels *k)
+{
+    return tf_backend_name(tf_kernels_backend(k));
+}
+
+int tf_kernels_sync(TfKernels *k, TfError *err)
+{
+    (void)k;
+    (void)err;
+    return 0;
+}
+
+TfKernels *tf_kernels_new(TfBackend backend, int threads, TfError *err)
+{
+    if (backend != TF_BACKEND_CPU) {
+        tf_fail(err, "the %s backend is not built into this binary", tf_backend_name(backend));
+        return NULL;
+    }
     TfKernels *k = calloc(1, sizeof *k);
     if (!k) {
         tf_fail(err, "out of memory");
@@ -140,22 +173,26 @@ float *tf_kernels_alloc(TfKernels *k, size_t n, TfError *err)
     return p;
 }
 
-void tf_kernels_release(TfKernels *k, float *buf)
+void tf_kernels_release(TfKernels *k, void *buf)
 {
     (void)k;
     free(buf);
 }
 
-void tf_kernels_upload(TfKernels *k, float *dst, const float *host, size_t n)
+int tf_kernels_upload(TfKernels *k, float *dst, const float *host, size_t n, TfError *err)
 {
     (void)k;
+    (void)err;
     memcpy(dst, host, n * sizeof *dst);
+    return 0;
 }
 
-void tf_kernels_download(TfKernels *k, float *host, const float *src, size_t n)
+int tf_kernels_download(TfKernels *k, float *host, const float *src, size_t n, TfError *err)
 {
     (void)k;
+    (void)err;
     memcpy(host, src, n * sizeof *host);
+    return 0;
 }
 
 static float *scratch_get(TfKernels *k, size_t n, TfError *err)
@@ -448,9 +485,11 @@ static inline float silu1(float v)
     return v / (1.0f + expf(-v));
 }
 
-void tf_group_norm(TfKernels *k, float *y, const float *x, const float *gamma, const float *beta, int B, int C,
-                   size_t HW, int groups, float eps, int fuse_silu)
+int tf_group_norm(TfKernels *k, float *y, float *mean_out, float *rstd_out, const float *x, const float *gamma,
+                  const float *beta, int B, int C, size_t HW, int groups, float eps, int fuse_silu, TfError *err)
 {
+    if (B < 0 || C <= 0 || HW == 0 || groups <= 0 || C % groups)
+        return tf_fail(err, "group_norm: %d channels in %d groups", C, groups);
     const int cg = C / groups;
     const size_t n = (size_t)cg * HW;
 #pragma omp parallel for num_threads(k->threads) schedule(dynamic, 1)
@@ -469,9 +508,13 @@ void tf_group_norm(TfKernels *k, float *y, const float *x, const float *gamma, c
             sq += d * d;
         }
         float rstd = (float)(1.0 / sqrt(sq / (double)n + eps)), fm = (float)mean;
+        if (mean_out)
+            mean_out[bg] = fm;
+        if (rstd_out)
+            rstd_out[bg] = rstd;
         for (int c = 0; c < cg; c++) {
             int ch = g * cg + c;
-            float a = gamma[ch] * rstd, bb = beta[ch] - fm * a;
+            float a = (gamma ? gamma[ch] : 1.0f) * rstd, bb = (beta ? beta[ch] : 0.0f) - fm * a;
             const float *xc = xs + (size_t)c * HW;
             float *yc = ys + (size_t)c * HW;
             if (fuse_silu)
@@ -482,31 +525,40 @@ void tf_group_norm(TfKernels *k, float *y, const float *x, const float *gamma, c
                     yc[i] = xc[i] * a + bb;
         }
     }
+    return 0;
 }
 
-void tf_silu(TfKernels *k, float *y, const float *x, size_t n)
+int tf_silu(TfKernels *k, float *y, const float *x, size_t n, TfError *err)
 {
+    (void)err;
 #pragma omp parallel for num_threads(k->threads) schedule(static)
     for (size_t i = 0; i < n; i++)
         y[i] = silu1(x[i]);
+    return 0;
 }
 
-void tf_add(TfKernels *k, float *y, const float *a, const float *b, size_t n)
+int tf_add(TfKernels *k, float *y, const float *a, const float *b, size_t n, TfError *err)
 {
+    (void)err;
 #pragma omp parallel for num_threads(k->threads) schedule(static)
     for (size_t i = 0; i < n; i++)
         y[i] = a[i] + b[i];
+    return 0;
 }
 
-void tf_scale_shift(TfKernels *k, float *y, const float *a, float scale, float shift, size_t n)
+int tf_scale_shift(TfKernels *k, float *y, const float *a, float scale, float shift, size_t n, TfError *err)
 {
+    (void)err;
 #pragma omp parallel for num_threads(k->threads) schedule(static)
     for (size_t i = 0; i < n; i++)
         y[i] = a[i] * scale + shift;
+    return 0;
 }
 
-void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C, int H, int W)
+int tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C, int H, int W, TfError *err)
 {
+    if (B < 0 || C <= 0 || H <= 0 || W <= 0)
+        return tf_fail(err, "upsample: invalid shape (%d,%d,%d,%d)", B, C, H, W);
     const int BC = B * C;
 #pragma omp parallel for num_threads(k->threads) schedule(static)
     for (int bc = 0; bc < BC; bc++) {
@@ -519,6 +571,7 @@ void tf_upsample_nearest2x(TfKernels *k, float *y, const float *x, int B, int C,
             memcpy(r1, r0, (size_t)2 * W * sizeof *r1);
         }
     }
+    return 0;
 }
 
 /* ---- attention ---- */
@@ -529,6 +582,8 @@ int tf_attention(TfKernels *k, float *y, const float *q, const float *kk, const 
     /* Query rows go in blocks so the (rows, T) score block stays within
      * about 16M floats whatever T is (a 1024x1024 image decodes with
      * T = 16384 in the mid block). */
+    if (B < 0 || C <= 0 || T <= 0)
+        return tf_fail(err, "attention: invalid shape (%d,%d,%d)", B, C, T);
     int rows = (int)(((size_t)16 << 20) / (size_t)T);
     rows = rows < 1 ? 1 : rows > T ? T : rows;
     float *s = scratch_get(k, (size_t)rows * T, err); /* (rows,T) scores, then probabilities */
