@@ -54,7 +54,7 @@ TfKernels *tf_kernels_new(TfBackend backend, int threads, TfError *err)
 #ifdef TF_HAVE_CUDA
         rc = tf_cuda_backend_init(k, err);
 #else
-        rc = tf_fail(err, "the cuda backend is not built into this binary (no nvcc when it was configured)");
+        rc = tf_fail(err, "the cuda backend is not built into this binary (CPU only)");
 #endif
         break;
     default:
