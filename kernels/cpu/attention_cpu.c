@@ -19,7 +19,7 @@
 #include <omp.h>
 #include <string.h>
 
-enum { TQ = 64, TK = 64 }; /* query rows and keys per tile */
+enum { TQ = 64, TK = 128 }; /* query rows and keys per tile */
 
 /* Checks the mask bounds of every sequence: 0 <= lo < hi <= T, hi
  * non-decreasing. */
@@ -134,20 +134,14 @@ static int cpu_attention_gqa(TfKernels *k, float *y, float *lse, const float *q,
                     continue;
                 scores(s, q, kk, sh, b, h, g, i0, nq, j0, nk, lob, hib, cls);
                 for (int i = 0; i < nq; i++) {
-                    float *row = s + (size_t)i * nk, mx = m[i];
-                    for (int j = 0; j < nk; j++)
-                        mx = row[j] > mx ? row[j] : mx;
+                    float *row = s + (size_t)i * nk;
+                    const float mx = cpu_row_max(row, nk, m[i]);
                     if (mx == -INFINITY) { /* nothing visible yet in this row */
                         memset(row, 0, (size_t)nk * sizeof *row);
                         continue;
                     }
                     const float alpha = expf(m[i] - mx); /* 0 when m was -inf */
-                    double sum = 0.0;
-                    for (int j = 0; j < nk; j++) {
-                        row[j] = expf(row[j] - mx);
-                        sum += row[j];
-                    }
-                    l[i] = l[i] * alpha + sum;
+                    l[i] = l[i] * alpha + cpu_exp_sum(row, nk, mx);
                     m[i] = mx;
                     if (alpha != 1.0f) {
                         float *orow = o + (size_t)i * HD;
@@ -177,10 +171,10 @@ static void probs_and_dscores(float *p, float *dp, int nq, int nk, const float *
 {
     for (int i = 0; i < nq; i++) {
         float *pr = p + (size_t)i * nk, *dr = dp + (size_t)i * nk;
-        for (int j = 0; j < nk; j++) {
-            pr[j] = expf(pr[j] - lse_i[i]);
-            dr[j] = pr[j] * (dr[j] - D_i[i]);
-        }
+        const float di = D_i[i];
+        cpu_exp_sum(pr, nk, lse_i[i]);
+        for (int j = 0; j < nk; j++)
+            dr[j] = pr[j] * (dr[j] - di);
     }
 }
 

@@ -38,6 +38,14 @@ size_t cpu_chunk_size(size_t n, size_t min_chunk);
 /* x (n) of a weight dtype (F32 or BF16) to fp32 at y. */
 void cpu_to_f32(float *y, TfBuf x, size_t offset, size_t n);
 
+/* Softmax helpers that vectorise (plain C, no fast-math): x[j] = exp(x[j] -
+ * shift) over a row, returning its sum; and the row's maximum (at least
+ * init). exp here is a Cephes-style polynomial, within 1.5 ulp of expf,
+ * exactly 0 below -87.3 (so -inf, a masked score, gives 0). Sums use 8
+ * lanes added in a fixed order: the same result on any thread. */
+float cpu_exp_sum(float *x, int n, float shift);
+float cpu_row_max(const float *x, int n, float init);
+
 static inline float cpu_silu1(float v)
 {
     return v / (1.0f + expf(-v));

@@ -103,18 +103,12 @@ static int cpu_cross_entropy_lm_head(TfKernels *k, float *losses, double *mean_l
                 cpu_gemm1(0, 1, nr, nv, D, 1.0f, hc + (size_t)i0 * D, D, wv, D, 0.0f, lg, nv);
                 for (int i = 0; i < nr; i++) {
                     const int row = i0 + i, t = targets[row_of[row]];
-                    float *l = lg + (size_t)i * nv, mx = m[row];
+                    float *l = lg + (size_t)i * nv;
                     if (t >= v0 && t < v0 + nv)
                         tl[row] = l[t - v0];
-                    for (int j = 0; j < nv; j++)
-                        mx = l[j] > mx ? l[j] : mx;
+                    const float mx = cpu_row_max(l, nv, m[row]);
                     const float alpha = expf(m[row] - mx);
-                    double sum = 0.0;
-                    for (int j = 0; j < nv; j++) {
-                        l[j] = expf(l[j] - mx);
-                        sum += l[j];
-                    }
-                    s[row] = s[row] * alpha + sum;
+                    s[row] = s[row] * alpha + cpu_exp_sum(l, nv, mx);
                     m[row] = mx;
                     if (acc && alpha != 1.0f) {
                         float *a = acc + (size_t)row * D;
