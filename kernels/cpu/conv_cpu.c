@@ -226,11 +226,19 @@ static int conv_winograd(TfKernels *k, float *y, const float *x, const float *w,
 }
 
 
+/* 3x3 stride 1 pad 1: dx is the convolution of dy with the filters
+ * transposed (K <-> C) and flipped, which the Winograd forward does at
+ * its speed. */
+static int winograd_ok(const TfKernels *k, const TfConv2dShape *s, int in_channels)
+{
+    return k->winograd && s->R == 3 && s->stride == 1 && s->pad_top == 1 && s->pad_left == 1 && s->pad_bottom == 1 &&
+           s->pad_right == 1 && in_channels >= 8;
+}
+
 static int cpu_conv2d(TfKernels *k, float *y, const float *x, const float *w, const float *bias, const TfConv2dShape *s,
                       TfError *err)
 {
-    if (k->winograd && s->R == 3 && s->stride == 1 && s->pad_top == 1 && s->pad_left == 1 && s->pad_bottom == 1 &&
-        s->pad_right == 1 && s->C >= 8)
+    if (winograd_ok(k, s, s->C))
         return conv_winograd(k, y, x, w, bias, s, err);
     return conv_im2col(k, y, x, w, bias, s, err);
 }
@@ -263,9 +271,31 @@ static void col2im(TfKernels *k, float *dx, const float *dcol, const TfConv2dSha
     }
 }
 
+static int backward_data_winograd(TfKernels *k, float *dx, const float *dy, const float *w, const TfConv2dShape *s,
+                                  TfError *err)
+{
+    float *wt = cpu_scratch(k, CPU_SCRATCH_CONVERT, (size_t)s->C * s->K * 9, err); /* (C,K,3,3) */
+    if (!wt)
+        return -1;
+#pragma omp parallel for num_threads(k->threads) schedule(static)
+    for (int c = 0; c < s->C; c++)
+        for (int o = 0; o < s->K; o++)
+            for (int t = 0; t < 9; t++)
+                wt[((size_t)c * s->K + o) * 9 + t] = w[((size_t)o * s->C + c) * 9 + (8 - t)];
+    TfConv2dShape t = *s;
+    t.C = s->K;
+    t.K = s->C;
+    return conv_winograd(k, dx, dy, wt, NULL, &t, err);
+}
+
 static int cpu_conv2d_backward(TfKernels *k, float *dx, float *dw, float *db, const float *dy, const float *x,
                                const float *w, const TfConv2dShape *s, TfError *err)
 {
+    if (dx && winograd_ok(k, s, s->K)) {
+        if (backward_data_winograd(k, dx, dy, w, s, err))
+            return -1;
+        dx = NULL;
+    }
     const int Ho = tf_conv2d_out_h(s), Wo = tf_conv2d_out_w(s);
     const size_t HWo = (size_t)Ho * Wo, HW = (size_t)s->H * s->W;
     const int kd = s->C * s->R * s->R;

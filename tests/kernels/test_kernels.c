@@ -282,7 +282,13 @@ static void test_conv_backward(void)
     check_conv_backward((TfConv2dShape){2, 4, 9, 7, 3, 3, 2, 1, 1, 1, 1}, "3x3 stride 2, pad 1", 1);
     check_conv_backward((TfConv2dShape){2, 6, 5, 3, 7, 1, 1, 0, 0, 0, 0}, "1x1", 1);
     check_conv_backward((TfConv2dShape){1, 4, 6, 4, 5, 2, 2, 0, 0, 0, 0}, "2x2 stride 2 (patch embedding)", 1);
-    check_conv_backward((TfConv2dShape){1, 32, 40, 512, 16, 3, 1, 1, 1, 1, 1}, "3x3 40x512 (chunked rows)", 0);
+    check_conv_backward((TfConv2dShape){2, 9, 7, 5, 10, 3, 1, 1, 1, 1, 1}, "3x3 same, dx by Winograd", 1);
+    check_conv_backward((TfConv2dShape){1, 32, 40, 512, 16, 3, 1, 1, 1, 1, 1}, "3x3 40x512 (Winograd dx)", 0);
+    for (int t = 0; t < KREF_CONTEXTS; t++)
+        tf_kernels_set_winograd(kref_k[t], 0);
+    check_conv_backward((TfConv2dShape){1, 32, 40, 512, 16, 3, 1, 1, 1, 1, 1}, "3x3 40x512 (im2col, chunked rows)", 0);
+    for (int t = 0; t < KREF_CONTEXTS; t++)
+        tf_kernels_set_winograd(kref_k[t], 1);
 }
 
 typedef struct GnCtx {
