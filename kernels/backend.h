@@ -122,6 +122,18 @@ struct TfKernelsOps {
     int (*sum_squares)(TfKernels *k, double *out, const float *x, size_t n, TfError *err);
 };
 
+/* AdamW's per-step scalars, computed in double as Python does and rounded
+ * to float (kernels.c), so every backend applies the same numbers. */
+typedef struct TfAdamWScalars {
+    float decay;     /* 1 - lr wd */
+    float w1;        /* 1 - beta1, the lerp weight */
+    float b2, w2;    /* beta2, 1 - beta2 */
+    float step_size; /* lr / (1 - beta1^t) */
+    float bc2_sqrt;  /* sqrt(1 - beta2^t) */
+    float eps;
+} TfAdamWScalars;
+void tf_adamw_scalars(const TfAdamW *h, TfAdamWScalars *s);
+
 /* Backend constructors: fill k->ops and k->impl, or return -1 with err. */
 int tf_cpu_backend_init(TfKernels *k, TfError *err);
 #ifdef TF_HAVE_CUDA

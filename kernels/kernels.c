@@ -1103,6 +1103,18 @@ int tf_adamw(TfKernels *k, float *param, const float *grad, float *m, float *v, 
     return DISPATCH(adamw, param, grad, m, v, n, h, grad_scale, err);
 }
 
+void tf_adamw_scalars(const TfAdamW *h, TfAdamWScalars *s)
+{
+    const double t = (double)h->step;
+    s->decay = (float)(1.0 - h->lr * h->weight_decay);
+    s->w1 = (float)(1.0 - h->beta1);
+    s->b2 = (float)h->beta2;
+    s->w2 = (float)(1.0 - h->beta2);
+    s->step_size = (float)(h->lr / (1.0 - pow(h->beta1, t)));
+    s->bc2_sqrt = (float)sqrt(1.0 - pow(h->beta2, t));
+    s->eps = (float)h->eps;
+}
+
 int tf_sum_squares(TfKernels *k, double *out, const float *x, size_t n, TfError *err)
 {
     int rc;

@@ -515,11 +515,10 @@ static int cpu_adamw(TfKernels *k, float *param, const float *grad, float *m, fl
                      float grad_scale, TfError *err)
 {
     (void)err;
-    const double t = (double)h->step;
-    const float decay = (float)(1.0 - h->lr * h->weight_decay);
-    const float w1 = (float)(1.0 - h->beta1), b2 = (float)h->beta2, w2 = (float)(1.0 - h->beta2);
-    const double bc1 = 1.0 - pow(h->beta1, t), bc2 = 1.0 - pow(h->beta2, t);
-    const float step_size = (float)(h->lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = (float)h->eps;
+    TfAdamWScalars c;
+    tf_adamw_scalars(h, &c);
+    const float decay = c.decay, w1 = c.w1, b2 = c.b2, w2 = c.w2, step_size = c.step_size, bc2_sqrt = c.bc2_sqrt,
+                eps = c.eps;
     const int small = w1 < 0.5f;
     PAR for (size_t i = 0; i < n; i++)
     {
