@@ -27,6 +27,20 @@ typedef struct Row {
 static Row rows[64];
 static int nrows;
 
+/* The 1-minute load average (the figures mean little on a busy machine),
+ * or -1. */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 static float *rnd(size_t n)
 {
     float *p = malloc(n * sizeof *p);
@@ -215,7 +229,9 @@ int main(int argc, char **argv)
         return 1;
     }
     peak = tf_kernels_sgemm_peak(k, 2048, 3);
-    printf("{\"case\": \"sgemm peak 2048^3\", \"gflops\": %.1f, \"threads\": %d}\n", peak, threads);
+    const double load0 = loadavg();
+    printf("{\"case\": \"sgemm peak 2048^3\", \"gflops\": %.1f, \"threads\": %d, \"loadavg\": %.2f}\n", peak, threads,
+           load0);
     if (quick) {
         bench_linear(k, 256, 128, 256);
         bench_attention(k, 256, 4, 2, 32);
@@ -229,6 +245,7 @@ int main(int argc, char **argv)
         bench_cross_entropy(k, 256, 512, 128256);
         bench_conv(k, 4, 128, 32);
     }
+    printf("\n%d threads, load average %.2f before and %.2f after\n", threads, load0, loadavg());
     printf("\n| case | GFLOP | best s | GFLOP/s | of sgemm peak (%.0f GFLOP/s) |\n|---|---|---|---|---|\n", peak);
     for (int i = 0; i < nrows; i++)
         printf("| %s | %.2f | %.4f | %.1f | %.0f%% |\n", rows[i].name, rows[i].gflop, rows[i].seconds,

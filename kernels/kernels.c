@@ -4,6 +4,7 @@
  * table (backend.h). Also the host-side helpers that both backends share:
  * RoPE frequencies, the Philox generator, the clipping factor. */
 #include "backend.h"
+#include "philox.h"
 
 #include <limits.h>
 #include <math.h>
@@ -1060,28 +1061,9 @@ int tf_randn(TfKernels *k, float *y, size_t n, uint64_t seed, uint64_t stream, u
     return DISPATCH(randn, y, n, seed, stream, offset, mean, std, err);
 }
 
-/* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2,
- * 3", SC'11), the generator of curand and PyTorch's CUDA backend. */
 void tf_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4])
 {
-    uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int r = 0; r < 10; r++) {
-        if (r) {
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
+    tf_philox_block(counter, key, out);
 }
 
 /* ---- optimiser ---- */

@@ -8,6 +8,7 @@
  * scatter-add) give each output to one task and add in a fixed order, so
  * nothing depends on the thread count. */
 #include "cpu.h"
+#include "../philox.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -469,21 +470,6 @@ static int cpu_latent_sample(TfKernels *k, float *z, const float *mean, const fl
     return 0;
 }
 
-/* The two normals of counter pair p: Box-Muller over two 53-bit uniforms
- * from one Philox block, u1 in (0,1] so the log is finite. */
-static void randn_pair(uint64_t seed, uint64_t stream, uint64_t p, double out[2])
-{
-    const uint32_t ctr[4] = {(uint32_t)p, (uint32_t)(p >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
-    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    uint32_t r[4];
-    tf_philox4x32(ctr, key, r);
-    const double u1 = ((double)((((uint64_t)r[0] << 32) | r[1]) >> 11) + 1.0) * 0x1p-53;
-    const double u2 = (double)((((uint64_t)r[2] << 32) | r[3]) >> 11) * 0x1p-53;
-    const double rad = sqrt(-2.0 * log(u1)), th = 2.0 * M_PI * u2;
-    out[0] = rad * cos(th);
-    out[1] = rad * sin(th);
-}
-
 static int cpu_randn(TfKernels *k, float *y, size_t n, uint64_t seed, uint64_t stream, uint64_t offset, float mean,
                      float std, TfError *err)
 {
@@ -495,7 +481,7 @@ static int cpu_randn(TfKernels *k, float *y, size_t n, uint64_t seed, uint64_t s
     PAR for (uint64_t q = 0; q < np; q++)
     {
         double z[2];
-        randn_pair(seed, stream, p0 + q, z);
+        tf_randn_pair(seed, stream, p0 + q, z);
         for (int h = 0; h < 2; h++) {
             const uint64_t e = ((p0 + q) << 1) + (uint64_t)h;
             if (e >= offset && e - offset < n)

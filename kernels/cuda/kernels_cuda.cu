@@ -6,9 +6,10 @@
  *
  * Arithmetic matches the CPU backend's formulas; it agrees to rounding,
  * not to the bit (nvcc fuses multiply-adds). The noise of tfc_randn is the
- * same Philox4x32-10 stream as kernels.c's tf_philox4x32 (a device copy of
- * the same rounds; tests/kernels/test_kernels_cuda.c compares them). */
+ * same Philox4x32-10 stream as the CPU's: both use philox.h
+ * (tests/kernels/test_kernels_cuda.c compares them). */
 #include "cuda_impl.h"
+#include "../philox.h"
 
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -269,41 +270,15 @@ extern "C" int tfc_adamw(TfcState *st, float *p, const float *g, float *m, float
 
 /* ---- noise ---- */
 
-__device__ void d_philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1, uint32_t out[4])
-{
-    for (int r = 0; r < 10; r++) {
-        if (r) {
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
-/* One thread per counter pair, as the CPU's randn_pair: Box-Muller in
- * double over two 53-bit uniforms. */
+/* One thread per counter pair, as the CPU's loop (philox.h). */
 __global__ void k_randn(float *y, size_t n, uint64_t seed, uint64_t stream, uint64_t offset, float mean, float stdv,
                         uint64_t p0, uint64_t np)
 {
     FOR_EACH(q, np)
     {
         const uint64_t p = p0 + q;
-        uint32_t r[4];
-        d_philox((uint32_t)p, (uint32_t)(p >> 32), (uint32_t)stream, (uint32_t)(stream >> 32), (uint32_t)seed,
-                 (uint32_t)(seed >> 32), r);
-        const double u1 = ((double)((((uint64_t)r[0] << 32) | r[1]) >> 11) + 1.0) * 0x1p-53;
-        const double u2 = (double)((((uint64_t)r[2] << 32) | r[3]) >> 11) * 0x1p-53;
-        const double rad = sqrt(-2.0 * log(u1)), th = 2.0 * 3.14159265358979323846 * u2;
-        const double z[2] = {rad * cos(th), rad * sin(th)};
+        double z[2];
+        tf_randn_pair(seed, stream, p, z);
         for (int h = 0; h < 2; h++) {
             const uint64_t e = (p << 1) + (uint64_t)h;
             if (e >= offset && e - offset < n)
