@@ -74,6 +74,37 @@ static void key_range(const int32_t *lo, const int32_t *hi, int T, int i0, int i
     *k1 = b;
 }
 
+/* The key tiles query rows [i0,i1) of one sequence see, in order. */
+typedef struct KeyTiles {
+    const int32_t *lo, *hi;
+    int i0, i1, j, end;
+} KeyTiles;
+
+static KeyTiles key_tiles(const int32_t *lo, const int32_t *hi, int T, int i0, int i1)
+{
+    KeyTiles it = {lo, hi, i0, i1, 0, 0};
+    key_range(lo, hi, T, i0, i1, &it.j, &it.end);
+    return it;
+}
+
+/* The next tile some row sees: 1 with [*j0, *j0 + *nk) and its class, 0
+ * after the last. */
+static int key_tiles_next(KeyTiles *it, int *j0, int *nk, int *cls)
+{
+    while (it->j < it->end) {
+        const int j = it->j, n = it->end - j < TK ? it->end - j : TK;
+        it->j += TK;
+        const int c = tile_class(it->lo, it->hi, it->i0, it->i1, j, j + n);
+        if (c != TILE_NONE) {
+            *j0 = j;
+            *nk = n;
+            *cls = c;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* s (nq,nk) = scale q k^T for query rows [i0,..) of head h and keys [j0,..)
  * of kv head g, masked to -inf outside each row's bounds when cls is
  * TILE_PART. */
@@ -125,13 +156,9 @@ static int cpu_attention_gqa(TfKernels *k, float *y, float *lse, const float *q,
                 l[i] = 0.0;
             }
             memset(o, 0, (size_t)nq * HD * sizeof *o);
-            int k0, k1;
-            key_range(lob, hib, T, i0, i0 + nq, &k0, &k1);
-            for (int j0 = k0; j0 < k1; j0 += TK) {
-                const int nk = k1 - j0 < TK ? k1 - j0 : TK;
-                const int cls = tile_class(lob, hib, i0, i0 + nq, j0, j0 + nk);
-                if (cls == TILE_NONE)
-                    continue;
+            KeyTiles it = key_tiles(lob, hib, T, i0, i0 + nq);
+            int j0, nk, cls;
+            while (key_tiles_next(&it, &j0, &nk, &cls)) {
                 scores(s, q, kk, sh, b, h, g, i0, nq, j0, nk, lob, hib, cls);
                 for (int i = 0; i < nq; i++) {
                     float *row = s + (size_t)i * nk;
@@ -260,13 +287,9 @@ static int cpu_attention_gqa_backward(TfKernels *k, float *dq, float *dk, float 
                 const float *lse_h = lse + ((size_t)b * NH + h) * T, *D_h = Dv + ((size_t)b * NH + h) * T;
                 const float *gi = dy + ((size_t)b * T + i0) * ldq + (size_t)h * HD;
                 memset(dqa, 0, (size_t)TQ * HD * sizeof *dqa);
-                int k0, k1;
-                key_range(lob, hib, T, i0, i0 + nq, &k0, &k1);
-                for (int j0 = k0; j0 < k1; j0 += TK) {
-                    const int nk = k1 - j0 < TK ? k1 - j0 : TK;
-                    const int cls = tile_class(lob, hib, i0, i0 + nq, j0, j0 + nk);
-                    if (cls == TILE_NONE)
-                        continue;
+                KeyTiles it = key_tiles(lob, hib, T, i0, i0 + nq);
+                int j0, nk, cls;
+                while (key_tiles_next(&it, &j0, &nk, &cls)) {
                     const float *kj = kk + ((size_t)b * T + j0) * ldk + (size_t)g * HD;
                     const float *vj = v + ((size_t)b * T + j0) * ldk + (size_t)g * HD;
                     scores(p, q, kk, sh, b, h, g, i0, nq, j0, nk, lob, hib, cls);
