@@ -442,7 +442,15 @@ static int plot_draw(Run *runs, int n_runs, const char *out, double smooth, int 
     if (!height)
         height = 420 * rows + (title ? 40 : 0);
 
-    /* data files */
+    /* data files; the largest MB/s sets the right axis (set offsets does
+     * not apply to it) */
+    double max_mbs = 0;
+    for (int i = 0; i < n_runs; i++)
+        for (size_t k = 1; k < runs[i].rows.n; k++) {
+            double dt = runs[i].rows.x[k] - runs[i].rows.x[k - 1], db = runs[i].bytes.y[k] - runs[i].bytes.y[k - 1];
+            if (dt > 0 && db >= 0 && db / dt / 1e6 > max_mbs)
+                max_mbs = db / dt / 1e6;
+        }
     for (int i = 0; i < n_runs; i++) {
         const Series *s[] = {&runs[i].lm, &runs[i].diff, &runs[i].lr, &runs[i].tps};
         const char *names[] = {"lm", "diff", "lr", "tps"};
@@ -502,9 +510,14 @@ static int plot_draw(Run *runs, int n_runs, const char *out, double smooth, int 
         fputs("\n", gp);
         fputs(pn->kind == 2 ? "set format y '%.1e'\n" : "set format y '%g'\n", gp);
         if (pn->kind == 4)
-            fputs("set y2tics\nset y2label 'MB/s'\nset ytics nomirror\n", gp);
+            fprintf(gp, "set y2tics\nset y2label 'MB/s'\nset ytics nomirror\nset y2range [0:%g]\n",
+                    max_mbs > 0 ? max_mbs * 1.08 : 1.0);
         else
             fputs("unset y2tics\nunset y2label\nset ytics mirror\n", gp);
+        /* rates and shares from zero; every curve a little off the frame,
+         * so that a flat one is not hidden under the border */
+        fputs(pn->kind >= 4 ? "set yrange [0:*]\n" : "set yrange [*:*]\n", gp);
+        fputs("set offsets 0, 0, graph 0.06, graph 0.04\n", gp);
         fputs("plot ", gp);
         int first = 1;
         for (int i = 0; i < n_runs; i++) {

@@ -66,7 +66,11 @@ static void top_usage(FILE *out)
             "  --json                 with --once: the snapshot as one JSON object\n"
             "  --prometheus-sd FILE   write the live registrations of --discover as a\n"
             "                         Prometheus file_sd target file (when it changes)\n"
-            "  --headless             no terminal: keep FILE current until stopped\n"
+            "  --headless             no terminal: keep FILE current and export the Kafka\n"
+            "                         lag (transfuse_kafka_group_lag) until stopped\n"
+            "  --metrics-port N       serve this process's metrics (the lag) on N\n"
+            "  --metrics-addr A       address for --metrics-port (default 127.0.0.1)\n"
+            "  --register DIR         register that endpoint in DIR\n"
             "  -h, --help             this help\n");
 }
 
@@ -238,11 +242,12 @@ static int top_once(TopState *st, int json, double interval)
 
 static int top_headless(TopState *st)
 {
-    while (!tf_stop_requested(st->stop)) {
-        double next = tf_now() + st->interval_s;
-        top_write_sd(st);
-        top_sleep_until(st, next);
-    }
+    pthread_t kafka_t;
+    int kafka_ok = pthread_create(&kafka_t, NULL, top_kafka_thread, st) == 0;
+    top_scrape_thread(st); /* until stopped */
+    atomic_store(&st->quit, 1);
+    if (kafka_ok)
+        pthread_join(kafka_t, NULL);
     return TF_EXIT_STOPPED;
 }
 
@@ -353,11 +358,16 @@ int top_main(int argc, char **argv)
                                          {"json", no_argument, NULL, 'j'},
                                          {"prometheus-sd", required_argument, NULL, 'S'},
                                          {"headless", no_argument, NULL, 'L'},
+                                         {"metrics-port", required_argument, NULL, 'm'},
+                                         {"metrics-addr", required_argument, NULL, 'a'},
+                                         {"register", required_argument, NULL, 'R'},
                                          {NULL, 0, NULL, 0}};
     TopConfig cfg = {.stale_after_s = 60, .timeout_ms = 2000, .max_bytes = PROM_DEFAULT_MAX_BYTES, .history = 600};
     double interval = 1, timeout = 2;
     int once = 0, json = 0, headless = 0;
-    const char *sd_path = NULL;
+    const char *sd_path = NULL, *metrics_addr = NULL, *register_dir = NULL;
+    long metrics_port = 0;
+    TfMetricsServer *metrics = NULL;
     TfError err = {{0}};
     int rc = TF_EXIT_USAGE;
     TopCollector *c = NULL;
@@ -416,6 +426,12 @@ int top_main(int argc, char **argv)
         case 'j': json = 1; break;
         case 'S': sd_path = v; break;
         case 'L': headless = 1; break;
+        case 'm':
+            if (tf_parse_long("--metrics-port", v, 0, 65535, &metrics_port, &err))
+                goto usage;
+            break;
+        case 'a': metrics_addr = v; break;
+        case 'R': register_dir = v; break;
         default: goto done;
         }
     }
@@ -435,8 +451,12 @@ int top_main(int argc, char **argv)
         tf_fail(&err, "--prometheus-sd needs --discover DIR");
         goto usage;
     }
-    if (headless && (!sd_path || once)) {
-        tf_fail(&err, "--headless needs --prometheus-sd FILE (and no --once)");
+    if (headless && once) {
+        tf_fail(&err, "--headless runs until stopped: no --once");
+        goto usage;
+    }
+    if (headless && !sd_path && !metrics_port && !register_dir) {
+        tf_fail(&err, "--headless needs --prometheus-sd FILE or --metrics-port N (or --register DIR)");
         goto usage;
     }
     if (!once && !headless && !isatty(STDOUT_FILENO)) {
@@ -449,6 +469,14 @@ int top_main(int argc, char **argv)
         fprintf(stderr, "transfuse top: %s\n", err.msg);
         rc = strstr(err.msg, "kafka") ? TF_EXIT_USAGE : TF_EXIT_FAIL;
         goto done;
+    }
+    if (metrics_port || register_dir) {
+        metrics = tf_metrics_cli_start_registered(TOP_TAG, metrics_addr, metrics_port, register_dir, &err);
+        if (!metrics) {
+            fprintf(stderr, "transfuse top: %s\n", err.msg);
+            rc = TF_EXIT_FAIL;
+            goto done;
+        }
     }
     TopState st = {.c = c, .interval_s = interval, .stop = tf_cli_stop_flag(), .sd_path = sd_path};
     atomic_init(&st.quit, 0);
@@ -464,6 +492,7 @@ usage:
     rc = TF_EXIT_USAGE;
 done:
     top_collector_free(c);
+    tf_metrics_server_free(metrics);
     for (size_t i = 0; i < cfg.n_targets; i++)
         free(cfg.targets[i]);
     for (size_t i = 0; i < cfg.n_kafka; i++)

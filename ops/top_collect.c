@@ -866,6 +866,13 @@ void top_collector_kafka(TopCollector *c)
             }
             gr->lag = lag;
             gr->has_lag = 1;
+            /* Exported too, so that Prometheus can alert on lag (a watcher
+             * with --metrics-port is the deployment's lag exporter). */
+            tf_gauge_set(tf_gauge("transfuse_kafka_group_lag",
+                                  "Records of the topic not yet committed by the group (high watermark minus "
+                                  "committed offset, summed over partitions), as transfuse top reads it",
+                                  "bootstrap", tp->bootstrap, "topic", tp->topic, "group", gr->name, NULL),
+                         lag);
             ring_push(&gr->history, lag);
             gr->trend_t[gr->trend_head] = now;
             gr->trend_v[gr->trend_head] = lag;
