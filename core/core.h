@@ -262,6 +262,11 @@ void tf_metrics_server_free(TfMetricsServer *s);
  * server. Returns 0, or -1 with err filled (nothing is left behind). */
 int tf_metrics_server_register(TfMetricsServer *s, const char *dir, const char *command, TfError *err);
 
+/* Field 22 of /proc/PID/stat (pid 0: this process): when the process
+ * started, in clock ticks since boot. With the PID it names one process
+ * for good (a later process reusing the PID started later). 0 unknown. */
+unsigned long long tf_metrics_process_start_ticks(long pid);
+
 /* The registration file's path, or NULL when not registered. */
 const char *tf_metrics_server_registration(const TfMetricsServer *s);
 

@@ -168,13 +168,14 @@ static void registration_argv(char *out, size_t cap)
     out[o] = 0;
 }
 
-/* Field 22 of /proc/self/stat: the process's start in clock ticks since
- * boot, which tells a live process from a later one that reused its PID.
- * 0 when unknown. */
-static unsigned long long registration_start_ticks(void)
+unsigned long long tf_metrics_process_start_ticks(long pid)
 {
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    char path[64], buf[1024];
+    if (pid > 0)
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    else
+        snprintf(path, sizeof path, "/proc/self/stat");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
     ssize_t got = read(fd, buf, sizeof buf - 1);
@@ -207,7 +208,7 @@ int tf_metrics_server_register(TfMetricsServer *s, const char *dir, const char *
     registration_argv(args, sizeof args);
     json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:I, s:I, s:s, s:s, s:I}", "pid", (int)getpid(), "host", host,
                           "addr", s->addr, "port", s->port, "command", command, "started", (json_int_t)time(NULL),
-                          "start_ticks", (json_int_t)registration_start_ticks(), "argv", args, "version",
+                          "start_ticks", (json_int_t)tf_metrics_process_start_ticks(0), "argv", args, "version",
                           TF_VERSION_STRING, "format", (json_int_t)1);
     if (!j)
         return tf_fail(err, "out of memory");

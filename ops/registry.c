@@ -8,7 +8,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,26 +15,6 @@
 #include <unistd.h>
 
 #define REGISTRY_MAX_FILE (64 * 1024)
-
-/* Start of process `pid` in clock ticks since boot (field 22 of
- * /proc/PID/stat), 0 when unknown. */
-static unsigned long long registry_proc_start(long pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (got <= 0)
-        return 0;
-    buf[got] = 0;
-    const char *p = strrchr(buf, ')');
-    for (int field = 2; field < 22 && p; field++)
-        p = strchr(p + 1, ' ');
-    return p ? strtoull(p + 1, NULL, 10) : 0;
-}
 
 static const char *json_str(const json_t *o, const char *k)
 {
@@ -87,11 +66,13 @@ static void registry_entry_read(const char *dir, const char *name, const char *l
     int wildcard = !a[0] || !strcmp(a, "0.0.0.0") || !strcmp(a, "::");
     const char *where = r->local ? (wildcard ? "127.0.0.1" : a) : (wildcard || !strncmp(a, "127.", 4) ? r->host : a);
     snprintf(r->target, sizeof r->target, "%s:%d", where, r->port);
+    unsigned long long now_ticks = 0;
     if (r->local) {
         if (kill((pid_t)r->pid, 0) != 0 && errno == ESRCH) {
             r->state = OPS_REG_STALE;
             snprintf(r->why, sizeof r->why, "process %ld is gone", r->pid);
-        } else if (r->start_ticks && registry_proc_start(r->pid) && registry_proc_start(r->pid) != r->start_ticks) {
+        } else if (r->start_ticks && (now_ticks = tf_metrics_process_start_ticks(r->pid)) &&
+                   now_ticks != r->start_ticks) {
             r->state = OPS_REG_STALE;
             snprintf(r->why, sizeof r->why, "process %ld is gone (its PID was reused)", r->pid);
         } else {

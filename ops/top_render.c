@@ -306,217 +306,197 @@ static int hist_w(const Frame *f)
     return w > 60 ? 60 : w;
 }
 
-static void ingest_section(Frame *f, const json_t *snap, int sort)
+/* One section of rows from snapshot array `key`: sorted, under a title,
+ * as many as fit; draw_row writes one row's columns (the caller ends it). */
+typedef void (*RowDraw)(Frame *f, const json_t *row);
+
+static void rows_section(Frame *f, const json_t *snap, const char *key, const char *rate_key, const char *fail_key,
+                         int sort, const char *name, const char *cols, RowDraw draw_row)
 {
     size_t n;
-    json_t **rows = sorted(snap, "ingest", "rows_per_s", "failed_per_s", sort, &n);
-    if (!n || fr_full(f)) {
-        free(rows);
-        return;
+    json_t **rows = sorted(snap, key, rate_key, fail_key, sort, &n);
+    if (n && !fr_full(f)) {
+        section_title(f, name, cols);
+        for (size_t i = 0; i < n && !fr_full(f) && section_room(f, n - i, 0); i++) {
+            fr_left(f, str(rows[i], "target"), target_w(f));
+            draw_row(f, rows[i]);
+            fr_end(f);
+        }
     }
+    free(rows);
+}
+
+static void ingest_section_row(Frame *f, const json_t *r)
+{
+    char a[64], b[64], c[64];
+    fr_left(f, str(r, "worker")[0] ? str(r, "worker") : "-", 6);
+    fmt_si(a, sizeof a, num(r, "rows_per_s"), "");
+    fr_right(f, a, 8);
+    double sr = num(r, "success_rate");
+    if (isnan(sr))
+        snprintf(a, sizeof a, "-");
+    else
+        snprintf(a, sizeof a, "%.1f", sr * 100);
+    if (!isnan(sr) && sr < 0.9)
+        fr_attr(f, ESC "[31m");
+    fr_right(f, a, 6);
+    fr_attr(f, ESC "[0m");
+    fmt_fixed(a, sizeof a, num(r, "bytes_per_s") / 1e6, 2);
+    fr_right(f, a, 7);
+    fmt_si(a, sizeof a, num(r, "in_flight"), "");
+    fr_right(f, a, 5);
+    fmt_si(b, sizeof b, num(r, "rows_done"), "");
+    fmt_si(c, sizeof c, num(r, "rows_planned"), "");
+    snprintf(a, sizeof a, "%s/%s", b, c);
+    fr_right(f, a, 13);
+    fmt_duration(a, sizeof a, num(r, "eta_s"));
+    double idle = num(r, "idle_s");
+    if (!json_is_true(json_object_get(r, "fresh")))
+        snprintf(a, sizeof a, "no data");
+    else if (idle > 30 && !(num(r, "rows_done") >= num(r, "rows_planned")))
+        snprintf(a, sizeof a, "STALLED");
+    fr_right(f, a, 7);
+    /* failures: the reasons of the last interval, or the totals */
+    const json_t *fr = json_object_get(r, "failures_per_s");
+    int rates = 0;
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)fr, k, v) rates |= json_number_value(v) > 0;
+    if (!rates)
+        fr = json_object_get(r, "failures");
+    char fails[128] = "";
+    size_t fl = 0;
+    const char *picked[3] = {NULL, NULL, NULL};
+    for (int pick = 0; pick < 3; pick++) { /* the three largest */
+        const char *best = NULL;
+        double bv = 0;
+        json_object_foreach((json_t *)fr, k, v)
+        {
+            double x = json_number_value(v);
+            int taken = 0;
+            for (int q = 0; q < pick; q++)
+                taken |= !strcmp(picked[q], k);
+            if (!taken && x > bv) {
+                bv = x;
+                best = k;
+            }
+        }
+        if (!best)
+            break;
+        picked[pick] = best;
+        fmt_si(a, sizeof a, bv, "");
+        fl += (size_t)snprintf(fails + fl, sizeof fails - fl, "%s%s %s", fl ? " " : "", best, a);
+        if (fl >= sizeof fails)
+            break;
+    }
+    if (fails[0])
+        fr_attr(f, ESC "[33m");
+    fr_left(f, fails[0] ? fails : "-", 26);
+    fr_attr(f, ESC "[0m");
+    fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
+}
+
+static void ingest_section(Frame *f, const json_t *snap, int sort)
+{
     char title[256];
     snprintf(title, sizeof title, "%-*s %-6s %8s %6s %7s %5s %13s %7s %-26s %s", target_w(f) - 7, "", "WORKER",
              "ROWS/S", "OK%", "MB/S", "INFL", "DONE/PLANNED", "ETA", "FAILURES (/s, or total)", "ROWS/S HISTORY");
-    section_title(f, "INGEST ", title);
-    for (size_t i = 0; i < n && !fr_full(f); i++) {
-        if (!section_room(f, n - i, 0))
-            break;
-        const json_t *r = rows[i];
-        char a[64], b[64], c[64];
-        fr_left(f, str(r, "target"), target_w(f));
-        fr_left(f, str(r, "worker")[0] ? str(r, "worker") : "-", 6);
-        fmt_si(a, sizeof a, num(r, "rows_per_s"), "");
-        fr_right(f, a, 8);
-        double sr = num(r, "success_rate");
-        if (isnan(sr))
-            snprintf(a, sizeof a, "-");
-        else
-            snprintf(a, sizeof a, "%.1f", sr * 100);
-        if (!isnan(sr) && sr < 0.9)
-            fr_attr(f, ESC "[31m");
-        fr_right(f, a, 6);
-        fr_attr(f, ESC "[0m");
-        fmt_fixed(a, sizeof a, num(r, "bytes_per_s") / 1e6, 2);
-        fr_right(f, a, 7);
-        fmt_si(a, sizeof a, num(r, "in_flight"), "");
-        fr_right(f, a, 5);
-        fmt_si(b, sizeof b, num(r, "rows_done"), "");
-        fmt_si(c, sizeof c, num(r, "rows_planned"), "");
-        snprintf(a, sizeof a, "%s/%s", b, c);
-        fr_right(f, a, 13);
-        fmt_duration(a, sizeof a, num(r, "eta_s"));
-        double idle = num(r, "idle_s");
-        if (!json_is_true(json_object_get(r, "fresh")))
-            snprintf(a, sizeof a, "no data");
-        else if (idle > 30 && !(num(r, "rows_done") >= num(r, "rows_planned")))
-            snprintf(a, sizeof a, "STALLED");
-        fr_right(f, a, 7);
-        /* failures: the reasons of the last interval, or the totals */
-        const json_t *fr = json_object_get(r, "failures_per_s");
-        int rates = 0;
-        const char *k;
-        const json_t *v;
-        json_object_foreach((json_t *)fr, k, v) rates |= json_number_value(v) > 0;
-        if (!rates)
-            fr = json_object_get(r, "failures");
-        char fails[128] = "";
-        size_t fl = 0;
-        const char *picked[3] = {NULL, NULL, NULL};
-        for (int pick = 0; pick < 3; pick++) { /* the three largest */
-            const char *best = NULL;
-            double bv = 0;
-            json_object_foreach((json_t *)fr, k, v)
-            {
-                double x = json_number_value(v);
-                int taken = 0;
-                for (int q = 0; q < pick; q++)
-                    taken |= !strcmp(picked[q], k);
-                if (!taken && x > bv) {
-                    bv = x;
-                    best = k;
-                }
-            }
-            if (!best)
-                break;
-            picked[pick] = best;
-            fmt_si(a, sizeof a, bv, "");
-            fl += (size_t)snprintf(fails + fl, sizeof fails - fl, "%s%s %s", fl ? " " : "", best, a);
-            if (fl >= sizeof fails)
-                break;
-        }
-        if (fails[0])
-            fr_attr(f, ESC "[33m");
-        fr_left(f, fails[0] ? fails : "-", 26);
-        fr_attr(f, ESC "[0m");
-        fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
-        fr_end(f);
-    }
-    free(rows);
+    rows_section(f, snap, "ingest", "rows_per_s", "failed_per_s", sort, "INGEST ", title, ingest_section_row);
+}
+
+static void encode_section_row(Frame *f, const json_t *r)
+{
+    char a[64];
+    fr_left(f, str(r, "worker")[0] ? str(r, "worker") : "-", 6);
+    fmt_fixed(a, sizeof a, num(r, "images_per_s"), 2);
+    fr_right(f, a, 8);
+    fmt_si(a, sizeof a, num(r, "images_total"), "");
+    fr_right(f, a, 9);
+    fmt_fixed(a, sizeof a, num(r, "batch_seconds_mean"), 3);
+    fr_right(f, a, 8);
+    fr_right(f, !json_is_true(json_object_get(r, "fresh")) ? "no data" : num(r, "idle_s") > 30 ? "STALLED" : "", 7);
+    fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
 }
 
 static void encode_section(Frame *f, const json_t *snap, int sort)
 {
-    size_t n;
-    json_t **rows = sorted(snap, "encode", "images_per_s", "images_per_s", sort, &n);
-    if (!n || fr_full(f)) {
-        free(rows);
-        return;
-    }
     char title[256];
     snprintf(title, sizeof title, "%-*s %-6s %8s %9s %8s %7s %s", target_w(f) - 7, "", "WORKER", "IMG/S", "IMAGES",
              "BATCH_S", "", "IMG/S HISTORY");
-    section_title(f, "ENCODE ", title);
-    for (size_t i = 0; i < n && !fr_full(f); i++) {
-        if (!section_room(f, n - i, 0))
-            break;
-        const json_t *r = rows[i];
-        char a[64];
-        fr_left(f, str(r, "target"), target_w(f));
-        fr_left(f, str(r, "worker")[0] ? str(r, "worker") : "-", 6);
-        fmt_fixed(a, sizeof a, num(r, "images_per_s"), 2);
-        fr_right(f, a, 8);
-        fmt_si(a, sizeof a, num(r, "images_total"), "");
-        fr_right(f, a, 9);
-        fmt_fixed(a, sizeof a, num(r, "batch_seconds_mean"), 3);
-        fr_right(f, a, 8);
-        fr_right(f, !json_is_true(json_object_get(r, "fresh")) ? "no data" : num(r, "idle_s") > 30 ? "STALLED" : "", 7);
-        fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
-        fr_end(f);
-    }
-    free(rows);
+    rows_section(f, snap, "encode", "images_per_s", "images_per_s", sort, "ENCODE ", title, encode_section_row);
+}
+
+static void trainer_section_row(Frame *f, const json_t *r)
+{
+    char a[64], b[64], c[64];
+    fr_left(f, str(r, "rank"), 4);
+    fmt_si(b, sizeof b, num(r, "step"), "");
+    fmt_si(c, sizeof c, num(r, "steps_planned"), "");
+    snprintf(a, sizeof a, "%s/%s", b, c);
+    fr_right(f, a, 13);
+    int bad = json_is_true(json_object_get(r, "loss_nan"));
+    if (bad)
+        fr_attr(f, ESC "[1;31m");
+    const json_t *l = json_object_get(r, "loss_lm");
+    fmt_fixed(a, sizeof a, json_is_number(l) ? json_number_value(l) : NAN, 4);
+    fr_right(f, bad && !json_is_number(l) ? "NaN" : a, 8);
+    l = json_object_get(r, "loss_diffusion");
+    fmt_fixed(a, sizeof a, json_is_number(l) ? json_number_value(l) : NAN, 4);
+    fr_right(f, bad && !json_is_number(l) ? "NaN" : a, 8);
+    fr_attr(f, ESC "[0m");
+    fmt_si(a, sizeof a, num(r, "tokens_per_s"), "");
+    fr_right(f, a, 7);
+    fmt_si(a, sizeof a, num(r, "samples_per_s"), "");
+    fr_right(f, a, 7);
+    fmt_fixed(a, sizeof a, num(r, "grad_norm"), 3);
+    fr_right(f, a, 8);
+    fmt_fixed(a, sizeof a, num(r, "lr"), 6);
+    fr_right(f, a, 8);
+    fmt_si(a, sizeof a, num(r, "data_position"), "");
+    fr_right(f, a, 8);
+    double behind = num(r, "behind_steps");
+    fmt_si(a, sizeof a, behind, "");
+    if (behind > 0)
+        fr_attr(f, ESC "[33m");
+    fr_right(f, a, 6);
+    fr_attr(f, ESC "[0m");
+    fmt_duration(a, sizeof a, num(r, "eta_s"));
+    if (!json_is_true(json_object_get(r, "fresh")))
+        snprintf(a, sizeof a, "no data");
+    fr_right(f, a, 7);
+    fr_spark(f, json_object_get(r, "history"), hist_w(f), 1);
 }
 
 static void trainer_section(Frame *f, const json_t *snap, int sort)
 {
-    size_t n;
-    json_t **rows = sorted(snap, "trainer", "tokens_per_s", "behind_steps", sort, &n);
-    if (!n || fr_full(f)) {
-        free(rows);
-        return;
-    }
     char title[256];
     snprintf(title, sizeof title, "%-*s %-4s %13s %8s %8s %7s %7s %8s %8s %8s %6s %7s %s", target_w(f) - 8, "",
              "RANK", "STEP/PLANNED", "LOSS_LM", "LOSS_DIF", "TOK/S", "SMP/S", "GNORM", "LR", "DATA_POS", "BEHIND",
              "ETA", "LOSS_LM HISTORY");
-    section_title(f, "TRAINER ", title);
-    for (size_t i = 0; i < n && !fr_full(f); i++) {
-        if (!section_room(f, n - i, 0))
-            break;
-        const json_t *r = rows[i];
-        char a[64], b[64], c[64];
-        fr_left(f, str(r, "target"), target_w(f));
-        fr_left(f, str(r, "rank"), 4);
-        fmt_si(b, sizeof b, num(r, "step"), "");
-        fmt_si(c, sizeof c, num(r, "steps_planned"), "");
-        snprintf(a, sizeof a, "%s/%s", b, c);
-        fr_right(f, a, 13);
-        int bad = json_is_true(json_object_get(r, "loss_nan"));
-        if (bad)
-            fr_attr(f, ESC "[1;31m");
-        const json_t *l = json_object_get(r, "loss_lm");
-        fmt_fixed(a, sizeof a, json_is_number(l) ? json_number_value(l) : NAN, 4);
-        fr_right(f, bad && !json_is_number(l) ? "NaN" : a, 8);
-        l = json_object_get(r, "loss_diffusion");
-        fmt_fixed(a, sizeof a, json_is_number(l) ? json_number_value(l) : NAN, 4);
-        fr_right(f, bad && !json_is_number(l) ? "NaN" : a, 8);
-        fr_attr(f, ESC "[0m");
-        fmt_si(a, sizeof a, num(r, "tokens_per_s"), "");
-        fr_right(f, a, 7);
-        fmt_si(a, sizeof a, num(r, "samples_per_s"), "");
-        fr_right(f, a, 7);
-        fmt_fixed(a, sizeof a, num(r, "grad_norm"), 3);
-        fr_right(f, a, 8);
-        fmt_fixed(a, sizeof a, num(r, "lr"), 6);
-        fr_right(f, a, 8);
-        fmt_si(a, sizeof a, num(r, "data_position"), "");
-        fr_right(f, a, 8);
-        double behind = num(r, "behind_steps");
-        fmt_si(a, sizeof a, behind, "");
-        if (behind > 0)
-            fr_attr(f, ESC "[33m");
-        fr_right(f, a, 6);
-        fr_attr(f, ESC "[0m");
-        fmt_duration(a, sizeof a, num(r, "eta_s"));
-        if (!json_is_true(json_object_get(r, "fresh")))
-            snprintf(a, sizeof a, "no data");
-        fr_right(f, a, 7);
-        fr_spark(f, json_object_get(r, "history"), hist_w(f), 1);
-        fr_end(f);
-    }
-    free(rows);
+    rows_section(f, snap, "trainer", "tokens_per_s", "behind_steps", sort, "TRAINER ", title, trainer_section_row);
+}
+
+static void shards_section_row(Frame *f, const json_t *r)
+{
+    char a[64];
+    fr_left(f, str(r, "op"), 8);
+    fmt_si(a, sizeof a, num(r, "records_per_s"), "");
+    fr_right(f, a, 8);
+    fmt_fixed(a, sizeof a, num(r, "bytes_per_s") / 1e6, 2);
+    fr_right(f, a, 7);
+    fmt_si(a, sizeof a, num(r, "records_total"), "");
+    fr_right(f, a, 9);
+    fmt_si(a, sizeof a, num(r, "bad_records_total"), "");
+    fr_right(f, a, 6);
+    fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
 }
 
 static void shards_section(Frame *f, const json_t *snap, int sort)
 {
-    size_t n;
-    json_t **rows = sorted(snap, "shards", "records_per_s", "bad_records_total", sort, &n);
-    if (!n || fr_full(f)) {
-        free(rows);
-        return;
-    }
     char title[256];
     snprintf(title, sizeof title, "%-*s %-8s %8s %7s %9s %6s %s", target_w(f) - 7, "", "OP", "REC/S", "MB/S", "RECORDS",
              "BAD", "REC/S HISTORY");
-    section_title(f, "SHARDS ", title);
-    for (size_t i = 0; i < n && !fr_full(f); i++) {
-        if (!section_room(f, n - i, 0))
-            break;
-        const json_t *r = rows[i];
-        char a[64];
-        fr_left(f, str(r, "target"), target_w(f));
-        fr_left(f, str(r, "op"), 8);
-        fmt_si(a, sizeof a, num(r, "records_per_s"), "");
-        fr_right(f, a, 8);
-        fmt_fixed(a, sizeof a, num(r, "bytes_per_s") / 1e6, 2);
-        fr_right(f, a, 7);
-        fmt_si(a, sizeof a, num(r, "records_total"), "");
-        fr_right(f, a, 9);
-        fmt_si(a, sizeof a, num(r, "bad_records_total"), "");
-        fr_right(f, a, 6);
-        fr_spark(f, json_object_get(r, "history"), hist_w(f), 0);
-        fr_end(f);
-    }
-    free(rows);
+    rows_section(f, snap, "shards", "records_per_s", "bad_records_total", sort, "SHARDS ", title, shards_section_row);
 }
 
 static void kafka_section(Frame *f, const json_t *snap)
