@@ -142,9 +142,12 @@ int ops_registry_scan(const char *dir, OpsRegistration **out, size_t *n, TfError
 /* "live", "remote", "stale", "bad". */
 const char *ops_registration_state_name(OpsRegState state);
 
-/* Writes the live and remote entries as a Prometheus file_sd target list
+/* Writes every entry but the bad ones as a Prometheus file_sd target list
  * ([{"targets": [HOST:PORT], "labels": {command, transfuse_host,
- * transfuse_pid}}, ...]) to path, atomically. */
+ * transfuse_pid, transfuse_registration}}, ...]) to path, atomically and
+ * only when the content changes. Stale entries are kept on purpose: a
+ * process that left its file behind crashed, and Prometheus should see it
+ * down (TransfuseTargetDown) until the file is removed. */
 int ops_registry_write_sd(const char *path, const OpsRegistration *regs, size_t n, TfError *err);
 
 #endif

@@ -160,13 +160,16 @@ int ops_registry_write_sd(const char *path, const OpsRegistration *regs, size_t 
         return tf_fail(err, "out of memory");
     for (size_t i = 0; i < n; i++) {
         const OpsRegistration *r = &regs[i];
-        if (r->state != OPS_REG_LIVE && r->state != OPS_REG_REMOTE)
+        /* Stale entries stay: a process that died without removing its
+         * file crashed, and Prometheus should see it down (up == 0) and
+         * alert, until someone removes the file. */
+        if (r->state == OPS_REG_BAD)
             continue;
         char pid[32];
         snprintf(pid, sizeof pid, "%ld", r->pid);
-        json_t *g = json_pack("{s:[s], s:{s:s, s:s, s:s}}", "targets", r->target, "labels", "command",
+        json_t *g = json_pack("{s:[s], s:{s:s, s:s, s:s, s:s}}", "targets", r->target, "labels", "command",
                               r->command[0] ? r->command : "unknown", "transfuse_host", r->host, "transfuse_pid",
-                              pid);
+                              pid, "transfuse_registration", r->file);
         if (!g || json_array_append_new(list, g)) {
             json_decref(list);
             return tf_fail(err, "out of memory");

@@ -107,12 +107,13 @@ int main(int argc, char **argv)
     CHECK(e && e->state == OPS_REG_BAD && strstr(e->why, "not a registration"));
     CHECK(!strcmp(ops_registration_state_name(OPS_REG_STALE), "stale"));
 
-    /* file_sd: live and remote only; an unchanged list is not rewritten */
+    /* file_sd: all but the bad files (stale ones stay, to be seen down); an
+     * unchanged list is not rewritten */
     char sd[4300];
     snprintf(sd, sizeof sd, "%s/sd.json", dir);
     CHECK(ops_registry_write_sd(sd, r, n, &err) == 0);
     j = tf_json_load_file(sd, 1 << 16, &err);
-    CHECK(json_is_array(j) && json_array_size(j) == 2);
+    CHECK(json_is_array(j) && json_array_size(j) == 4);
     json_t *g0 = json_array_get(j, 0);
     CHECK(!strcmp(json_string_value(json_object_get(json_object_get(g0, "labels"), "command")), "broker"));
     json_decref(j);

@@ -205,7 +205,7 @@ try:
     os.makedirs(os.path.dirname(sd))
     run("top", "--once", "--discover", REG, "--prometheus-sd", sd, "--interval", "0.2", ok=(0, 1))
     groups = json.load(open(sd))
-    check(len(groups) == 2, f"live and remote registrations listed, stale and bad left out: {groups}")
+    check(len(groups) == 3, f"live, remote and stale registrations listed, the bad file left out: {groups}")
     mine = [x for x in groups if x["labels"]["command"] == "broker"]
     check(mine and mine[0]["targets"] == [f"127.0.0.1:{reg['port']}"] and
           mine[0]["labels"]["transfuse_pid"] == str(broker.pid), f"broker target: {groups}")
