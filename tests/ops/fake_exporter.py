@@ -9,7 +9,8 @@ Writes one line "ROLE PORT" per role to PORTFILE (atomically) once all
 listen, then serves until killed. Roles:
   ingest      two workers, rows at 50/s and 30/s, dns and http_404 failures,
               bytes, in flight, planned rows (an ETA)
-  encode      images at 4/s
+  encode      images at 4/s; with FAKE_BOOTSTRAP set, also consumer info:
+              group "encoders" on topic "samples" of that cluster
   trainer0, trainer1, trainer2
               one rank each; rank 2 lags 40 steps behind; trainer1 reports
               a NaN diffusion loss
@@ -53,7 +54,10 @@ def ingest():
 
 def encode():
     s = t()
-    return ("# TYPE transfuse_encode_images_total counter\n"
+    # a consumer names its group and topic (FAKE_BOOTSTRAP: where)
+    info = (f'transfuse_kafka_consumer_info{{bootstrap="{os.environ["FAKE_BOOTSTRAP"]}",topic="samples",'
+            'group="encoders"} 1\n' if os.environ.get("FAKE_BOOTSTRAP") else "")
+    return info + ("# TYPE transfuse_encode_images_total counter\n"
             f"transfuse_encode_images_total {int(4 * s)}\n"
             f"transfuse_encode_batch_seconds_sum {s}\ntransfuse_encode_batch_seconds_count {int(s)}\n"
             'transfuse_build_info{version="0.1.0",command="encode"} 1\n')

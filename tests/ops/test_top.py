@@ -14,7 +14,7 @@ answers in time).
     `promtool check service-discovery` reads back;
   - the live view in tmux: rows appear, s sorts, p pauses (the round number
     stops) and resumes, a resized window is redrawn within its width, q
-    quits with status 0 and the terminal restored;
+    quits with status 0, Ctrl-C with 130, the terminal restored;
   - in a pseudo-terminal: the alternate screen, frames that start at the
     cursor's home with no clear-screen after the first, no escape byte from
     an endpoint reaching the terminal;
@@ -87,17 +87,6 @@ try:
     check(run("top", "--kafka", "http://x/y", "--once", ok=(2,)).returncode == 2, "a bad --kafka address")
     check("keys: q quit" in run("top", "--help").stdout, "--help names the keys")
 
-    # ---- the fake deployment ----
-    ports_file = os.path.join(WORK, "ports")
-    roles = ["ingest", "encode", "trainer0", "trainer1", "trainer2", "garbage", "huge", "longline", "escape",
-             "many", "notfound", "badutf8", "slow"]
-    start([PY, os.path.join(HERE, "fake_exporter.py"), ports_file, ",".join(roles)])
-    if not wait_for(lambda: os.path.exists(ports_file)):
-        raise SystemExit("fake exporter did not start")
-    port = {r: int(p) for r, p in (l.split() for l in open(ports_file))}
-    addr = {r: f"127.0.0.1:{p}" for r, p in port.items()}
-    targets = ",".join(addr[r] for r in roles)
-
     # ---- the broker, registered ----
     bs_file = os.path.join(WORK, "bs")
     broker = start([T, "broker", "--topic", "samples:3", "--register", REG, "--bootstrap-file", bs_file],
@@ -111,6 +100,18 @@ try:
     reg = json.load(open(os.path.join(REG, regs[0])))
     check(reg["pid"] == broker.pid and reg["command"] == "broker" and reg["addr"] == "127.0.0.1" and
           reg["port"] > 0 and "--register" in reg["argv"] and reg["started"] > 0, f"registration: {reg}")
+
+    # ---- the fake deployment ----
+    ports_file = os.path.join(WORK, "ports")
+    roles = ["ingest", "encode", "trainer0", "trainer1", "trainer2", "garbage", "huge", "longline", "escape",
+             "many", "notfound", "badutf8", "slow"]
+    start([PY, os.path.join(HERE, "fake_exporter.py"), ports_file, ",".join(roles)],
+          env=dict(os.environ, FAKE_BOOTSTRAP=bs))
+    if not wait_for(lambda: os.path.exists(ports_file)):
+        raise SystemExit("fake exporter did not start")
+    port = {r: int(p) for r, p in (l.split() for l in open(ports_file))}
+    addr = {r: f"127.0.0.1:{p}" for r, p in port.items()}
+    targets = ",".join(addr[r] for r in roles)
 
     # stale and bad entries beside it
     with open(os.path.join(REG, "ingest-gone-999999.json"), "w") as f:   # no such PID here
@@ -181,20 +182,30 @@ try:
     s = topics.get("samples", {})
     check(s.get("bootstrap") == bs and s.get("mock") and len(s.get("partitions", [])) == 3 and
           s.get("high_total") == 90, f"topic watermarks from the cluster: {s}")
-    g = (s.get("groups") or [{}])[0]
-    check(g.get("group") == "g1" and g.get("lag") == 90 and g.get("committed_total") == 0,
+    gs = {x["group"]: x for x in s.get("groups", [])}
+    g = gs.get("g1", {})
+    check(g.get("lag") == 90 and g.get("committed_total") == 0,
           f"group with nothing committed lags by everything: {g}")
+    check(gs.get("encoders", {}).get("lag") == 90, f"a group named by transfuse_kafka_consumer_info: {gs}")
     tot = snap["totals"]
-    check(tot["ingest_rows_per_s"] > 0 and tot["train_tokens_per_s"] > 0 and tot["kafka_lag"] == 90 and
+    check(tot["ingest_rows_per_s"] > 0 and tot["train_tokens_per_s"] > 0 and tot["kafka_lag"] == 180 and
           tot["targets_failing"] >= 9, f"totals: {tot}")
 
     # a consumer commits: the lag is gone
     check(run("shards", "archive", f"kafka://{bs}/samples", "--out", os.path.join(WORK, "arch"), "--group",
               "g1").returncode == 0, "archive with a group")
     p, snap = once()
-    g = [t for t in snap["topics"] if t["topic"] == "samples"][0]["groups"][0]
+    g = [x for x in [t for t in snap["topics"] if t["topic"] == "samples"][0]["groups"] if x["group"] == "g1"][0]
     check(g["lag"] == 0 and g["committed_total"] == 90 and all(pp["committed"] >= 0 for pp in g["partitions"]),
           f"after commit: {g}")
+
+    # --targets-file: one per line, comments and blanks skipped
+    tf = os.path.join(WORK, "targets.txt")
+    with open(tf, "w") as f:
+        f.write(f"# the encoders\n{addr['encode']}\n\n  {addr['trainer0']}  # rank 0\n")
+    p = run("top", "--once", "--json", "--targets-file", tf, "--interval", "0.3")
+    check(p.returncode == 0 and sorted(t["target"] for t in json.loads(p.stdout)["targets"]) ==
+          sorted([addr["encode"], addr["trainer0"]]), f"--targets-file: {p.stdout[:300]}")
 
     # plain --once: the same frame as text
     p = run("top", "--once", "--targets", addr["ingest"] + "," + addr["garbage"], "--interval", "0.5", ok=(1,))
@@ -272,6 +283,17 @@ try:
         keys("q")
         check(wait_for(lambda: os.path.exists(rcfile) and open(rcfile).read().strip()), "q quits")
         check(os.path.exists(rcfile) and open(rcfile).read().strip() == "0", "q: exit 0")
+        subprocess.run(["tmux", "kill-session", "-t", "top"], env=TMUX_ENV)
+
+        # Ctrl-C: the stop flag, a restored terminal, exit 130
+        os.unlink(rcfile)
+        subprocess.run(["tmux", "new-session", "-d", "-s", "top", "-x", "120", "-y", "30", cmd], env=TMUX_ENV,
+                       check=True)
+        check(wait_for(lambda: "INGEST" in pane()), "the live view again")
+        keys("C-c")
+        check(wait_for(lambda: os.path.exists(rcfile) and open(rcfile).read().strip()), "Ctrl-C stops")
+        check(os.path.exists(rcfile) and open(rcfile).read().strip() == "130", "Ctrl-C: exit 130")
+        check("INGEST" not in pane(), "the alternate screen is gone after Ctrl-C")
         subprocess.run(["tmux", "kill-session", "-t", "top"], env=TMUX_ENV)
 
     # ---- in a pseudo-terminal: what the terminal receives ----
