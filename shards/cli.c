@@ -351,6 +351,9 @@ typedef struct Verify {
     TfProgress progress;
     ShardArena arena;
     const ShardFacts *facts;
+    ShardKeySet *keys;
+    const Dataset *d;
+    size_t shard;
 } Verify;
 
 static void verify_report(Verify *v, const char *shard, uint64_t record, uint64_t offset, const char *what)
@@ -381,6 +384,18 @@ static void verify_record(Verify *v, const char *name, uint64_t rec, uint64_t of
     }
     if (!s->key || !*s->key)
         verify_report(v, name, rec, off, "record has no key");
+    uint64_t first = 0;
+    int fresh = s->key && *s->key ? shard_keyset_add(v->keys, s->key, strlen(s->key), (uint64_t)v->shard << 40 | rec,
+                                                     &first)
+                                  : 1;
+    if (fresh < 0)
+        verify_report(v, name, rec, off, "out of memory for the key set");
+    else if (!fresh) {
+        char what[400];
+        snprintf(what, sizeof what, "key '%.200s' appears more than once (first in %s record %llu)", s->key,
+                 v->d->names[first >> 40], (unsigned long long)(first & ((1ull << 40) - 1)));
+        verify_report(v, name, rec, off, what);
+    }
     const Transfuse__V1__Tensor *ts[2] = {s->latent_mean, s->latent_logvar};
     for (int k = 0; k < 2; k++) {
         const char *why = ts[k] ? tensor_problem(ts[k]) : NULL;
@@ -520,8 +535,13 @@ static int cmd_verify(int argc, char **argv)
     int is_dir = stat(argv[optind], &st) == 0 && S_ISDIR(st.st_mode);
     if (is_dir && !d.manifest)
         verify_report(&v, SHARD_MANIFEST_NAME, 0, 0, d.manifest_error);
-    for (size_t i = 0; i < d.n; i++)
+    v.keys = shard_keyset_new();
+    v.d = &d;
+    for (size_t i = 0; i < d.n; i++) {
+        v.shard = i;
         verify_shard(&v, &d, i);
+    }
+    shard_keyset_free(v.keys);
     if (is_dir && d.manifest) { /* shard files the manifest does not list */
         size_t n;
         char **files = list_shard_files(d.dir, &n);

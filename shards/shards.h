@@ -239,6 +239,30 @@ void sample_free(Sample *s);
 /* Encodes a Sample into a malloc'd buffer. Returns NULL on out of memory. */
 uint8_t *sample_encode(const Sample *s, size_t *len);
 
+/* ---- key set ----------------------------------------------------------------------------
+ *
+ * The one set of record keys, used wherever keys are counted: duplicate
+ * detection in `shards verify` (folders and topics) and the keys already
+ * in a dataset when a job resumes. Keys are kept exactly (a hash
+ * collision never makes two keys one); each key carries a 64-bit value
+ * the caller chooses (e.g. where it was first seen). Not thread-safe. */
+typedef struct ShardKeySet ShardKeySet;
+
+/* Returns an empty set, or NULL when out of memory. */
+ShardKeySet *shard_keyset_new(void);
+void shard_keyset_free(ShardKeySet *s);
+
+/* Adds key[0..len) with `value`. Returns 1 when the key was new, 0 when it
+ * was present (the set unchanged, *first set to the value stored with it
+ * when first is not NULL), -1 when out of memory (the set unchanged). */
+int shard_keyset_add(ShardKeySet *s, const char *key, size_t len, uint64_t value, uint64_t *first);
+
+/* 1 when key[0..len) is in the set (*value set when not NULL), else 0. */
+int shard_keyset_has(const ShardKeySet *s, const char *key, size_t len, uint64_t *value);
+
+/* Number of keys in the set. */
+size_t shard_keyset_count(const ShardKeySet *s);
+
 /* ---- JSON form ---------------------------------------------------------------------- */
 
 /* The JSON form of any protobuf-c message, by reflection over its

@@ -424,51 +424,6 @@ static const char *tensor_check(const Transfuse__V1__Tensor *t)
     return n == t->data.len ? NULL : "tensor data size does not match dtype x shape";
 }
 
-/* A set of 64-bit key hashes (duplicate detection without keeping keys). */
-typedef struct HashSet {
-    uint64_t *slots;
-    size_t cap, n;
-} HashSet;
-
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 1099511628211ull;
-    return h ? h : 1;
-}
-
-/* Returns 1 when h was new, 0 when present, -1 out of memory. */
-static int hashset_add(HashSet *s, uint64_t h)
-{
-    if (2 * (s->n + 1) > s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 1024;
-        uint64_t *ns = calloc(ncap, sizeof *ns);
-        if (!ns)
-            return -1;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slots[i]) {
-                size_t j = s->slots[i] & (ncap - 1);
-                while (ns[j])
-                    j = (j + 1) & (ncap - 1);
-                ns[j] = s->slots[i];
-            }
-        free(s->slots);
-        s->slots = ns;
-        s->cap = ncap;
-    }
-    size_t j = h & (s->cap - 1);
-    while (s->slots[j]) {
-        if (s->slots[j] == h)
-            return 0;
-        j = (j + 1) & (s->cap - 1);
-    }
-    s->slots[j] = h;
-    s->n++;
-    return 1;
-}
-
 static int kcmd_verify(int argc, char **argv)
 {
     KCommon k = {.from = -1, .limit = -1};
@@ -502,7 +457,7 @@ static int kcmd_verify(int argc, char **argv)
     }
     ShardArena arena;
     shard_arena_init(&arena, 1 << 20);
-    HashSet keys = {0};
+    ShardKeySet *keys = shard_keyset_new();
     json_t *problems = json_array();
     uint64_t n_problems = 0, records = 0, bytes = 0, good = 0;
     TfProgress prog;
@@ -557,8 +512,10 @@ static int kcmd_verify(int argc, char **argv)
                     (int)(r.key_len > 100 ? 100 : r.key_len), r.key ? r.key : "", s->key);
             continue;
         }
-        if (hashset_add(&keys, hash_bytes(s->key, strlen(s->key))) == 0) {
-            PROBLEM(r.partition, r.offset, "key '%s' appears more than once", s->key);
+        uint64_t first = 0;
+        if (shard_keyset_add(keys, s->key, strlen(s->key), (uint64_t)r.partition << 48 | (uint64_t)r.offset, &first) == 0) {
+            PROBLEM(r.partition, r.offset, "key '%s' appears more than once (first at partition %d offset %" PRIu64 ")",
+                    s->key, (int)(first >> 48), (uint64_t)(first & ((1ull << 48) - 1)));
             continue;
         }
         good++;
@@ -587,7 +544,7 @@ static int kcmd_verify(int argc, char **argv)
     }
 #undef PROBLEM
     (void)fatal;
-    free(keys.slots);
+    shard_keyset_free(keys);
     shard_arena_deinit(&arena);
     kafka_source_free(src);
     kafka_position_free(start);
