@@ -97,8 +97,10 @@ void shard_manifest_free(ShardManifest *m)
 {
     if (!m)
         return;
-    for (size_t i = 0; i < m->n_shards; i++)
+    for (size_t i = 0; i < m->n_shards; i++) {
         free(m->shards[i].name);
+        json_decref(m->shards[i].source);
+    }
     free(m->shards);
     free(m);
 }
@@ -152,6 +154,8 @@ static ShardManifest *manifest_from_json(const json_t *root, const char *path, T
         e->records = (uint64_t)records;
         e->bytes = (uint64_t)bytes;
         e->crc32c = (uint32_t)crcv;
+        json_t *src = json_object_get(s, "source");
+        e->source = json_is_object(src) ? json_incref(src) : NULL;
         if (!e->name) {
             tf_fail(err, "out of memory");
             goto fail;
@@ -186,8 +190,11 @@ static json_t *entry_to_json(const ShardEntry *e)
     snprintf(crc, sizeof crc, "%08x", e->crc32c);
     char idx[4096];
     snprintf(idx, sizeof idx, "%s%s", e->name, SHARD_INDEX_SUFFIX);
-    return json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", e->name, "records", (json_int_t)e->records, "bytes",
-                     (json_int_t)e->bytes, "crc32c", crc, "index", idx);
+    json_t *j = json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", e->name, "records", (json_int_t)e->records, "bytes",
+                          (json_int_t)e->bytes, "crc32c", crc, "index", idx);
+    if (j && e->source)
+        json_object_set(j, "source", e->source);
+    return j;
 }
 
 /* Largest NNNNNN among files named PREFIX-NNNNNN.tfrecord[.idx] in dir, or -1. */
@@ -322,17 +329,6 @@ static int manifest_add_locked(const char *dir, const ShardFacts *facts, const S
     rc = 0;
 done:
     json_decref(root);
-    return rc;
-}
-
-int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
-                       TfError *err)
-{
-    int lock = manifest_lock(dir, err);
-    if (lock < 0)
-        return -1;
-    int rc = manifest_add_locked(dir, facts, entry, no_fsync, err);
-    close(lock); /* releases the lock */
     return rc;
 }
 

@@ -30,6 +30,7 @@ struct ShardWriter {
     size_t buf_used;
     uint8_t *index;            /* SHARD_INDEX_HEADER + records * SHARD_INDEX_ENTRY */
     size_t index_cap;
+    json_t *source;            /* stored with the next shard published */
     /* totals */
     uint64_t done_records, done_shards;
 };
@@ -106,7 +107,8 @@ static int buffer_put(ShardWriter *w, const void *data, size_t len, TfError *err
         if (len >= WRITE_BUFFER)
             return tf_write_all(w->fd, data, len, err) ? tf_fail_context(err, "%s", w->tmp_path) : 0;
     }
-    memcpy(w->buf + w->buf_used, data, len);
+    if (len)
+        memcpy(w->buf + w->buf_used, data, len);
     w->buf_used += len;
     return 0;
 }
@@ -132,14 +134,29 @@ static int shard_start(ShardWriter *w, TfError *err)
     return 0;
 }
 
+int shard_writer_would_roll(const ShardWriter *w, size_t len)
+{
+    uint64_t frame = SHARD_FRAME_HEADER + (uint64_t)len + SHARD_FRAME_FOOTER;
+    return w->fd >= 0 && w->records > 0 &&
+           (w->records >= w->opts.max_shard_records || w->bytes + frame > w->opts.max_shard_bytes);
+}
+
+int shard_writer_set_source(ShardWriter *w, const json_t *source)
+{
+    json_t *copy = source ? json_deep_copy(source) : NULL;
+    if (source && !copy)
+        return -1;
+    json_decref(w->source);
+    w->source = copy;
+    return 0;
+}
+
 int shard_writer_append(ShardWriter *w, const void *payload, size_t len, const char *key, size_t key_len,
                         TfError *err)
 {
     if (len > SHARD_MAX_RECORD)
         return tf_fail(err, "record of %zu bytes is over the %u-byte limit", len, SHARD_MAX_RECORD);
-    uint64_t frame = SHARD_FRAME_HEADER + len + SHARD_FRAME_FOOTER;
-    if (w->fd >= 0 && w->records > 0 &&
-        (w->records >= w->opts.max_shard_records || w->bytes + frame > w->opts.max_shard_bytes))
+    if (shard_writer_would_roll(w, len))
         if (shard_writer_flush(w, err))
             return -1;
     if (w->fd < 0 && shard_start(w, err))
@@ -217,7 +234,7 @@ int shard_writer_flush(ShardWriter *w, TfError *err)
         return -1;
     /* The number is taken, and both files renamed, under the manifest
      * lock: see shard_manifest_publish. */
-    ShardEntry e = {.records = w->records, .bytes = w->bytes, .crc32c = w->file_crc};
+    ShardEntry e = {.records = w->records, .bytes = w->bytes, .crc32c = w->file_crc, .source = w->source};
     if (shard_manifest_publish(w->dir, w->prefix, &w->facts, w->tmp_path, w->idx_tmp, &e, w->name, sizeof w->name,
                                w->opts.no_fsync, err))
         return -1;
@@ -247,6 +264,7 @@ void shard_writer_free(ShardWriter *w)
         unlink(w->tmp_path);
         unlink(w->idx_tmp);
     }
+    json_decref(w->source);
     free(w->dir);
     free(w->buf);
     free(w->index);

@@ -33,7 +33,7 @@ N=300
 
 # publish: every shard gets its done marker only after delivery.
 "$T" shards publish "$W/data" --to "$URL" --flow-group trainer 2>"$W/pub.err" || { cat "$W/pub.err"; fail publish; }
-[ "$(ls "$W/data/.published/samples" | wc -l)" = 3 ] || fail "expected 3 done markers"
+[ "$(ls "$W"/data/.published/*/samples | wc -l)" = 3 ] || fail "expected 3 done markers"
 "$T" shards publish "$W/data" --to "$URL" 2>"$W/pub2.err"
 grep -q "0 records .* 3 shard(s) already published" "$W/pub2.err" || { cat "$W/pub2.err"; fail "rerun should skip"; }
 
@@ -95,8 +95,8 @@ set +e
 "$T" shards create "kafka://$BS/new" --partitions 3 2>"$W/create.err"; rc=$?
 "$T" shards cat "kafka://$BS/missing" 2>"$W/missing.err"; rc2=$?
 set -e
-[ $rc = 1 ] && grep -q "pass --topic NAME:PARTITIONS" "$W/create.err" || fail "create refusal: $(cat "$W/create.err")"
-[ $rc2 = 1 ] && grep -q "does not exist" "$W/missing.err" || fail "missing topic: $(cat "$W/missing.err")"
+[ $rc = 3 ] && grep -q "pass --topic NAME:PARTITIONS" "$W/create.err" || fail "create refusal ($rc): $(cat "$W/create.err")"
+[ $rc2 = 3 ] && grep -q "does not exist" "$W/missing.err" || fail "missing topic ($rc2): $(cat "$W/missing.err")"
 
 kill -TERM $BROKER
 wait $BROKER || fail "broker did not stop cleanly on SIGTERM"

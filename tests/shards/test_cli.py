@@ -256,8 +256,12 @@ try:
     p = run("shards", "import", "--strict", "--out", os.path.join(tmp, "strict"), stdin=bad, ok=(1,))
     check(not os.path.exists(os.path.join(tmp, "strict", "shard-000000.tfrecord")), "--strict publishes nothing")
     # Appending with other facts is refused.
-    p = run("shards", "import", "--out", ds, "--tokenizer-id", "other", stdin=lines[:200], ok=(1,))
-    check("tokenizer differs" in p.stderr.decode(), "facts mismatch refused")
+    p = run("shards", "import", "--out", ds, "--tokenizer-id", "other", stdin=lines[:200], ok=(3,))
+    check(p.returncode == 3 and "tokenizer differs" in p.stderr.decode(), "facts mismatch refused (exit 3)")
+    # A path that cannot be read is exit 3; options after the operand and
+    # --opt=value work.
+    check(run("shards", "verify", os.path.join(tmp, "nothing"), ok=(3,)).returncode == 3, "verify of nothing: 3")
+    check(len(run("shards", "cat", ds, "--limit=3", "--fields=key").stdout.splitlines()) == 3, "--opt=value")
 
     # Usage errors exit 2 before any work; --help exits 0.
     for argv in (["shards", "cat", ds, "--index", "abc"], ["shards", "import"], ["shards", "frob"],
