@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -332,6 +333,72 @@ done:
     return rc;
 }
 
+/* 1 when `name` ends in `suffix`. */
+static int ends_with(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n > k && !strcmp(name + n - k, suffix);
+}
+
+/* The pid in a temporary name ".PREFIX.tmp-HOST-PID-SEQ..." or
+ * "manifest.json.tmp.PID" written on this host, or 0. */
+static long tmp_pid(const char *name, const char *host)
+{
+    const char *t = strstr(name, ".tmp-");
+    if (name[0] == '.' && t) {
+        size_t hl = strlen(host);
+        if (strncmp(t + 5, host, hl) || t[5 + hl] != '-')
+            return 0;
+        return strtol(t + 6 + hl, NULL, 10);
+    }
+    if (!strncmp(name, SHARD_MANIFEST_NAME ".tmp.", strlen(SHARD_MANIFEST_NAME) + 5))
+        return strtol(name + strlen(SHARD_MANIFEST_NAME) + 5, NULL, 10);
+    return 0;
+}
+
+/* Under the manifest lock, what a writer killed mid-publish left behind:
+ * a shard (or index) renamed into place but never listed is moved aside
+ * to ".orphan-NAME" (its records are not part of the dataset; a resumed
+ * job writes them again), and temporary files of dead processes on this
+ * host are removed. Every live writer's files stay: publishing happens
+ * only under this lock, and temporary names carry host and pid. */
+static void folder_tidy(const char *dir, const ShardManifest *m)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *h = host; *h; h++) /* as writer.c names them */
+        if (*h == '-' || *h == '/')
+            *h = '_';
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        char path[4096], moved[4200];
+        if (tf_path_join(path, sizeof path, dir, n))
+            continue;
+        long pid = tmp_pid(n, host);
+        if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            unlink(path);
+            continue;
+        }
+        if (n[0] == '.' || !(ends_with(n, SHARD_FILE_SUFFIX) || ends_with(n, SHARD_FILE_SUFFIX SHARD_INDEX_SUFFIX)))
+            continue;
+        size_t base = strlen(n) - (ends_with(n, SHARD_INDEX_SUFFIX) ? strlen(SHARD_INDEX_SUFFIX) : 0);
+        int listed = 0;
+        for (size_t i = 0; m && i < m->n_shards && !listed; i++)
+            listed = strlen(m->shards[i].name) == base && !strncmp(m->shards[i].name, n, base);
+        if (listed)
+            continue;
+        snprintf(moved, sizeof moved, "%s/.orphan-%s", dir, n);
+        if (rename(path, moved) == 0)
+            tf_log(TF_LOG_WARN, "shards", "%s: %s was never listed in the manifest (a writer stopped between rename "
+                   "and manifest update): moved aside to .orphan-%s", dir, n, n);
+    }
+    closedir(d);
+}
+
 int shard_manifest_publish(const char *dir, const char *prefix, const ShardFacts *facts, const char *tmp_shard,
                            const char *tmp_index, ShardEntry *entry, char *name, size_t name_cap, int no_fsync,
                            TfError *err)
@@ -357,6 +424,7 @@ int shard_manifest_publish(const char *dir, const char *prefix, const ShardFacts
                 number = v + 1;
         }
     }
+    folder_tidy(dir, m);
     shard_manifest_free(m);
     for (int tries = 0;; tries++, number++) {
         if (snprintf(name, name_cap, "%s-%06lld%s", prefix, number, SHARD_FILE_SUFFIX) >= (int)name_cap ||

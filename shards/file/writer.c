@@ -113,15 +113,22 @@ static int buffer_put(ShardWriter *w, const void *data, size_t len, TfError *err
     return 0;
 }
 
-/* Temporary names are unique per writer (process id and a process-wide
- * sequence number) and created with O_EXCL, so writers never share one. */
+/* Temporary names are unique per writer (host, process id and a
+ * process-wide sequence number) and created with O_EXCL, so writers never
+ * share one; those of dead processes are removed by the next publish. */
 static atomic_uint_fast64_t writer_sequence;
 
 static int shard_start(ShardWriter *w, TfError *err)
 {
     char hidden[256];
     unsigned long long seq = (unsigned long long)atomic_fetch_add(&writer_sequence, 1);
-    snprintf(hidden, sizeof hidden, ".%s.tmp-%ld-%llu%s", w->prefix, (long)getpid(), seq, SHARD_FILE_SUFFIX);
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *h = host; *h; h++) /* the pid follows the host after a '-' */
+        if (*h == '-' || *h == '/')
+            *h = '_';
+    snprintf(hidden, sizeof hidden, ".%s.tmp-%s-%ld-%llu%s", w->prefix, host, (long)getpid(), seq,
+             SHARD_FILE_SUFFIX);
     if (tf_path_join(w->tmp_path, sizeof w->tmp_path, w->dir, hidden) ||
         snprintf(w->idx_tmp, sizeof w->idx_tmp, "%s%s", w->tmp_path, SHARD_INDEX_SUFFIX) >= (int)sizeof w->idx_tmp)
         return tf_fail(err, "path too long: %s", w->dir);
