@@ -17,6 +17,14 @@
  * written under a temporary name, fsynced, renamed, and only then added to
  * the manifest.
  *
+ * Several writers (threads or processes) may append to one folder: each
+ * writes under a temporary name of its own, and publishes under the
+ * exclusive lock on DIR/.manifest.lock, where the shard number is taken
+ * (after every file on disk and every entry), the files are renamed with
+ * RENAME_NOREPLACE (link + unlink where unsupported) and the entry added.
+ * No writer ever replaces a shard or manifest entry it did not write
+ * (docs/RECORDS.md).
+ *
  * Readers never trust bytes: every framing, CRC and parse problem is
  * reported with the shard, the record index and the byte offset, and
  * reading continues with the next record that can be found.

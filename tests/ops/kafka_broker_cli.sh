@@ -54,6 +54,13 @@ grep -q "name groups with --group" "$W/ls.txt" || fail "ls without --group shoul
 "$T" shards verify "$URL" >"$W/verify.txt" || { cat "$W/verify.txt"; fail verify; }
 grep -q "^OK: topic samples, $N good records" "$W/verify.txt" || fail "verify summary"
 [ "$("$T" shards cat --limit 2 --fields key "$URL" | wc -l)" = 2 ] || fail "cat --limit"
+"$T" shards stat --json "$URL" | /usr/bin/python3 -c '
+import json, sys
+j = json.load(sys.stdin); n = int(sys.argv[1])
+assert j["records"] == n and j["latent_mean"] == {"f32 [4,32,32]": n}, j
+assert j["facts"]["vae"]["id"] == "vae-feedbeef", j["facts"]' $N || fail "stat of a topic"
+"$T" shards cat --meta --fields key --partition 1 --limit 1 "$URL" | grep -q '"_partition":1,"_offset":0' || fail "cat --meta on a topic"
+[ $(( $("$T" shards cat --fields key --rank 0 --world 2 "$URL" | wc -l) + $("$T" shards cat --fields key --rank 1 --world 2 "$URL" | wc -l) )) = $N ] || fail "topic ranks"
 "$T" shards cat --fields key "$URL" | /usr/bin/python3 -c '
 import json, sys
 keys = [json.loads(l)["key"] for l in sys.stdin]
