@@ -72,11 +72,11 @@ done
 
 # Garbage on a topic: an empty value, random bytes, a record whose message
 # key differs from its sample key, and two sound records.
-good=$(ls "$W/files" | head -2)
+good=$(ls "$W/files" | sed -n "1,2p")   # sed reads all: no SIGPIPE under pipefail
 echo "k-empty:" | kcat -P -K: -Z -b "$BS" -t junk -p 0   # a NULL value
 head -c 300 /dev/urandom >"$W/junk/b-random"
 kcat -P -b "$BS" -t junk -p 0 -k k-random "$W/junk/b-random"
-kcat -P -b "$BS" -t junk -p 0 -k wrong-key "$W/files/$(echo "$good" | head -1)"
+kcat -P -b "$BS" -t junk -p 0 -k wrong-key "$W/files/$(echo "$good" | sed -n 1p)"
 for f in $good; do kcat -P -b "$BS" -t junk -p 0 -k "${f%.pb}" "$W/files/$f"; done
 for _ in $(seq 50); do
   [ "$("$T" shards ls --json "kafka://$BS/junk" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["records"])')" = 5 ] && break

@@ -59,7 +59,8 @@ import json, sys
 j = json.load(sys.stdin); n = int(sys.argv[1])
 assert j["records"] == n and j["latent_mean"] == {"f32 [4,32,32]": n}, j
 assert j["facts"]["vae"]["id"] == "vae-feedbeef", j["facts"]' $N || fail "stat of a topic"
-"$T" shards cat --meta --fields key --partition 1 --limit 1 "$URL" | grep -q '"_partition":1,"_offset":0' || fail "cat --meta on a topic"
+meta=$("$T" shards cat --meta --fields key --partition 1 --limit 1 "$URL")
+[[ $meta == *'"_partition":1,"_offset":0'* ]] || fail "cat --meta on a topic: $meta"
 [ $(( $("$T" shards cat --fields key --rank 0 --world 2 "$URL" | wc -l) + $("$T" shards cat --fields key --rank 1 --world 2 "$URL" | wc -l) )) = $N ] || fail "topic ranks"
 "$T" shards cat --fields key "$URL" | /usr/bin/python3 -c '
 import json, sys
