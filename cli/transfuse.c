@@ -12,9 +12,19 @@
 #include "preprocess.h"
 #include "shards.h"
 
+/* `transfuse shards`: the shards library's commands plus ops' contact
+ * sheet, which draws images and so cannot live in shards/. */
+static int shards_command(int argc, char **argv)
+{
+    static const TfCommand extra[] = {
+        {"preview", "a contact sheet (PNG) of crops with captions and keys", preview_main},
+    };
+    return shards_dispatch(argc, argv, extra, sizeof extra / sizeof extra[0]);
+}
+
 static const TfCommand COMMANDS[] = {
     {"ingest", "manifest rows (local images + captions) to records: crop, tokens, VAE latents", ingest_main},
-    {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive", shards_main},
+    {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive, preview", shards_command},
     {"preprocess", "decode, resize and centre-crop images (crop, bench)", preprocess_main},
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
     {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
