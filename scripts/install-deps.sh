@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh          build + run dependencies
 #   scripts/install-deps.sh --test   also the peers and test material
 #                                    (PyTorch, Pillow, OpenCV, kcat, protoc,
-#                                    wallpapers, clang for fuzzing, node)
+#                                    wallpapers, nginx and openssl for the
+#                                    fetcher tests, clang for fuzzing, node)
 #   scripts/install-deps.sh --demo   also what the demo uses (wallpapers, node)
 set -euo pipefail
 SUDO=""
@@ -14,7 +15,7 @@ build=(build-essential cmake ninja-build pkg-config git ca-certificates
        libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev libmicrohttpd-dev)
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
       python3-pil python3-opencv kcat clang libclang-rt-14-dev libomp-14-dev
-      prometheus mate-backgrounds gnome-backgrounds ukui-wallpapers)
+      prometheus nginx openssl mate-backgrounds gnome-backgrounds ukui-wallpapers)
 demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
