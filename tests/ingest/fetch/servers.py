@@ -1,7 +1,8 @@
 """Loopback web servers for the fetcher's tests and the ingest benchmarks.
 
-Nginx(root, workdir): Debian's nginx serving `root` on a free 127.0.0.1 port
-(plain HTTP/1.1 with keep-alive) and, when openssl is installed, a second
+Nginx(root, workdir, workers=1, hosts=1, access_log=True): Debian's nginx
+serving `root` on a free port of 127.0.0.1 (and of 127.0.0.2 .. 127.0.0.N
+with hosts=N; plain HTTP/1.1 with keep-alive) and, when openssl is installed, a second
 port with TLS and HTTP/2 under a self-signed certificate for 127.0.0.1 and
 localhost (`cert` is its PEM file). The access log has one line per
 request: connection serial, requests on that connection, status, URI.
@@ -42,8 +43,9 @@ def wait_port(port, proc, what):
 
 
 class Nginx:
-    def __init__(self, root, workdir, workers=1):
+    def __init__(self, root, workdir, workers=1, hosts=1, access_log=True):
         self.root, self.dir, self.workers = os.path.abspath(root), os.path.abspath(workdir), workers
+        self.hosts, self.logging = hosts, access_log
         self.proc = None
         self.cert = None
 
@@ -70,6 +72,7 @@ class Nginx:
     root {self.root};
   }}"""
         self.port = free_port()
+        listens = "\n".join(f"    listen 127.0.0.{h}:{self.port};" for h in range(1, self.hosts + 1))
         user = "user root root;" if os.geteuid() == 0 else ""
         temp = "\n".join(f"  {k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         conf = f"""daemon off;
@@ -82,12 +85,12 @@ http {{
   types {{ image/jpeg jpg jpeg; image/png png; image/webp webp; text/html html; }}
   default_type application/octet-stream;
   log_format fetch '$connection $connection_requests $status $request_uri';
-  access_log {d}/access.log fetch;
+  access_log {f"{d}/access.log fetch" if self.logging else "off"};
   keepalive_requests 100000;
   keepalive_timeout 120s;
 {temp}
   server {{
-    listen 127.0.0.1:{self.port};
+{listens}
     root {self.root};
   }}{tls}
 }}
