@@ -195,6 +195,8 @@ typedef struct FetchOptions {
     size_t n_resolve;
     const char *ca_file;          /* PEM bundle to trust instead of the system's */
     long dns_cache_s;             /* DNS cache lifetime (default 300) */
+    int hash_bodies;              /* 1: SHA-256 of every ok body (otherwise only of those
+                                     submitted with an expected hash) */
     FetchShare *share;            /* NULL: this fetcher's own caches */
     const TfStopFlag *stop;       /* set: no new transfers start, polls return at once */
     uint64_t seed;                /* jitter; 0: from the clock */
@@ -216,7 +218,8 @@ typedef struct FetchResult {
     size_t body_len;
     char *content_type;           /* as the server sent it, or NULL */
     ImageFormat format;           /* sniffed from the bytes */
-    unsigned char sha256[32];     /* of body, when FETCH_OK */
+    unsigned char sha256[32];     /* of body, when has_sha256 */
+    int has_sha256;               /* hash_bodies was on or an expected hash was given */
     int attempts;                 /* requests made for this URL, redirects excluded */
     int redirects;                /* hops followed */
     uint64_t bytes;               /* body bytes received over all attempts and hops */

@@ -438,7 +438,10 @@ static void complete_body(Fetcher *f, Transfer *t, const char *ctype)
                  ctype && *ctype ? ctype : "none");
         return;
     }
-    tf_sha256(t->buf, t->len, r->sha256);
+    if (f->o.hash_bodies || t->has_sha) {
+        tf_sha256(t->buf, t->len, r->sha256);
+        r->has_sha256 = 1;
+    }
     if (t->has_sha && memcmp(r->sha256, t->want_sha, 32) != 0) {
         char got[65], want[65];
         tf_hex(r->sha256, 32, got);
@@ -1107,6 +1110,8 @@ int fetcher_poll(Fetcher *f, int timeout_ms, FetchResult **out, size_t cap, TfEr
 {
     double deadline = tf_now() + (timeout_ms > 0 ? timeout_ms : 0) / 1000.0;
     for (;;) {
+        if (f->done >= cap)
+            break; /* enough to hand out: read no more until the caller takes them (bounds held bodies) */
         schedule(f);
         double now = tf_now();
         int wait = f->done_head ? 0 : ms_until(deadline, now);

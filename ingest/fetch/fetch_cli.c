@@ -27,7 +27,7 @@ static const char HELP[] =
     "  --urls FILE              URLs to fetch (required)\n"
     "  --out DIR                save each ok body as DIR/LINE.EXT (LINE: its line number)\n"
     "  --details                more columns after reason: attempts, redirects, http_version,\n"
-    "                           content_type, format, sha256, final_url\n"
+    "                           content_type, format, sha256 (of every ok body), final_url\n"
     "  --concurrency N          transfers in flight (default 64)\n"
     "  --per-host N             in flight per host name, also libcurl's connection cap (default 8)\n"
     "  --host-rate R            requests per second per host name, 0 = unlimited (default 0)\n"
@@ -82,7 +82,7 @@ static int emit(const FetchResult *r, const char *out_dir, int details, LabelCou
            r->reason);
     if (details) {
         char sha[65] = "";
-        if (r->outcome == FETCH_OK)
+        if (r->outcome == FETCH_OK && r->has_sha256)
             tf_hex(r->sha256, 32, sha);
         printf("\t%d\t%d\t%d\t%s\t%s\t%s\t%s", r->attempts, r->redirects, r->http_version,
                r->content_type ? r->content_type : "", image_format_name(r->format), sha, r->final_url);
@@ -213,6 +213,7 @@ int ingest_fetch_main(int argc, char **argv)
     fo.resolve = resolve;
     fo.n_resolve = n_resolve;
     fo.stop = tf_cli_stop_flag();
+    fo.hash_bodies = details;
     f = fetcher_new(&fo, &err);
     if (!f) {
         fprintf(stderr, "transfuse ingest fetch: %s\n", err.msg);
@@ -240,7 +241,7 @@ int ingest_fetch_main(int argc, char **argv)
     size_t window = (size_t)fo.concurrency * 4 < 256 ? 256 : (size_t)fo.concurrency * 4;
     int eof = 0;
     double t0 = tf_now();
-    FetchResult *res[64];
+    FetchResult *res[256];
     while (!tf_stop_requested(fo.stop)) {
         while (!eof && fetcher_unfinished(f) < window) {
             ssize_t n = getline(&line, &line_cap, in);
@@ -273,7 +274,7 @@ int ingest_fetch_main(int argc, char **argv)
         }
         if (eof && fetcher_unfinished(f) == 0)
             break;
-        int n = fetcher_poll(f, 1000, res, 64, &err);
+        int n = fetcher_poll(f, 1000, res, 256, &err);
         if (n < 0) {
             fprintf(stderr, "transfuse ingest fetch: %s\n", err.msg);
             goto done;

@@ -12,7 +12,7 @@ port of 127.0.0.1 (and of every address in `also`).
 
 Both are context managers; `nginx_path()` is None when nginx is missing.
 """
-import os, shutil, socket, subprocess, sys, time
+import os, shutil, signal, socket, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +40,23 @@ def wait_port(port, proc, what):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} is not listening on {port}")
+
+
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the test process dies (no orphaned servers)."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop(proc):
+    """Ends a server we started: SIGTERM, then SIGKILL after 10 s."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Nginx:
@@ -99,7 +116,8 @@ http {{
             f.write(conf)
         self.proc = subprocess.Popen([nginx_path(), "-p", d, "-e", f"{d}/error.log", "-c",
                                       os.path.join(d, "nginx.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
         wait_port(self.port, self.proc, "nginx")
         return self
 
@@ -114,13 +132,7 @@ http {{
         return rows
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 class FaultServer:
@@ -132,7 +144,7 @@ class FaultServer:
         cmd = [sys.executable, os.path.join(HERE, "fault_server.py"), "--corpus", self.corpus]
         for a in self.also:
             cmd += ["--also", a]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
         self.port = int(self.proc.stdout.readline())
         return self
 
@@ -153,10 +165,4 @@ class FaultServer:
         self.get("/reset")
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
