@@ -2,7 +2,8 @@
  * process (loopback): results carry the user pointer, the exact bytes, the
  * sniffed format and their SHA-256 (only when asked), each URL once; metrics count them; a
  * set stop flag and fetcher_wakeup end a poll that would otherwise wait on
- * a hanging response; fetcher_free with transfers queued, in flight and
+ * a hanging response; a slow consumer does not make it hold every finished
+ * body; fetcher_free with transfers queued, in flight and
  * done leaks nothing (ASan in the sanitizer build); two fetchers on two
  * threads share one FetchShare; bad options are refused. */
 #include <arpa/inet.h>
@@ -188,6 +189,41 @@ static void test_results(void)
     fetcher_free(f);
 }
 
+/* A caller taking one result per poll must not make the fetcher hold every
+ * finished body: it reads no sockets while a full batch waits. */
+static void test_bounded_results(void)
+{
+    FetchOptions o = options();
+    o.concurrency = 64;
+    o.max_per_host = 64;
+    TfError err = {{0}};
+    Fetcher *f = fetcher_new(&o, &err);
+    REQUIRE(f);
+    char u[128];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(u, sizeof u, "http://127.0.0.1:%d/ok?b%d", port, i);
+        REQUIRE(fetcher_submit(f, u, NULL, NULL, &err) == 0);
+    }
+    size_t most = 0, got = 0;
+    while (fetcher_unfinished(f) > 0) {
+        FetchResult *r[2];
+        int n = fetcher_poll(f, 1000, r, 2, &err);
+        REQUIRE(n >= 0);
+        for (int i = 0; i < n; i++)
+            fetch_result_free(r[i]);
+        got += (size_t)n;
+        usleep(2000); /* a slow consumer: responses arrive meanwhile */
+        FetchStats st;
+        fetcher_stats(f, &st);
+        if (st.done > most)
+            most = st.done;
+    }
+    CHECK(got == 1000);
+    CHECKF(most <= (size_t)o.concurrency, "%zu finished results held at once with concurrency %d", most,
+           o.concurrency);
+    fetcher_free(f);
+}
+
 static TfStopFlag stop_flag;
 
 static void *set_stop_later(void *arg)
@@ -311,6 +347,7 @@ int main(void)
 {
     start_server();
     test_results();
+    test_bounded_results();
     test_stop_and_wakeup();
     test_share();
     test_bad_options();
