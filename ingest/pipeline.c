@@ -388,7 +388,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     if (existing.n)
         tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
                existing.n);
-    if (!(k = tf_kernels_new(threads, err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, err)))
         goto done;
 
     size_t chunk_rows = (size_t)batch * (size_t)(threads > 4 ? threads : 4);
