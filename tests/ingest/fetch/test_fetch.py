@@ -6,14 +6,15 @@ goes wrong on the web. Every URL must end as exactly one line with the
 outcome this test expects; bodies must be the served bytes; memory stays
 bounded under an endless body; 500 URLs at concurrency 200 all succeed
 over at most --per-host connections; the per-host rate limit spaces
-requests; SIGINT stops at once; bad flags exit 2.
+requests; /metrics shows the transfers in flight; SIGINT stops at once;
+bad flags exit 2.
 
 usage: test_fetch.py TRANSFUSE WORKDIR"""
-import hashlib, os, shutil, signal, subprocess, sys, tempfile, threading, time
+import hashlib, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from servers import FaultServer, Nginx, nginx_path  # noqa: E402
+from servers import FaultServer, Nginx, free_port, nginx_path  # noqa: E402
 
 T, WORK = sys.argv[1], sys.argv[2]
 failures = 0
@@ -298,9 +299,20 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, \
     # 10. SIGINT stops at once with 130, even with a response hanging
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=WORK, delete=False) as f:
         f.write(F("/slow/img.jpg?s=600") + "\n")
-    p = subprocess.Popen([T, "ingest", "fetch", "--urls", f.name, *LOOP, "--timeout", "900"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    mport = free_port()
+    p = subprocess.Popen([T, "ingest", "fetch", "--urls", f.name, *LOOP, "--timeout", "900",
+                          "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = ""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for _ in range(100):  # the metrics endpoint shows the hanging transfer in flight
+        try:
+            metrics = opener.open(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+            if "\ntransfuse_fetch_in_flight 1\n" in metrics:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    check("\ntransfuse_fetch_in_flight 1\n" in metrics, f"/metrics during the run: {metrics[-500:]!r}")
     p.send_signal(signal.SIGINT)
     try:
         p.communicate(timeout=60)

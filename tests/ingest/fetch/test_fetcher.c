@@ -1,11 +1,12 @@
 /* test_fetcher.c: the fetcher's C API against a tiny HTTP server in this
  * process (loopback): results carry the user pointer, the exact bytes, the
- * sniffed format and their SHA-256 (only when asked), each URL once; metrics count them; a
- * set stop flag and fetcher_wakeup end a poll that would otherwise wait on
- * a hanging response; a slow consumer does not make it hold every finished
- * body; fetcher_free with transfers queued, in flight and
- * done leaks nothing (ASan in the sanitizer build); two fetchers on two
- * threads share one FetchShare; bad options are refused. */
+ * sniffed format and their SHA-256 (only when asked), each URL once;
+ * metrics count them; a slow consumer does not make the fetcher hold every
+ * finished body; a set stop flag and fetcher_wakeup end a poll that would
+ * otherwise wait on a hanging response; fetcher_free with transfers
+ * queued, in flight and done leaks nothing (ASan in the sanitizer build);
+ * two fetchers on two threads share one FetchShare; bad options are
+ * refused. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
