@@ -28,6 +28,8 @@ static const TfCommand COMMANDS[] = {
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
     {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
     {"broker", "an embedded Kafka broker (librdkafka's mock cluster) for one machine", broker_main},
+    {"plot", "loss, learning-rate and throughput curves from trainer and ingest logs (PNG)", plot_main},
+    {"top", "a live view of a deployment: ingest, encode, trainer ranks, Kafka lag", top_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
