@@ -531,7 +531,7 @@ int preview_main(int argc, char **argv)
         goto done;
     }
     if (pv.vae_dir && (!(pv.vae = vae_load(pv.vae_dir, VAE_LOAD_DECODER, &err)) ||
-                       !(pv.k = tf_kernels_new(pv.threads, &err)))) {
+                       !(pv.k = tf_kernels_new(TF_BACKEND_CPU, pv.threads, &err)))) {
         fprintf(stderr, "transfuse shards preview: %s\n", err.msg);
         rc = TF_EXIT_USAGE;
         goto done;
