@@ -6,6 +6,7 @@
 #   scripts/install-deps.sh --test   also the peers and test material
 #                                    (PyTorch, Pillow, OpenCV, kcat, protoc,
 #                                    prometheus/promtool, tmux, wallpapers,
+#                                    nginx and openssl for the fetcher tests,
 #                                    clang for fuzzing, node)
 #   scripts/install-deps.sh --demo   also what the demo uses (wallpapers, node)
 set -euo pipefail
@@ -18,7 +19,7 @@ build=(build-essential cmake ninja-build pkg-config git ca-certificates
        libcairo2-dev libpango1.0-dev fonts-dejavu-core fonts-droid-fallback gnuplot-nox)
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
       python3-pil python3-opencv kcat clang libclang-rt-14-dev libomp-14-dev
-      prometheus tmux mate-backgrounds gnome-backgrounds ukui-wallpapers)
+      prometheus tmux nginx openssl mate-backgrounds gnome-backgrounds ukui-wallpapers)
 demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")
