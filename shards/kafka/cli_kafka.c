@@ -13,6 +13,7 @@
 #include "kafka_internal.h"
 
 #include <inttypes.h>
+#include <dirent.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,30 @@ static void safe_name(const char *in, char *out, size_t cap)
         snprintf(out, cap, "unknown-cluster");
 }
 
+/* The records the done markers in `mdir` say were delivered. */
+static uint64_t markers_records(const char *mdir)
+{
+    uint64_t total = 0;
+    DIR *d = opendir(mdir);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".done"))
+            continue;
+        char path[4900];
+        snprintf(path, sizeof path, "%s/%s", mdir, e->d_name);
+        json_t *j = tf_json_load_file(path, 1 << 16, NULL);
+        json_t *r = j ? json_object_get(j, "records") : NULL;
+        if (json_is_integer(r) && json_integer_value(r) > 0)
+            total += (uint64_t)json_integer_value(r);
+        json_decref(j);
+    }
+    closedir(d);
+    return total;
+}
+
 typedef struct PublishFilter {
     const char *marker_dir;
     int force;
@@ -267,6 +292,19 @@ int shards_cmd_publish(int argc, char **argv)
     }
     char cluster[160];
     safe_name(info.cluster_id, cluster, sizeof cluster);
+    /* High watermarks never go down on a cluster that keeps its log, so a
+     * topic whose partitions end below what the done markers say was
+     * delivered is not the topic they describe: a restarted in-memory
+     * broker (whose cluster id can repeat), or a topic deleted and made
+     * again. Its markers are void. */
+    uint64_t topic_end = 0;
+    int ends_known = info.n > 0;
+    for (size_t i = 0; i < info.n; i++) {
+        if (info.parts[i].high < 0)
+            ends_known = 0;
+        else
+            topic_end += (uint64_t)info.parts[i].high;
+    }
     kafka_topic_info_deinit(&info);
     KafkaSinkOptions so = {.bootstrap = bootstrap,
                            .topic = topic,
@@ -279,6 +317,14 @@ int shards_cmd_publish(int argc, char **argv)
     char mdir[4600];
     snprintf(mdir, sizeof mdir, "%s/.published/%s/%s", dir, cluster, topic);
     PublishFilter pf = {.marker_dir = mdir, .force = force};
+    uint64_t claimed = force ? 0 : markers_records(mdir);
+    if (ends_known && claimed > topic_end) {
+        tf_log(TF_LOG_WARN, "kafka",
+               "%s holds %llu records but the done markers say %llu were delivered (a restarted broker or a topic "
+               "made again): publishing every shard again",
+               topic, (unsigned long long)topic_end, (unsigned long long)claimed);
+        pf.force = 1;
+    }
     RecordSourceOptions ro = {.path = dir, .shard_filter = publish_wanted, .filter_ctx = &pf, .stop = stop};
     RecordSource *src = NULL;
     if (!sink || tf_mkdir_p(mdir, &err) || !(src = record_source_open(&ro, &err))) {

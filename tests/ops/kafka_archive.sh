@@ -99,7 +99,11 @@ start_broker
 "$T" shards publish "$W/data" --to "kafka://$BS/samples" 2>"$W/pub3.err" || { cat "$W/pub3.err"; fail "republish"; }
 "$T" shards verify "kafka://$BS/samples" >"$W/v3.txt" || { cat "$W/v3.txt" "$W/pub3.err"; fail "republish verify"; }
 grep -q "^OK: topic samples, $N good records" "$W/v3.txt" || { cat "$W/v3.txt" "$W/pub3.err"; fail "after a broker restart the topic should be full again"; }
-[ "$(ls -d "$W"/data/.published/*/samples | wc -l)" = 2 ] || fail "one marker folder per cluster expected"
+# The mock's cluster id comes from an address and can repeat after a
+# restart: then the markers are known void because the topic ends below
+# what they claim; otherwise the new cluster has its own marker folder.
+[ "$(ls -d "$W"/data/.published/*/samples | wc -l)" = 2 ] || grep -q "publishing every shard again" "$W/pub3.err" ||
+  fail "neither a marker folder per cluster nor void markers after the restart"
 
 # Metrics while publishing, and a graceful stop: flow control on a group
 # that never reads keeps publish waiting.
