@@ -28,7 +28,9 @@ static const char HELP[] =
     "  --vae DIR             diffusers AutoencoderKL folder (required)\n"
     "  --url-col NAME        image column (default url)\n"
     "  --caption-col NAME    caption column (default caption)\n"
-    "  --key-col NAME        key column (default: first 24 hex digits of SHA-256 of the image column)\n"
+    "  --key-col NAME        key column (default: a key per row, derived from its line number,\n"
+    "                        image and caption: the same manifest gives the same keys); a\n"
+    "                        key seen on an earlier row is a duplicate_key failure\n"
     "  --size N              crop side in pixels (default 256)\n"
     "  --threads N           decode/tokenize threads and VAE kernel threads (default: all cores)\n"
     "  --batch N             VAE batch (default 8, at most 64)\n"
@@ -39,8 +41,6 @@ static const char HELP[] =
     "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
     "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
     "                        only on rare characters such as U+FEFF; the manifest records which)\n";
-
-static const char *const FAIL_NAMES[] = {"read", "tokenize"};
 
 int ingest_main(int argc, char **argv)
 {
@@ -126,12 +126,9 @@ int ingest_main(int argc, char **argv)
         return 1;
     }
     json_t *fails = json_object();
-    for (int i = 1; i < IMAGE_STATUS_COUNT; i++)
+    for (int i = 1; i < INGEST_FAIL_CLASSES; i++)
         if (st.failures[i])
-            json_object_set_new(fails, image_status_name((ImageStatus)i), json_integer((json_int_t)st.failures[i]));
-    for (int i = 0; i < INGEST_FAIL_COUNT; i++)
-        if (st.failures[IMAGE_STATUS_COUNT + i])
-            json_object_set_new(fails, FAIL_NAMES[i], json_integer((json_int_t)st.failures[IMAGE_STATUS_COUNT + i]));
+            json_object_set_new(fails, ingest_failure_name(i), json_integer((json_int_t)st.failures[i]));
     json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f}", "manifest", o.manifest, "rows",
                                (json_int_t)st.rows, "written", (json_int_t)st.written, "skipped_existing",
                                (json_int_t)st.skipped_existing, "failed", (json_int_t)st.failed, "failures", fails,

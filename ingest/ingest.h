@@ -23,13 +23,14 @@
 #include <stdint.h>
 
 #include "core.h"
+#include "preprocess.h"
 
 /* ---- manifests ---- */
 
 typedef struct IngestRow {
     char *image;            /* path or URL */
     char *caption;
-    char *key;              /* from the key column, or derived from image */
+    char *key;              /* from the key column, or derived from the row (IngestColumns) */
     char **extra_names;     /* other columns, kept in Sample.extra */
     char **extra_values;
     size_t n_extra;
@@ -44,8 +45,15 @@ typedef struct IngestManifest {
 typedef struct IngestColumns {
     const char *image;      /* default "url" */
     const char *caption;    /* default "caption" */
-    const char *key;        /* NULL: key = first 24 hex digits of SHA-256(image) */
+    const char *key;        /* NULL: the key is derived from the row: the first
+                               INGEST_KEY_HEX hex digits of SHA-256 over the row's
+                               line number, image and caption, so every row has its
+                               own key (the same image with two captions gives two
+                               samples) and the same manifest gives the same keys on
+                               every run */
 } IngestColumns;
+
+#define INGEST_KEY_HEX 24
 
 /* Loads a manifest; the format comes from the extension (.tsv, .csv,
  * .jsonl/.json) and relative image paths are taken relative to the
@@ -73,14 +81,26 @@ typedef struct IngestOptions {
                                      (default 0: as the transformers.js reference) */
 } IngestOptions;
 
+/* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT:
+ * the image could not be read; the caption could not be tokenized; the
+ * row's key is the key of an earlier row of the same manifest (only with a
+ * key column: derived keys are unique per row). */
+enum { INGEST_FAIL_READ = 0, INGEST_FAIL_TOKENIZE, INGEST_FAIL_DUPLICATE_KEY, INGEST_FAIL_COUNT };
+
+#define INGEST_FAIL_CLASSES (IMAGE_STATUS_COUNT + INGEST_FAIL_COUNT)
+
+/* The stable name of failure class `cls` (an ImageStatus other than
+ * IMAGE_OK, or IMAGE_STATUS_COUNT + INGEST_FAIL_*): "truncated", ...,
+ * "read", "tokenize", "duplicate_key". Used in the stats JSON and as the
+ * metrics' reason label. NULL outside the range. */
+const char *ingest_failure_name(int cls);
+
 typedef struct IngestStats {
     uint64_t rows, written, skipped_existing, failed;
-    uint64_t failures[16];        /* by ImageStatus, plus INGEST_FAIL_* below */
+    uint64_t failures[INGEST_FAIL_CLASSES]; /* by class (index 0, IMAGE_OK, stays 0) */
     double seconds;
 } IngestStats;
 
-/* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT. */
-enum { INGEST_FAIL_READ = 0, INGEST_FAIL_TOKENIZE, INGEST_FAIL_COUNT };
 
 /* Runs the pipeline. Returns 0 when it ran (whatever the per-row
  * outcomes, which are in *stats), -1 with err filled when it could not

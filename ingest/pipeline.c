@@ -28,10 +28,11 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
-/* ---- a set of keys already in the dataset ---- */
+/* ---- a set of keys, each with a value (the manifest line it came from) ---- */
 
 typedef struct KeySet {
     char **slots;
+    uint64_t *values;
     size_t n, cap; /* cap is a power of two */
 } KeySet;
 
@@ -43,27 +44,37 @@ static uint64_t hash_key(const char *s)
     return h;
 }
 
-static int keyset_has(const KeySet *k, const char *key)
+/* 1 with *value set (when not NULL) when key is in the set, else 0. */
+static int keyset_has(const KeySet *k, const char *key, uint64_t *value)
 {
     if (!k->cap)
         return 0;
     for (size_t i = hash_key(key) & (k->cap - 1);; i = (i + 1) & (k->cap - 1)) {
         if (!k->slots[i])
             return 0;
-        if (!strcmp(k->slots[i], key))
+        if (!strcmp(k->slots[i], key)) {
+            if (value)
+                *value = k->values[i];
             return 1;
+        }
     }
 }
 
-static int keyset_add(KeySet *k, const char *key)
+/* Adds key with value: 1 when new, 0 when present (*first gets the value
+ * stored with it), -1 when out of memory. */
+static int keyset_add(KeySet *k, const char *key, uint64_t value, uint64_t *first)
 {
-    if (keyset_has(k, key))
+    if (keyset_has(k, key, first))
         return 0;
     if ((k->n + 1) * 2 > k->cap) {
         size_t cap = k->cap ? k->cap * 2 : 1024;
         char **slots = calloc(cap, sizeof *slots);
-        if (!slots)
+        uint64_t *values = calloc(cap, sizeof *values);
+        if (!slots || !values) {
+            free(slots);
+            free(values);
             return -1;
+        }
         for (size_t i = 0; i < k->cap; i++) {
             if (!k->slots[i])
                 continue;
@@ -71,9 +82,12 @@ static int keyset_add(KeySet *k, const char *key)
             while (slots[j])
                 j = (j + 1) & (cap - 1);
             slots[j] = k->slots[i];
+            values[j] = k->values[i];
         }
         free(k->slots);
+        free(k->values);
         k->slots = slots;
+        k->values = values;
         k->cap = cap;
     }
     size_t j = hash_key(key) & (k->cap - 1);
@@ -81,8 +95,9 @@ static int keyset_add(KeySet *k, const char *key)
         j = (j + 1) & (k->cap - 1);
     if (!(k->slots[j] = strdup(key)))
         return -1;
+    k->values[j] = value;
     k->n++;
-    return 0;
+    return 1;
 }
 
 static void keyset_free(KeySet *k)
@@ -90,6 +105,7 @@ static void keyset_free(KeySet *k)
     for (size_t i = 0; i < k->cap; i++)
         free(k->slots[i]);
     free(k->slots);
+    free(k->values);
 }
 
 /* Collects the keys of every record already in the dataset at dir. */
@@ -121,7 +137,7 @@ static int keys_load(const char *dir, KeySet *keys, TfError *err)
                 continue; /* a damaged record's row is simply redone */
             shard_arena_reset(&arena);
             Sample *s = sample_decode(p, len, &arena, NULL);
-            if (s && s->key && keyset_add(keys, s->key)) {
+            if (s && s->key && keyset_add(keys, s->key, 0, NULL) < 0) {
                 rc = tf_fail(err, "out of memory");
                 break;
             }
@@ -134,6 +150,33 @@ static int keys_load(const char *dir, KeySet *keys, TfError *err)
 }
 
 /* ---- per-row work ---- */
+
+#define PLAN_DO 0
+#define PLAN_SKIP UINT64_MAX
+
+/* Decides before any work what becomes of each row: skipped when its key
+ * is in the dataset already, a duplicate_key failure when an earlier row of
+ * the manifest has its key, else done. Fills plan[0..n_rows). */
+static int rows_plan(const IngestManifest *m, const KeySet *existing, uint64_t *plan, TfError *err)
+{
+    KeySet seen = {0};
+    int rc = 0;
+    for (size_t i = 0; i < m->n_rows; i++) {
+        const IngestRow *r = &m->rows[i];
+        uint64_t first = 0;
+        int added;
+        if (keyset_has(existing, r->key, NULL)) {
+            plan[i] = PLAN_SKIP;
+        } else if ((added = keyset_add(&seen, r->key, r->line, &first)) < 0) {
+            rc = tf_fail(err, "out of memory");
+            break;
+        } else {
+            plan[i] = added ? PLAN_DO : first;
+        }
+    }
+    keyset_free(&seen);
+    return rc;
+}
 
 enum { SLOT_PENDING = 0, SLOT_OK, SLOT_FAILED, SLOT_SKIPPED };
 
@@ -160,7 +203,8 @@ typedef struct Chunk {
     size_t n;
     size_t next;             /* next slot to claim */
     pthread_mutex_t lock;
-    const KeySet *existing;
+    const IngestRow *rows;   /* the manifest's rows, for plan[] */
+    const uint64_t *plan;    /* per row: PLAN_DO, PLAN_SKIP, or the line of an earlier row with its key */
     unsigned tok_flags;
 } Chunk;
 
@@ -180,8 +224,16 @@ static unsigned char *read_image(const char *image, size_t *len, TfError *err)
 static void process_slot(Worker *w, Slot *s, const Chunk *c)
 {
     TfError err = {{0}};
-    if (keyset_has(c->existing, s->row->key)) {
+    uint64_t plan = c->plan[s->row - c->rows];
+    if (plan == PLAN_SKIP) {
         s->state = SLOT_SKIPPED;
+        return;
+    }
+    if (plan != PLAN_DO) {
+        s->state = SLOT_FAILED;
+        s->fail_class = IMAGE_STATUS_COUNT + INGEST_FAIL_DUPLICATE_KEY;
+        snprintf(s->why, sizeof s->why, "duplicate_key: key '%.64s' is the key of line %llu already", s->row->key,
+                 (unsigned long long)plan);
         return;
     }
     size_t len = 0;
@@ -325,6 +377,16 @@ static int append_record(ShardWriter *wr, const Slot *s, const float *mean, cons
 
 /* ---- the run ---- */
 
+const char *ingest_failure_name(int cls)
+{
+    static const char *const names[INGEST_FAIL_COUNT] = {"read", "tokenize", "duplicate_key"};
+    if (cls > IMAGE_OK && cls < IMAGE_STATUS_COUNT)
+        return image_status_name((ImageStatus)cls);
+    if (cls >= IMAGE_STATUS_COUNT && cls < INGEST_FAIL_CLASSES)
+        return names[cls - IMAGE_STATUS_COUNT];
+    return NULL;
+}
+
 int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
 {
     memset(stats, 0, sizeof *stats);
@@ -350,6 +412,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     Worker *workers = NULL;
     Chunk chunk = {0};
     float *images = NULL, *mean = NULL, *logvar = NULL;
+    uint64_t *plan = NULL;
     uint8_t *scratch = NULL;
     int n_workers = 0;
     pthread_mutex_init(&chunk.lock, NULL);
@@ -388,6 +451,12 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     if (existing.n)
         tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
                existing.n);
+    if (!(plan = malloc((m->n_rows ? m->n_rows : 1) * sizeof *plan))) {
+        tf_fail(err, "out of memory");
+        goto done;
+    }
+    if (rows_plan(m, &existing, plan, err))
+        goto done;
     if (!(k = tf_kernels_new(threads, err)))
         goto done;
 
@@ -416,7 +485,8 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
             goto done;
         workers[t].chunk = &chunk;
     }
-    chunk.existing = &existing;
+    chunk.rows = m->rows;
+    chunk.plan = plan;
     chunk.tok_flags = o->bos ? TOKENIZER_ADD_BOS : 0;
 
     struct sigaction sa = {0}, old_int, old_term;
@@ -517,6 +587,7 @@ done:
     free(mean);
     free(logvar);
     free(scratch);
+    free(plan);
     pthread_mutex_destroy(&chunk.lock);
     keyset_free(&existing);
     tf_kernels_free(k);

@@ -144,6 +144,39 @@ p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--v
 s2 = json.load(open(os.path.join(out, "ingest-stats.json")))
 check(s2["written"] == 0 and s2["skipped_existing"] == 8, f"resume stats {s2}")
 
+# Keys are unique per row and deterministic: the same image with two captions
+# (and a repeated row) gives three records with three keys, the same keys in
+# another run of the same manifest, and a rerun adds nothing. A key column
+# with a repeated key gives one record and one counted duplicate_key failure.
+dup = os.path.join(WORK, "dup.tsv")
+with open(dup, "w") as f:
+    f.write("url\tcaption\n")
+    f.write(f"{good[0]}\ta cat on a mat\n{good[0]}\ta mat under a cat\n{good[0]}\ta cat on a mat\n")
+    f.write(f"{good[1]}\tanother image\n")
+keys_of = lambda d: [json.loads(l)["key"] for l in run("shards", "cat", d, "--fields", "key").stdout.decode().splitlines()]
+out_dup, out_dup2 = os.path.join(WORK, "ds_dup"), os.path.join(WORK, "ds_dup2")
+for d in (out_dup, out_dup2):
+    check(run("ingest", "--manifest", dup, "--out", d, "--tokenizer", TOK, "--vae", vae).returncode == 0, "dup ingest")
+k1, k2 = keys_of(out_dup), keys_of(out_dup2)
+check(len(k1) == 4 and len(set(k1)) == 4, f"one key per row: {k1}")
+check(k1 == k2, f"keys deterministic across runs: {k1} vs {k2}")
+p = run("shards", "verify", out_dup)
+check(p.returncode == 0, "verify of the duplicate-image dataset: " + p.stdout.decode() + p.stderr.decode())
+run("ingest", "--manifest", dup, "--out", out_dup, "--tokenizer", TOK, "--vae", vae)
+s_dup = json.load(open(os.path.join(out_dup, "ingest-stats.json")))
+check(s_dup["written"] == 0 and s_dup["skipped_existing"] == 4 and len(keys_of(out_dup)) == 4, f"rerun {s_dup}")
+dupk = os.path.join(WORK, "dupkey.tsv")
+with open(dupk, "w") as f:
+    f.write("url\tcaption\tid\n")
+    f.write(f"{good[0]}\tfirst\tsame\n{good[1]}\tsecond\tsame\n{good[2]}\tthird\tother\n")
+out_dupk = os.path.join(WORK, "ds_dupk")
+p = run("ingest", "--manifest", dupk, "--out", out_dupk, "--tokenizer", TOK, "--vae", vae, "--key-col", "id")
+s_dupk = json.load(open(os.path.join(out_dupk, "ingest-stats.json")))
+check(sorted(keys_of(out_dupk)) == ["other", "same"], f"duplicate key column: {keys_of(out_dupk)}")
+check(s_dupk["written"] == 2 and s_dupk["failures"].get("duplicate_key") == 1, f"duplicate key counted: {s_dupk}")
+check("line 3" in p.stderr.decode() and "line 2" in p.stderr.decode(), "duplicate names both lines: " +
+      p.stderr.decode())
+
 # Interrupted run: SIGINT mid-way, then resume; every key exactly once.
 big = os.path.join(WORK, "big.tsv")
 with open(big, "w") as f:
