@@ -18,7 +18,9 @@ static const char HELP[] =
     "Failed rows are counted by class with their reason (printed, rate-limited)\n"
     "and skipped; the summary and DIR/ingest-stats.json give the counts.\n"
     "Running again on the same DIR resumes: rows whose key is already there are\n"
-    "skipped. Ctrl-C finishes the rows in hand, publishes them, and stops.\n\n"
+    "skipped. Ctrl-C drops the batch in hand, publishes the records finished\n"
+    "before it and exits 130 (within about a second); a second Ctrl-C ends the\n"
+    "process at once. Either way nothing half-written becomes visible.\n\n"
     "Manifests: .tsv, .csv (RFC 4180) or .jsonl, with a header (TSV/CSV). Images\n"
     "are local paths (relative to the manifest's folder) or file:// URLs;\n"
     "fetching http(s) URLs is not built yet. Other columns go to Sample.extra.\n\n"
@@ -32,7 +34,7 @@ static const char HELP[] =
     "                        image and caption: the same manifest gives the same keys); a\n"
     "                        key seen on an earlier row is a duplicate_key failure\n"
     "  --size N              crop side in pixels (default 256)\n"
-    "  --threads N           decode/tokenize threads and VAE kernel threads (default: all cores)\n"
+    "  --threads N           decode/tokenize threads and VAE kernel threads (default and 0: all CPUs)\n"
     "  --batch N             VAE batch (default 8, at most 64)\n"
     "  --latent-dtype T      bf16 (default), f16 or f32\n"
     "  --shard-records N     roll shards at N records (default 100000)\n"
@@ -56,83 +58,85 @@ int ingest_main(int argc, char **argv)
         {"tokenizer-regex", required_argument, 0, 'R'},
         {"help", no_argument, 0, 'h'},               {0}};
     TfError err = {{0}};
+    TfOpts op = {.prog = "transfuse ingest", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     long v;
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = tf_opts_next(&op)) != -1) {
+        const char *arg = op.arg;
         switch (c) {
-        case 'm': o.manifest = optarg; break;
-        case 'o': o.out = optarg; break;
-        case 't': o.tokenizer = optarg; break;
-        case 'v': o.vae = optarg; break;
-        case 'U': o.columns.image = optarg; break;
-        case 'C': o.columns.caption = optarg; break;
-        case 'K': o.columns.key = optarg; break;
+        case 'm': o.manifest = arg; break;
+        case 'o': o.out = arg; break;
+        case 't': o.tokenizer = arg; break;
+        case 'v': o.vae = arg; break;
+        case 'U': o.columns.image = arg; break;
+        case 'C': o.columns.caption = arg; break;
+        case 'K': o.columns.key = arg; break;
         case 's':
-            if (tf_parse_long("--size", optarg, 8, 4096, &v, &err))
+            if (tf_parse_long("--size", arg, 8, 4096, &v, &err))
                 goto usage;
             o.size = (int)v;
             break;
         case 'j':
-            if (tf_parse_long("--threads", optarg, 1, 1024, &v, &err))
+            if (tf_parse_threads("--threads", arg, 1024, &o.threads, &err))
                 goto usage;
-            o.threads = (int)v;
             break;
         case 'b':
-            if (tf_parse_long("--batch", optarg, 1, 64, &v, &err))
+            if (tf_parse_long("--batch", arg, 1, 64, &v, &err))
                 goto usage;
             o.batch = (int)v;
             break;
         case 'd':
-            if (strcmp(optarg, "bf16") && strcmp(optarg, "f16") && strcmp(optarg, "f32")) {
+            if (strcmp(arg, "bf16") && strcmp(arg, "f16") && strcmp(arg, "f32")) {
                 tf_fail(&err, "--latent-dtype must be bf16, f16 or f32");
                 goto usage;
             }
-            o.latent_dtype = optarg;
+            o.latent_dtype = arg;
             break;
         case 'n':
-            if (tf_parse_long("--shard-records", optarg, 1, LONG_MAX, &v, &err))
+            if (tf_parse_long("--shard-records", arg, 1, LONG_MAX, &v, &err))
                 goto usage;
             o.shard_records = (uint64_t)v;
             break;
         case 'S':
-            if (tf_parse_size("--shard-size", optarg, &o.shard_bytes, &err))
+            if (tf_parse_size("--shard-size", arg, &o.shard_bytes, &err))
                 goto usage;
             break;
         case 'B': o.bos = 0; break;
         case 'R':
-            if (strcmp(optarg, "js") && strcmp(optarg, "rust")) {
+            if (strcmp(arg, "js") && strcmp(arg, "rust")) {
                 tf_fail(&err, "--tokenizer-regex must be js or rust");
                 goto usage;
             }
-            o.regex_rust = !strcmp(optarg, "rust");
+            o.regex_rust = !strcmp(arg, "rust");
             break;
-        case 'h': fputs(HELP, stdout); return 0;
-        default: return 2;
+        case 'h': fputs(HELP, stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE;
         }
     }
-    if (optind != argc) {
-        tf_fail(&err, "unexpected argument '%s'", argv[optind]);
+    if (op.first_operand != argc) {
+        tf_fail(&err, "unexpected argument '%s'", argv[op.first_operand]);
         goto usage;
     }
     if (!o.manifest || !o.out || !o.tokenizer || !o.vae) {
         tf_fail(&err, "--manifest, --out, --tokenizer and --vae are required");
         goto usage;
     }
+    o.stop = tf_cli_stop_flag();
     image_tune_process_malloc(); /* libjpeg's progressive buffers stay on the heap */
     IngestStats st;
     if (ingest_run(&o, &st, &err)) {
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     json_t *fails = json_object();
     for (int i = 1; i < INGEST_FAIL_CLASSES; i++)
         if (st.failures[i])
             json_object_set_new(fails, ingest_failure_name(i), json_integer((json_int_t)st.failures[i]));
-    json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f}", "manifest", o.manifest, "rows",
+    json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f,s:b}", "manifest", o.manifest, "rows",
                                (json_int_t)st.rows, "written", (json_int_t)st.written, "skipped_existing",
                                (json_int_t)st.skipped_existing, "failed", (json_int_t)st.failed, "failures", fails,
-                               "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0);
+                               "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0,
+                               "stopped", st.stopped);
     char path[4096];
     if (tf_path_join(path, sizeof path, o.out, "ingest-stats.json") == 0 &&
         tf_json_write_file_atomic(path, report, &err))
@@ -151,8 +155,8 @@ int ingest_main(int argc, char **argv)
             st.seconds > 0 ? st.rows / st.seconds : 0.0, o.out);
     json_decref(fails);
     json_decref(report);
-    return 0;
+    return st.stopped ? TF_EXIT_STOPPED : TF_EXIT_OK;
 usage:
     fprintf(stderr, "transfuse ingest: %s (see transfuse ingest --help)\n", err.msg);
-    return 2;
+    return TF_EXIT_USAGE;
 }

@@ -79,6 +79,7 @@ typedef struct IngestOptions {
     int bos;                      /* prepend BOS to token ids (default 1) */
     int regex_rust;               /* split pattern as Hugging Face's Rust library runs it
                                      (default 0: as the transformers.js reference) */
+    const TfStopFlag *stop;       /* NULL: never stops; see ingest_run */
 } IngestOptions;
 
 /* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT:
@@ -99,13 +100,16 @@ typedef struct IngestStats {
     uint64_t rows, written, skipped_existing, failed;
     uint64_t failures[INGEST_FAIL_CLASSES]; /* by class (index 0, IMAGE_OK, stays 0) */
     double seconds;
+    int stopped;                  /* 1 when the run ended on a stop request */
 } IngestStats;
-
 
 /* Runs the pipeline. Returns 0 when it ran (whatever the per-row
  * outcomes, which are in *stats), -1 with err filled when it could not
  * (bad options, unreadable model files, an output that holds other data,
- * a write error). */
+ * a write error). When opts->stop is set during the run (it is looked at
+ * between rows and between the VAE's layers, so within about a second) the
+ * batch in hand is dropped, the records finished before it are published,
+ * stats->stopped is set and 0 is returned: a rerun resumes after them. */
 int ingest_run(const IngestOptions *opts, IngestStats *stats, TfError *err);
 
 /* `transfuse ingest`. */

@@ -2,13 +2,13 @@
  * worker threads read, hash, decode/crop and tokenize the rows of a chunk
  * in parallel (each with its own cropper and tokenizer session), then the
  * chunk's crops go through the VAE encoder in batches (the kernels use the
- * same threads), and the records are appended in manifest order. A SIGINT
- * or SIGTERM finishes the chunk in hand, publishes the shard, and stops:
- * the next run resumes after it. */
+ * same threads), and the records are appended in manifest order. A stop
+ * request (IngestOptions.stop) is seen between rows and between VAE layers:
+ * the batch in hand is dropped, the records appended before it are
+ * published, and the next run resumes after them. */
 #include "ingest.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -19,14 +19,6 @@
 
 #define TAG "ingest"
 #define MAX_IMAGE_BYTES ((size_t)256 << 20)
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
 
 /* ---- a set of keys, each with a value (the manifest line it came from) ---- */
 
@@ -203,6 +195,7 @@ typedef struct Chunk {
     size_t n;
     size_t next;             /* next slot to claim */
     pthread_mutex_t lock;
+    const TfStopFlag *stop;  /* workers stop claiming rows when set */
     const IngestRow *rows;   /* the manifest's rows, for plan[] */
     const uint64_t *plan;    /* per row: PLAN_DO, PLAN_SKIP, or the line of an earlier row with its key */
     unsigned tok_flags;
@@ -268,6 +261,8 @@ static void *worker_main(void *arg)
     Worker *w = arg;
     Chunk *c = w->chunk;
     for (;;) {
+        if (tf_stop_requested(c->stop))
+            return NULL;
         pthread_mutex_lock(&c->lock);
         size_t i = c->next++;
         pthread_mutex_unlock(&c->lock);
@@ -275,6 +270,26 @@ static void *worker_main(void *arg)
             return NULL;
         process_slot(w, &c->slots[i], c);
     }
+}
+
+/* Runs worker_main on the calling thread (as workers[0]) and on up to
+ * n - 1 more threads, and waits for all of them. Rows are claimed one at a
+ * time, so a thread that cannot be started only makes the chunk slower:
+ * that is logged, not an error. */
+static void chunk_crop(Worker *workers, int n)
+{
+    int started = 1;
+    for (; started < n; started++) {
+        int e = pthread_create(&workers[started].thread, NULL, worker_main, &workers[started]);
+        if (e) {
+            tf_log(TF_LOG_WARN, TAG, "could not start thread %d of %d (%s); going on with %d", started + 1, n,
+                   strerror(e), started);
+            break;
+        }
+    }
+    worker_main(&workers[0]);
+    for (int t = 1; t < started; t++)
+        pthread_join(workers[t].thread, NULL);
 }
 
 /* ---- records ---- */
@@ -392,9 +407,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     memset(stats, 0, sizeof *stats);
     double t0 = tf_now();
     int size = o->size ? o->size : 256, batch = o->batch ? o->batch : 8;
-    int threads = o->threads ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (threads < 1)
-        threads = 1;
+    int threads = o->threads > 0 ? o->threads : tf_cpu_count();
     int proto_dtype;
     TfDtype dtype;
     if (dtype_parse(o->latent_dtype ? o->latent_dtype : "bf16", &proto_dtype, &dtype))
@@ -488,33 +501,26 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     chunk.rows = m->rows;
     chunk.plan = plan;
     chunk.tok_flags = o->bos ? TOKENIZER_ADD_BOS : 0;
-
-    struct sigaction sa = {0}, old_int, old_term;
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    stop_requested = 0;
+    chunk.stop = o->stop;
 
     TfRateLimit limit = {.burst = 20, .period_s = 10};
     TfProgress prog;
     tf_progress_init(&prog, "ingest", m->n_rows, "rows");
     size_t row = 0;
     int failed_write = 0;
-    while (row < m->n_rows && !stop_requested && !failed_write) {
+    while (row < m->n_rows && !tf_stop_requested(o->stop) && !failed_write) {
         chunk.n = m->n_rows - row < chunk_rows ? m->n_rows - row : chunk_rows;
         chunk.next = 0;
         for (size_t i = 0; i < chunk.n; i++) {
             chunk.slots[i].row = &m->rows[row + i];
             chunk.slots[i].state = SLOT_PENDING;
         }
-        for (int t = 0; t < threads; t++)
-            pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
-        for (int t = 0; t < threads; t++)
-            pthread_join(workers[t].thread, NULL);
-        /* Encode the good crops in batches, append records in row order. */
+        chunk_crop(workers, threads);
+        /* Encode the good crops in batches, append records in row order.
+         * On a stop the chunk's rows from the batch in hand on are dropped
+         * (they are redone by the next run). */
         size_t i = 0;
-        while (i < chunk.n && !failed_write) {
+        while (i < chunk.n && !failed_write && !tf_stop_requested(o->stop)) {
             size_t idx[64];
             int b = 0;
             size_t j = i;
@@ -529,7 +535,9 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                         dst[(size_t)ch * plane + p] = s->rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
                 idx[b++] = j;
             }
-            if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, err)) {
+            if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, o->stop, err)) {
+                if (tf_stop_requested(o->stop))
+                    break;
                 failed_write = 1;
                 break;
             }
@@ -559,13 +567,14 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
         row += chunk.n;
         tf_progress_update(&prog, row);
     }
-    tf_progress_finish(&prog, row);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    tf_progress_finish(&prog, stats->rows);
     if (failed_write)
         goto done;
-    if (stop_requested)
-        tf_log(TF_LOG_WARN, TAG, "stopped by a signal after %zu of %zu rows; run again to resume", row, m->n_rows);
+    if (tf_stop_requested(o->stop)) {
+        stats->stopped = 1;
+        tf_log(TF_LOG_WARN, TAG, "stopped after %llu of %zu rows (%llu written); run again to resume",
+               (unsigned long long)stats->rows, m->n_rows, (unsigned long long)stats->written);
+    }
     if (shard_writer_flush(wr, err))
         goto done;
     rc = 0;

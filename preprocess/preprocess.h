@@ -301,9 +301,11 @@ const char *vae_identity(const Vae *vae);
 
 /* Encoder: images (B,3,H,W) in [-1,1] to the posterior's mean and log
  * variance (clamped to [-30,20] as diffusers does), each (B,L,H/f,W/f).
- * Host buffers; runs one image at a time on kernels k. */
+ * Host buffers; runs groups of images through each layer on kernels k.
+ * `stop` (may be NULL) is checked between layers: when it is set the call
+ * returns -1 with "stopped" in err and mean/logvar hold nothing usable. */
 int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, float *mean, float *logvar,
-               TfError *err);
+               const TfStopFlag *stop, TfError *err);
 
 /* Latents for the model: z = (mean + exp(logvar/2) * eps - shift) * scale
  * with eps standard normal drawn from (seed, first_index + b) for image b,

@@ -717,15 +717,23 @@ static int conv(TfKernels *k, float *y, const float *x, const VaeConv *c, int B,
     return tf_conv2d(k, y, x, c->w, c->b, &s, err);
 }
 
+/* Returns -1 with "stopped" in err when a stop was requested: checked
+ * between layers, the longest of which (a 3x3 convolution at full
+ * resolution over a group of images) takes about a second on one core. */
+static int stop_check(const TfStopFlag *stop, TfError *err)
+{
+    return tf_stop_requested(stop) ? tf_fail(err, "stopped") : 0;
+}
+
 /* x (B,cin,H,W) -> x (B,cout,H,W), using t1 and t2 (each the largest stage);
  * the three buffers may trade places. */
 static int resnet(TfKernels *k, const VaeConfig *cfg, const VaeResnet *r, float **x, float **t1, float **t2, int B,
-                  int H, int W, TfError *err)
+                  int H, int W, const TfStopFlag *stop, TfError *err)
 {
     const size_t HW = (size_t)H * W, BHW = (size_t)B * HW;
     const int cin = r->c1.cin, cout = r->c1.cout;
     tf_group_norm(k, *t1, *x, r->n1.g, r->n1.b, B, cin, HW, cfg->norm_num_groups, VAE_EPS, 1);
-    if (conv(k, *t2, *t1, &r->c1, B, H, W, 0, err))
+    if (conv(k, *t2, *t1, &r->c1, B, H, W, 0, err) || stop_check(stop, err))
         return -1;
     tf_group_norm(k, *t2, *t2, r->n2.g, r->n2.b, B, cout, HW, cfg->norm_num_groups, VAE_EPS, 1);
     if (conv(k, *t1, *t2, &r->c2, B, H, W, 0, err)) /* t1 = h */
@@ -759,13 +767,14 @@ static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float
     return 0;
 }
 
-static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W, TfError *err)
+static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W,
+               const TfStopFlag *stop, TfError *err)
 {
-    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, B, H, W, err))
+    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, B, H, W, stop, err) || stop_check(stop, err))
         return -1;
-    if (m->has_attn && attention(k, cfg, &m->attn, w->a, w->b, w, B, H, W, err))
+    if (m->has_attn && (attention(k, cfg, &m->attn, w->a, w->b, w, B, H, W, err) || stop_check(stop, err)))
         return -1;
-    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, B, H, W, err);
+    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, B, H, W, stop, err);
 }
 
 static size_t encoder_max(const VaeConfig *cfg, int H, int W)
@@ -792,7 +801,7 @@ static int check_geometry(const VaeConfig *cfg, int H, int W, TfError *err)
 }
 
 int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, float *mean, float *logvar,
-               TfError *err)
+               const TfStopFlag *stop, TfError *err)
 {
     const VaeConfig *cfg = &vae->cfg;
     const VaeEncoder *e = &vae->enc;
@@ -817,14 +826,14 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
         const int n = B - b0 < group ? B - b0 : group;
         int ch = H, cw = W;
         tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW);
-        if (conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
+        if (stop_check(stop, err) || conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block; j++)
-                if (resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, n, ch, cw, err))
+                if (stop_check(stop, err) || resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, n, ch, cw, stop, err))
                     goto done;
             if (i != nb - 1) {
-                if (conv(k, w.b, w.a, &e->down[i], n, ch, cw, 1, err))
+                if (stop_check(stop, err) || conv(k, w.b, w.a, &e->down[i], n, ch, cw, 1, err))
                     goto done;
                 float *t = w.a;
                 w.a = w.b;
@@ -833,7 +842,7 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
                 cw /= 2;
             }
         }
-        if (mid(k, cfg, &e->mid, &w, n, ch, cw, err))
+        if (stop_check(stop, err) || mid(k, cfg, &e->mid, &w, n, ch, cw, stop, err) || stop_check(stop, err))
             goto done;
         tf_group_norm(k, w.b, w.a, e->norm_out.g, e->norm_out.b, n, e->norm_out.c, hw, cfg->norm_num_groups, VAE_EPS,
                       1);
@@ -922,11 +931,11 @@ int vae_decode(Vae *vae, TfKernels *k, const float *latent, int B, int h, int w,
         }
         if (conv(k, wk.a, wk.b, &d->conv_in, 1, ch, cw, 0, err))
             goto done;
-        if (mid(k, cfg, &d->mid, &wk, 1, ch, cw, err))
+        if (mid(k, cfg, &d->mid, &wk, 1, ch, cw, NULL, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block + 1; j++)
-                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, err))
+                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, NULL, err))
                     goto done;
             if (i != nb - 1) {
                 tf_upsample_nearest2x(k, wk.b, wk.a, 1, d->up[i].cin, ch, cw);

@@ -243,7 +243,7 @@ static int cmd_encode(int argc, char **argv)
         }
         int nb = done_n - first;
         if (nb && vae_encode(vae, k, images + (size_t)first * per_img, nb, S, S, mean + (size_t)first * per_lat,
-                             logvar + (size_t)first * per_lat, &err))
+                             logvar + (size_t)first * per_lat, NULL, &err))
             goto fail;
         vae_latent_sample(cfg, latent + (size_t)first * per_lat, mean + (size_t)first * per_lat,
                           logvar + (size_t)first * per_lat, nb, per_lat, (uint64_t)seed, (uint64_t)first,
