@@ -2,6 +2,7 @@
  * dataset of Sample records (crop, tokens, VAE latents, provenance). */
 #include "ingest.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -40,9 +41,15 @@ static const char HELP[] =
     "  --shard-records N     roll shards at N records (default 100000)\n"
     "  --shard-size SIZE     roll shards at SIZE bytes (default 256M)\n"
     "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n"
+    "  --max-failures N      exit 1 when more than N rows failed (the run still finishes)\n"
+    "  --max-failure-rate X  exit 1 when more than the fraction X of the rows failed\n"
     "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
     "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
-    "                        only on rare characters such as U+FEFF; the manifest records which)\n";
+    "                        only on rare characters such as U+FEFF; the manifest records which)\n\n"
+    "Exit status: 0 done (failed rows are counted in the stats), 1 done but a failure\n"
+    "limit was passed, 2 bad command line (nothing done), 3 could not run (unreadable\n"
+    "manifest, tokenizer or VAE; an output folder holding other data; a write error),\n"
+    "130 stopped by Ctrl-C or SIGTERM (rerun to resume).\n";
 
 int ingest_main(int argc, char **argv)
 {
@@ -55,8 +62,11 @@ int ingest_main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},      {"batch", required_argument, 0, 'b'},
         {"latent-dtype", required_argument, 0, 'd'}, {"shard-records", required_argument, 0, 'n'},
         {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
-        {"tokenizer-regex", required_argument, 0, 'R'},
+        {"tokenizer-regex", required_argument, 0, 'R'}, {"max-failures", required_argument, 0, 'F'},
+        {"max-failure-rate", required_argument, 0, 'r'},
         {"help", no_argument, 0, 'h'},               {0}};
+    int64_t max_failures = -1;
+    double max_rate = -1;
     TfError err = {{0}};
     TfOpts op = {.prog = "transfuse ingest", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     long v;
@@ -109,6 +119,21 @@ int ingest_main(int argc, char **argv)
             }
             o.regex_rust = !strcmp(arg, "rust");
             break;
+        case 'F':
+            if (tf_parse_long("--max-failures", arg, 0, LONG_MAX, &v, &err))
+                goto usage;
+            max_failures = v;
+            break;
+        case 'r': {
+            char *end;
+            errno = 0;
+            max_rate = strtod(arg, &end);
+            if (errno || end == arg || *end || !(max_rate >= 0 && max_rate <= 1)) {
+                tf_fail(&err, "--max-failure-rate: '%s' is not a fraction in [0, 1]", arg);
+                goto usage;
+            }
+            break;
+        }
         case 'h': fputs(HELP, stdout); return TF_EXIT_OK;
         default: return TF_EXIT_USAGE;
         }
@@ -128,6 +153,8 @@ int ingest_main(int argc, char **argv)
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);
         return TF_EXIT_FAIL;
     }
+    char why[256] = "";
+    int over = !st.stopped && ingest_stats_over_limit(&st, max_failures, max_rate, why, sizeof why);
     json_t *fails = json_object();
     for (int i = 1; i < INGEST_FAIL_CLASSES; i++)
         if (st.failures[i])
@@ -137,6 +164,8 @@ int ingest_main(int argc, char **argv)
                                (json_int_t)st.skipped_existing, "failed", (json_int_t)st.failed, "failures", fails,
                                "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0,
                                "stopped", st.stopped);
+    if (report && over)
+        json_object_set_new(report, "over_limit", json_string(why));
     char path[4096];
     if (tf_path_join(path, sizeof path, o.out, "ingest-stats.json") == 0 &&
         tf_json_write_file_atomic(path, report, &err))
@@ -155,7 +184,9 @@ int ingest_main(int argc, char **argv)
             st.seconds > 0 ? st.rows / st.seconds : 0.0, o.out);
     json_decref(fails);
     json_decref(report);
-    return st.stopped ? TF_EXIT_STOPPED : TF_EXIT_OK;
+    if (over)
+        fprintf(stderr, "transfuse ingest: failure limit passed: %s\n", why);
+    return st.stopped ? TF_EXIT_STOPPED : over ? TF_EXIT_CHECK : TF_EXIT_OK;
 usage:
     fprintf(stderr, "transfuse ingest: %s (see transfuse ingest --help)\n", err.msg);
     return TF_EXIT_USAGE;

@@ -112,6 +112,15 @@ typedef struct IngestStats {
  * stats->stopped is set and 0 is returned: a rerun resumes after them. */
 int ingest_run(const IngestOptions *opts, IngestStats *stats, TfError *err);
 
+/* Failure limits, checked on a finished run's stats: more than
+ * max_failures failed rows (< 0: no limit), or a share of failed rows above
+ * max_rate (< 0: no limit). The share is failed / rows, rows counting every
+ * row that reached an outcome in this run (written, already there, failed),
+ * so a rerun that skips the rows done before gets the rate of the whole
+ * manifest. Returns 1 with a sentence in why (of size cap) when a limit was
+ * passed, else 0. */
+int ingest_stats_over_limit(const IngestStats *stats, int64_t max_failures, double max_rate, char *why, size_t cap);
+
 /* `transfuse ingest`. */
 int ingest_main(int argc, char **argv);
 

@@ -392,6 +392,22 @@ static int append_record(ShardWriter *wr, const Slot *s, const float *mean, cons
 
 /* ---- the run ---- */
 
+int ingest_stats_over_limit(const IngestStats *st, int64_t max_failures, double max_rate, char *why, size_t cap)
+{
+    if (max_failures >= 0 && st->failed > (uint64_t)max_failures) {
+        snprintf(why, cap, "%llu rows failed, more than --max-failures %lld", (unsigned long long)st->failed,
+                 (long long)max_failures);
+        return 1;
+    }
+    double rate = st->rows ? (double)st->failed / (double)st->rows : 0.0;
+    if (max_rate >= 0 && rate > max_rate) {
+        snprintf(why, cap, "%llu of %llu rows failed (%.4g), more than --max-failure-rate %.4g",
+                 (unsigned long long)st->failed, (unsigned long long)st->rows, rate, max_rate);
+        return 1;
+    }
+    return 0;
+}
+
 const char *ingest_failure_name(int cls)
 {
     static const char *const names[INGEST_FAIL_COUNT] = {"read", "tokenize", "duplicate_key"};

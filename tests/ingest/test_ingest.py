@@ -144,6 +144,22 @@ p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--v
 s2 = json.load(open(os.path.join(out, "ingest-stats.json")))
 check(s2["written"] == 0 and s2["skipped_existing"] == 8, f"resume stats {s2}")
 
+# Failure limits: the run is done either way and its stats are written; the
+# exit status is 1 when more rows failed than --max-failures allows or the
+# share of failed rows (of the rows seen, 3 of 11 here) is above
+# --max-failure-rate. Also `--opt=value` and `--threads 0` (all CPUs).
+base = ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae]
+for extra, want in ((["--max-failures", "2"], 1), (["--max-failures=3", "--threads", "0"], 0),
+                    (["--max-failure-rate", "0.25"], 1), (["--max-failure-rate=0.3"], 0)):
+    os.unlink(os.path.join(out, "ingest-stats.json"))
+    p = run(*base, *extra, ok=(want,))
+    check(p.returncode == want, f"{extra}: exit {p.returncode}, want {want}")
+    sl = json.load(open(os.path.join(out, "ingest-stats.json")))
+    check(sl["failed"] == 3 and sl["rows"] == 11, f"{extra}: stats written {sl}")
+    check(("failure limit" in p.stderr.decode()) == (want == 1), f"{extra}: limit named: {p.stderr.decode()}")
+p = run("ingest", f"--manifest={manifest}", f"--out={out}", f"--tokenizer={TOK}", f"--vae={vae}", "--batch=2")
+check(p.returncode == 0, "--opt=value: " + p.stderr.decode())
+
 # Keys are unique per row and deterministic: the same image with two captions
 # (and a repeated row) gives three records with three keys, the same keys in
 # another run of the same manifest, and a rerun adds nothing. A key column
@@ -213,21 +229,30 @@ check(rows == [{"caption": "from jsonl", "extra": {"width_hint": "640", "tag": "
 bad_csv = os.path.join(WORK, "bad.csv")
 with open(bad_csv, "w") as f:
     f.write('url,caption\n"unterminated,x\n')
-p = run("ingest", "--manifest", bad_csv, "--out", out3, "--tokenizer", TOK, "--vae", vae, ok=(1,))
-check(p.returncode == 1 and "bad.csv" in p.stderr.decode() and "unterminated" in p.stderr.decode(),
+p = run("ingest", "--manifest", bad_csv, "--out", out3, "--tokenizer", TOK, "--vae", vae, ok=(3,))
+check(p.returncode == 3 and "bad.csv" in p.stderr.decode() and "unterminated" in p.stderr.decode(),
       "malformed CSV named: " + p.stderr.decode())
 
-# Usage errors exit 2 before any work; a missing manifest is a clear error.
-for argv in (["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK],
-             ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f8"],
-             ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--batch", "0"]):
-    check(run(*argv, ok=(2,)).returncode == 2, f"usage error {argv}")
-p = run("ingest", "--manifest", "/nonexistent.tsv", "--out", out, "--tokenizer", TOK, "--vae", vae, ok=(1,))
-check(p.returncode == 1 and "nonexistent.tsv" in p.stderr.decode(), "missing manifest reported")
+# Usage errors exit 2 before any work (the output folder is not even made);
+# inputs that cannot be used exit 3 (could not run), naming the problem.
+fresh = os.path.join(WORK, "never_made")
+for argv in (["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f8"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--batch", "0"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--bogus"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--max-failure-rate", "2"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--max-failures=-1"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "extra-operand"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--threads"]):
+    p = run(*argv, ok=(2,))
+    check(p.returncode == 2 and p.stdout == b"", f"usage error {argv}: exit {p.returncode}")
+    check(not os.path.exists(fresh), f"{argv}: nothing written")
+p = run("ingest", "--manifest", "/nonexistent.tsv", "--out", out, "--tokenizer", TOK, "--vae", vae, ok=(3,))
+check(p.returncode == 3 and "nonexistent.tsv" in p.stderr.decode(), "missing manifest reported")
 # Other tokenizer settings into the same dataset are refused.
 p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f32",
-        ok=(1,))
-check(p.returncode == 1 and "dtype" in p.stderr.decode(), "facts mismatch refused: " + p.stderr.decode())
+        ok=(3,))
+check(p.returncode == 3 and "dtype" in p.stderr.decode(), "facts mismatch refused: " + p.stderr.decode())
 
 shutil.rmtree(WORK, ignore_errors=True)
 print(f"test_ingest: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
