@@ -42,6 +42,8 @@ static const char HELP[] =
     "  --shard-size SIZE     roll shards at SIZE bytes (default 256M)\n"
     "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n"
     "  --max-failures N      exit 1 when more than N rows failed (the run still finishes)\n"
+    "  --metrics-port N      serve Prometheus metrics on http://ADDR:N/metrics (default 0: off)\n"
+    "  --metrics-addr ADDR   address to bind the metrics endpoint to (default 127.0.0.1)\n"
     "  --max-failure-rate X  exit 1 when more than the fraction X of the rows failed\n"
     "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
     "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
@@ -63,10 +65,13 @@ int ingest_main(int argc, char **argv)
         {"latent-dtype", required_argument, 0, 'd'}, {"shard-records", required_argument, 0, 'n'},
         {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
         {"tokenizer-regex", required_argument, 0, 'R'}, {"max-failures", required_argument, 0, 'F'},
-        {"max-failure-rate", required_argument, 0, 'r'},
+        {"max-failure-rate", required_argument, 0, 'r'}, {"metrics-port", required_argument, 0, 'P'},
+        {"metrics-addr", required_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},               {0}};
     int64_t max_failures = -1;
     double max_rate = -1;
+    long metrics_port = 0;
+    const char *metrics_addr = NULL;
     TfError err = {{0}};
     TfOpts op = {.prog = "transfuse ingest", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     long v;
@@ -134,6 +139,11 @@ int ingest_main(int argc, char **argv)
             }
             break;
         }
+        case 'P':
+            if (tf_parse_long("--metrics-port", arg, 0, 65535, &metrics_port, &err))
+                goto usage;
+            break;
+        case 'A': metrics_addr = arg; break;
         case 'h': fputs(HELP, stdout); return TF_EXIT_OK;
         default: return TF_EXIT_USAGE;
         }
@@ -147,9 +157,16 @@ int ingest_main(int argc, char **argv)
         goto usage;
     }
     o.stop = tf_cli_stop_flag();
+    TfMetricsServer *metrics = tf_metrics_cli_start("ingest", metrics_addr, metrics_port, &err);
+    if (!metrics && err.msg[0]) {
+        fprintf(stderr, "transfuse ingest: %s\n", err.msg);
+        return TF_EXIT_FAIL;
+    }
     image_tune_process_malloc(); /* libjpeg's progressive buffers stay on the heap */
     IngestStats st;
-    if (ingest_run(&o, &st, &err)) {
+    int rc = ingest_run(&o, &st, &err);
+    tf_metrics_server_free(metrics);
+    if (rc) {
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);
         return TF_EXIT_FAIL;
     }

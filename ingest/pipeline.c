@@ -20,6 +20,39 @@
 #define TAG "ingest"
 #define MAX_IMAGE_BYTES ((size_t)256 << 20)
 
+/* ---- metrics (core.h registry; served when the CLI was given --metrics-port) ---- */
+
+typedef struct IngestMetrics {
+    TfCounter *rows, *written, *skipped, *failed[INGEST_FAIL_CLASSES];
+    TfCounter *read_bytes, *encoded;
+    TfHistogram *vae_batch, *prepare;
+    TfGauge *manifest_rows, *in_flight, *encode_queue;
+} IngestMetrics;
+
+/* Looks every series up once (they live as long as the process). A series
+ * the registry refuses is NULL, which every update takes as a no-op. */
+static void metrics_init(IngestMetrics *m)
+{
+    m->rows = tf_counter("transfuse_ingest_rows_total", "Manifest rows that reached an outcome (written, "
+                         "already there or failed)", NULL);
+    m->written = tf_counter("transfuse_ingest_rows_written_total", "Rows written as records", NULL);
+    m->skipped = tf_counter("transfuse_ingest_rows_skipped_total", "Rows skipped because their key is in the "
+                            "dataset already (resume)", NULL);
+    for (int c = 1; c < INGEST_FAIL_CLASSES; c++)
+        m->failed[c] = tf_counter("transfuse_ingest_rows_failed_total", "Rows that failed, by reason", "reason",
+                                  ingest_failure_name(c), NULL);
+    m->read_bytes = tf_counter("transfuse_ingest_read_bytes_total", "Bytes of images read", NULL);
+    m->encoded = tf_counter("transfuse_ingest_images_encoded_total", "Crops encoded by the VAE", NULL);
+    m->vae_batch = tf_histogram("transfuse_ingest_vae_batch_seconds", "Time of one VAE encoder batch",
+                                TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
+    m->prepare = tf_histogram("transfuse_ingest_prepare_seconds", "Time to read, hash, decode, crop and tokenize "
+                              "one row", TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
+    m->manifest_rows = tf_gauge("transfuse_ingest_manifest_rows", "Rows in the manifest of the run", NULL);
+    m->in_flight = tf_gauge("transfuse_ingest_rows_in_flight", "Rows taken into the pipeline that have no "
+                            "outcome yet", NULL);
+    m->encode_queue = tf_gauge("transfuse_ingest_encode_queue", "Crops waiting for the VAE encoder", NULL);
+}
+
 /* ---- a set of keys, each with a value (the manifest line it came from) ---- */
 
 typedef struct KeySet {
@@ -196,6 +229,7 @@ typedef struct Chunk {
     size_t next;             /* next slot to claim */
     pthread_mutex_t lock;
     const TfStopFlag *stop;  /* workers stop claiming rows when set */
+    IngestMetrics *metrics;
     const IngestRow *rows;   /* the manifest's rows, for plan[] */
     const uint64_t *plan;    /* per row: PLAN_DO, PLAN_SKIP, or the line of an earlier row with its key */
     unsigned tok_flags;
@@ -237,6 +271,7 @@ static void process_slot(Worker *w, Slot *s, const Chunk *c)
         snprintf(s->why, sizeof s->why, "%s", err.msg);
         return;
     }
+    tf_counter_add(c->metrics->read_bytes, len);
     tf_sha256(bytes, len, s->sha256);
     ImageStatus st = image_cropper_run(w->cropper, bytes, len, s->rgb, &s->info, &err);
     free(bytes);
@@ -268,7 +303,10 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&c->lock);
         if (i >= c->n)
             return NULL;
+        double t0 = tf_now();
         process_slot(w, &c->slots[i], c);
+        if (c->slots[i].state != SLOT_SKIPPED)
+            tf_histogram_observe(c->metrics->prepare, tf_now() - t0);
     }
 }
 
@@ -518,10 +556,14 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     chunk.plan = plan;
     chunk.tok_flags = o->bos ? TOKENIZER_ADD_BOS : 0;
     chunk.stop = o->stop;
+    IngestMetrics metrics;
+    metrics_init(&metrics);
+    chunk.metrics = &metrics;
 
     TfRateLimit limit = {.burst = 20, .period_s = 10};
     TfProgress prog;
     tf_progress_init(&prog, "ingest", m->n_rows, "rows");
+    tf_gauge_set(metrics.manifest_rows, (double)m->n_rows);
     size_t row = 0;
     int failed_write = 0;
     while (row < m->n_rows && !tf_stop_requested(o->stop) && !failed_write) {
@@ -531,7 +573,12 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
             chunk.slots[i].row = &m->rows[row + i];
             chunk.slots[i].state = SLOT_PENDING;
         }
+        size_t outstanding = chunk.n, queued = 0;
+        tf_gauge_set(metrics.in_flight, (double)outstanding);
         chunk_crop(workers, threads);
+        for (size_t i = 0; i < chunk.n; i++)
+            queued += chunk.slots[i].state == SLOT_OK;
+        tf_gauge_set(metrics.encode_queue, (double)queued);
         /* Encode the good crops in batches, append records in row order.
          * On a stop the chunk's rows from the batch in hand on are dropped
          * (they are redone by the next run). */
@@ -551,23 +598,35 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                         dst[(size_t)ch * plane + p] = s->rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
                 idx[b++] = j;
             }
+            double tb = tf_now();
             if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, o->stop, err)) {
                 if (tf_stop_requested(o->stop))
                     break;
                 failed_write = 1;
                 break;
             }
+            if (b) {
+                tf_histogram_observe(metrics.vae_batch, tf_now() - tb);
+                tf_counter_add(metrics.encoded, (uint64_t)b);
+                tf_log(TF_LOG_DEBUG, TAG, "encoded a batch of %d crop(s) in %.2f s", b, tf_now() - tb);
+            }
             for (size_t q = i; q < j; q++) {
                 Slot *s = &chunk.slots[q];
-                stats->rows++;
                 if (s->state == SLOT_SKIPPED) {
+                    stats->rows++;
                     stats->skipped_existing++;
+                    tf_counter_add(metrics.skipped, 1);
                 } else if (s->state == SLOT_FAILED) {
+                    stats->rows++;
                     stats->failed++;
                     stats->failures[s->fail_class]++;
+                    tf_counter_add(metrics.failed[s->fail_class], 1);
                     tf_log_limited(&limit, TF_LOG_WARN, TAG, "%s line %llu (%s): %s", o->manifest,
                                    (unsigned long long)s->row->line, s->row->image, s->why);
+                } else {
+                    continue;
                 }
+                tf_counter_add(metrics.rows, 1);
             }
             for (int q = 0; q < b; q++) {
                 Slot *s = &chunk.slots[idx[q]];
@@ -576,13 +635,22 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                     failed_write = 1;
                     break;
                 }
+                stats->rows++;
                 stats->written++;
+                tf_counter_add(metrics.written, 1);
+                tf_counter_add(metrics.rows, 1);
             }
+            outstanding -= j - i;
+            queued -= (size_t)b;
+            tf_gauge_set(metrics.in_flight, (double)outstanding);
+            tf_gauge_set(metrics.encode_queue, (double)queued);
             i = j;
         }
         row += chunk.n;
         tf_progress_update(&prog, row);
     }
+    tf_gauge_set(metrics.in_flight, 0);
+    tf_gauge_set(metrics.encode_queue, 0);
     tf_progress_finish(&prog, stats->rows);
     if (failed_write)
         goto done;

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""`transfuse ingest --metrics-port` scraped by Debian's Prometheus server.
+
+The test starts `prometheus` on loopback with a scrape interval of 1 s and
+one target, a running ingest of 24 rows (3 bad ones first, then 21 images
+through a tiny VAE, which takes several seconds), then asks Prometheus'
+HTTP API (/api/v1/query) what it scraped:
+  - the target was scraped at least twice and was up;
+  - rows done grew, stayed within the manifest, and the manifest gauge says 24;
+  - failures by reason equal the run's ingest-stats.json (the bad rows come
+    first, so their counts are final long before the process ends);
+  - bytes read, images encoded, the VAE batch latency histogram, the
+    in-flight and queue gauges and the build info are there with plausible
+    values.
+
+usage: test_ingest_metrics.py TRANSFUSE TOKENIZER_JSON WORKDIR"""
+import json, os, shutil, socket, subprocess, sys, time, urllib.parse, urllib.request
+
+import numpy as np
+from PIL import Image
+
+T, TOK, WORK = sys.argv[1:4]
+PROM = shutil.which("prometheus")
+if not PROM:
+    print("skipped: no prometheus (scripts/install-deps.sh --test installs Debian's)")
+    sys.exit(77)
+if not os.path.exists(TOK):
+    print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
+    sys.exit(77)
+failures = 0
+
+
+def check(cond, what):
+    global failures
+    if not cond:
+        failures += 1
+        print("FAIL:", what, file=sys.stderr)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+imgs = []
+for i in range(7):
+    y, x = np.mgrid[0:360, 0:480]
+    p = os.path.join(WORK, f"img{i}.jpg")
+    Image.fromarray(np.dstack([(x * (i + 1)) % 256, (y * 3) % 256, (x + y) % 256]).astype(np.uint8)).save(p)
+    imgs.append(p)
+with open(os.path.join(WORK, "page.jpg"), "w") as f:
+    f.write("<html>not an image</html>")
+data = open(imgs[0], "rb").read()
+with open(os.path.join(WORK, "cut.jpg"), "wb") as f:
+    f.write(data[:300])
+manifest = os.path.join(WORK, "rows.tsv")
+rows = 24
+with open(manifest, "w") as f:
+    f.write("url\tcaption\n")
+    f.write(f"{WORK}/missing.jpg\tgone\n{WORK}/page.jpg\thtml\n{WORK}/cut.jpg\tcut short\n")
+    for i in range(rows - 3):
+        f.write(f"{imgs[i % len(imgs)]}\tpicture {i}\n")
+vae = os.path.join(WORK, "vae")
+subprocess.run([T, "vae", "init", "--layout", "tiny", "--seed", "2", "--out", vae], check=True, capture_output=True)
+
+ingest_port, prom_port = free_port(), free_port()
+with open(os.path.join(WORK, "prometheus.yml"), "w") as f:
+    f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+            "scrape_configs:\n  - job_name: ingest\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{ingest_port}']\n")
+prom = subprocess.Popen([PROM, f"--config.file={WORK}/prometheus.yml", f"--storage.tsdb.path={WORK}/tsdb",
+                         f"--web.listen-address=127.0.0.1:{prom_port}"],
+                        stdout=subprocess.DEVNULL, stderr=open(os.path.join(WORK, "prometheus.log"), "w"))
+api = f"http://127.0.0.1:{prom_port}"
+
+
+def query(q):
+    url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.load(r)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{q}: {body}")
+    return {json.dumps(s["metric"], sort_keys=True): float(s["value"][1]) for s in body["data"]["result"]}
+
+
+def one(q):
+    v = query(q)
+    return next(iter(v.values())) if len(v) == 1 else None
+
+
+try:
+    deadline = time.time() + 60
+    ready = False
+    while time.time() < deadline and not ready:
+        try:
+            ready = urllib.request.urlopen(f"{api}/-/ready", timeout=2).status == 200
+        except OSError:
+            time.sleep(0.2)
+    check(ready, "prometheus ready")
+
+    out = os.path.join(WORK, "ds")
+    ingest = subprocess.Popen([T, "ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae,
+                               "--threads", "2", "--batch", "2", "--metrics-port", str(ingest_port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []  # rows done as Prometheus saw them while the ingest ran
+    while ingest.poll() is None:
+        v = one("transfuse_ingest_rows_total")
+        if v is not None and (not seen or seen[-1] != v):
+            seen.append(v)
+        time.sleep(0.5)
+    _, err = ingest.communicate()
+    check(ingest.returncode == 0, f"ingest exit {ingest.returncode}: {err.decode()[-2000:]}")
+    stats = json.load(open(os.path.join(out, "ingest-stats.json")))
+    print("rows done as scraped while running:", seen)
+    print("stats:", {k: stats[k] for k in ("rows", "written", "failed", "failures")})
+
+    # Range queries read the samples scraped before the target went away.
+    W = "[10m]"
+    scrapes = one(f"count_over_time(transfuse_ingest_rows_total{W})")
+    print(f"scrapes of the ingest: {scrapes}")
+    check(scrapes is not None and scrapes >= 2, f"scraped at least twice: {scrapes}")
+    check(one(f"max_over_time(up{{job='ingest'}}{W})") == 1, "target was up")
+    done = one(f"max_over_time(transfuse_ingest_rows_total{W})")
+    check(done is not None and 0 < done <= rows, f"rows done {done} in (0, {rows}]")
+    check(seen == sorted(seen), f"rows done only grew: {seen}")
+    check(one(f"last_over_time(transfuse_ingest_manifest_rows{W})") == rows, "manifest rows gauge")
+    written = one(f"max_over_time(transfuse_ingest_rows_written_total{W})")
+    check(written is not None and 0 < written <= stats["written"], f"written {written} vs {stats['written']}")
+    failed = query(f"last_over_time(transfuse_ingest_rows_failed_total{W})")
+    by_reason = {json.loads(k)["reason"]: v for k, v in failed.items()}
+    check(len(by_reason) >= 10, f"a series per failure reason: {sorted(by_reason)}")
+    for reason, v in by_reason.items():
+        check(v == stats["failures"].get(reason, 0), f"reason {reason}: scraped {v}, stats {stats['failures']}")
+    check(sum(by_reason.values()) == stats["failed"] == 3, f"failed total {by_reason}")
+    rb = one(f"max_over_time(transfuse_ingest_read_bytes_total{W})")
+    check(rb is not None and rb > 0, f"bytes read {rb}")
+    enc = one(f"max_over_time(transfuse_ingest_images_encoded_total{W})")
+    check(enc is not None and 0 < enc <= stats["written"], f"images encoded {enc}")
+    bc = one(f"max_over_time(transfuse_ingest_vae_batch_seconds_count{W})")
+    bs = one(f"max_over_time(transfuse_ingest_vae_batch_seconds_sum{W})")
+    check(bc is not None and bc > 0 and bs is not None and bs > 0, f"VAE batch histogram count {bc} sum {bs}")
+    buckets = query(f"max_over_time(transfuse_ingest_vae_batch_seconds_bucket{W})")
+    check(any('"+Inf"' in k for k in buckets), f"histogram buckets {list(buckets)[:3]}")
+    for g in ("transfuse_ingest_rows_in_flight", "transfuse_ingest_encode_queue"):
+        v = one(f"max_over_time({g}{W})")
+        check(v is not None and 0 <= v <= rows, f"gauge {g}: {v}")
+    check(one(f"max_over_time(transfuse_build_info{{command='ingest'}}{W})") == 1, "build info")
+finally:
+    prom.terminate()
+    try:
+        prom.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        prom.kill()
+
+if failures:
+    print(open(os.path.join(WORK, "prometheus.log")).read()[-3000:], file=sys.stderr)
+shutil.rmtree(WORK, ignore_errors=True)
+print(f"test_ingest_metrics: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
+sys.exit(1 if failures else 0)
