@@ -262,6 +262,7 @@ typedef struct VaeParam {
     int norm;   /* GroupNorm weight/bias (random init differs) */
     float **slot;
     size_t numel;
+    const TfTensorInfo *src; /* the checkpoint tensor it comes from, once checked */
 } VaeParam;
 
 typedef struct VaeTable {
@@ -428,14 +429,19 @@ static void vae_layout(Vae *vae, VaeTable *t, int parts)
     }
 }
 
-/* Allocates the one parameter block and points every slot into it. */
+/* Allocates the one parameter block and points every slot into it. When
+ * loading, call it only after check_param accepted every tensor: the sizes
+ * then come from the checkpoint's bytes, not from what config.json claims. */
 static int table_alloc(Vae *vae, VaeTable *t, TfError *err)
 {
     if (t->failed)
         return tf_fail(err, "out of memory building the tensor table");
     size_t total = 0;
-    for (size_t i = 0; i < t->n; i++)
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->p[i].numel > SIZE_MAX / sizeof(float) - total)
+            return tf_fail(err, "the VAE's parameter count overflows");
         total += t->p[i].numel;
+    }
     vae->params = malloc((total ? total : 1) * sizeof(float));
     if (!vae->params)
         return tf_fail(err, "out of memory for %zu parameters", total);
@@ -534,7 +540,9 @@ done:
 
 /* ---- loading ---- */
 
-static int load_param(const TfSafetensors *st, const VaeParam *p, TfError *err)
+/* Finds the checkpoint tensor of p (current name, else the older one) and
+ * checks its shape; on success p->src is set. Allocates nothing. */
+static int check_param(const TfSafetensors *st, VaeParam *p, TfError *err)
 {
     const TfTensorInfo *ti = tf_safetensors_find(st, p->name);
     if (!ti && p->old_name[0])
@@ -561,6 +569,14 @@ static int load_param(const TfSafetensors *st, const VaeParam *p, TfError *err)
                      (long long)p->shape[i]);
         return tf_fail(err, "%s: tensor '%s' has shape %s), expected %s)", ti->file, ti->name, got, want);
     }
+    p->src = ti;
+    return 0;
+}
+
+/* Converts the checked tensor of p into its slot and checks every value. */
+static int load_param(const VaeParam *p, TfError *err)
+{
+    const TfTensorInfo *ti = p->src;
     if (tf_tensor_to_f32(ti, *p->slot, p->numel, err) != 0)
         return -1;
     const float *x = *p->slot;
@@ -630,11 +646,21 @@ Vae *vae_load(const char *dir, int parts, TfError *err)
     }
     if (!(st = tf_safetensors_open(path, err)))
         goto fail;
+    /* Every tensor the config implies is found and its shape checked before
+     * the parameters are allocated, so their size is what the checkpoint
+     * holds, never what an untrusted config.json claims. */
     vae_layout(vae, &t, parts);
+    if (t.failed) {
+        tf_fail(err, "out of memory building the tensor table");
+        goto fail;
+    }
+    for (size_t i = 0; i < t.n; i++)
+        if (check_param(st, &t.p[i], err) != 0)
+            goto fail;
     if (table_alloc(vae, &t, err) != 0)
         goto fail;
     for (size_t i = 0; i < t.n; i++)
-        if (load_param(st, &t.p[i], err) != 0)
+        if (load_param(&t.p[i], err) != 0)
             goto fail;
     if (vae_hash(vae, cbytes, clen, st) != 0) {
         tf_fail(err, "out of memory hashing the checkpoint");
