@@ -15,7 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <png.h>
 #include <turbojpeg.h>
 
 #include "image_internal.h"
@@ -209,22 +208,6 @@ static void crop_detail_ok(char *out, size_t cap, const ImageCropInfo *in)
         snprintf(out + n, cap - (size_t)n, " warnings %d", in->warnings);
 }
 
-static int crop_write_png(const char *path, const uint8_t *rgb, int size, TfError *err)
-{
-    png_image img;
-    memset(&img, 0, sizeof img);
-    img.version = PNG_IMAGE_VERSION;
-    img.width = (png_uint_32)size;
-    img.height = (png_uint_32)size;
-    img.format = PNG_FORMAT_RGB;
-    if (!png_image_write_to_file(&img, path, 0, rgb, 0, NULL)) {
-        tf_fail(err, "%s: %s", path, img.message);
-        png_image_free(&img);
-        return -1;
-    }
-    return 0;
-}
-
 /* Prints every finished result that is next in input order. Call locked. */
 static void crop_flush(CropJob *job)
 {
@@ -273,7 +256,7 @@ static void *crop_worker(void *arg)
                     char name[1024], out[4096];
                     snprintf(name, sizeof name, "%s.png", base);
                     if (tf_path_join(out, sizeof out, o->out_dir, name) ||
-                        crop_write_png(out, rgb, o->crop.size, &err)) {
+                        image_png_write(out, rgb, o->crop.size, o->crop.size, &err)) {
                         r->status = -1;
                         snprintf(r->detail, sizeof r->detail, "cannot write output: %s", err.msg);
                     } else {

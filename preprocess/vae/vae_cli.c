@@ -9,6 +9,7 @@
 
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -306,6 +307,25 @@ done:
     return rc;
 }
 
+/* Writes img (3,H,W), values in [-1,1] (clamped), as an 8-bit RGB PNG
+ * through the one PNG writer. */
+static int write_png(const char *path, const float *img, int H, int W, TfError *err)
+{
+    size_t n = (size_t)H * W;
+    unsigned char *px = malloc(n * 3);
+    if (!px)
+        return tf_fail(err, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) {
+            float v = (img[(size_t)c * n + i] + 1.0f) * 127.5f;
+            v = v < 0 ? 0 : v > 255 ? 255 : v;
+            px[i * 3 + c] = (unsigned char)lrintf(v);
+        }
+    int rc = image_png_write(path, px, W, H, err);
+    free(px);
+    return rc;
+}
+
 static int cmd_decode(int argc, char **argv)
 {
     static const struct option opts[] = {{"vae", required_argument, 0, 'v'},     {"out", required_argument, 0, 'o'},
@@ -387,7 +407,7 @@ static int cmd_decode(int argc, char **argv)
             tf_fail(&err, "%s: path too long", out);
             goto fail;
         }
-        if (vae_png_write(path, img + (size_t)b * per_img, h * f, wd * f, &err))
+        if (write_png(path, img + (size_t)b * per_img, h * f, wd * f, &err))
             goto fail;
         tf_progress_update(&prog, (uint64_t)b + 1);
     }
