@@ -88,7 +88,7 @@ int main(int argc, char **argv)
     }
     TfError err = {{0}};
     Vae *vae = vae_load(dir, VAE_LOAD_ENCODER, &err);
-    TfKernels *k = vae ? tf_kernels_new(threads, &err) : NULL;
+    TfKernels *k = vae ? tf_kernels_new(TF_BACKEND_CPU, threads, &err) : NULL;
     if (!vae || !k) {
         fprintf(stderr, "vae_bench: %s\n", err.msg);
         return 1;

@@ -12,13 +12,34 @@
 #include "preprocess.h"
 #include "shards.h"
 
+/* `ingest fetch` goes to the fetcher's command until ingest's own
+ * dispatcher lists it (issue 10). */
+static int ingest_entry(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "fetch"))
+        return ingest_fetch_main(argc - 1, argv + 1);
+    return ingest_main(argc, argv);
+}
+
+/* `transfuse shards`: the shards library's commands plus ops' contact
+ * sheet, which draws images and so cannot live in shards/. */
+static int shards_command(int argc, char **argv)
+{
+    static const TfCommand extra[] = {
+        {"preview", "a contact sheet (PNG) of crops with captions and keys", preview_main},
+    };
+    return shards_dispatch(argc, argv, extra, sizeof extra / sizeof extra[0]);
+}
+
 static const TfCommand COMMANDS[] = {
-    {"ingest", "manifest rows (local images + captions) to records: crop, tokens, VAE latents", ingest_main},
-    {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive", shards_main},
+    {"ingest", "manifest rows (local images + captions) to records: crop, tokens, VAE latents", ingest_entry},
+    {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive, preview", shards_command},
     {"preprocess", "decode, resize and centre-crop images (crop, bench)", preprocess_main},
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},
     {"vae", "VAE checkpoints: init, encode images to latents, decode", vae_main},
     {"broker", "an embedded Kafka broker (librdkafka's mock cluster) for one machine", broker_main},
+    {"plot", "loss, learning-rate and throughput curves from trainer and ingest logs (PNG)", plot_main},
+    {"top", "a live view of a deployment: ingest, encode, trainer ranks, Kafka lag", top_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -248,12 +248,41 @@ TfMetricsServer *tf_metrics_serve(const char *addr, int port, TfError *err);
 int tf_metrics_server_port(const TfMetricsServer *s);
 void tf_metrics_server_free(TfMetricsServer *s);
 
+/* Registers the server for discovery (`--register DIR`): writes
+ * DIR/<command>-<host>-<pid>.json (DIR created if missing; the name keeps
+ * only [A-Za-z0-9._-]) atomically, holding
+ *     {"pid", "host", "addr", "port", "command", "started" (Unix seconds),
+ *      "start_ticks" (the process start from /proc, to tell a reused PID),
+ *      "argv" (the command line, cut at ~500 bytes), "version", "format": 1}
+ * tf_metrics_server_free removes the file; a process that dies without
+ * freeing leaves it behind, and readers (`transfuse top --discover`) tell
+ * such stale entries by PID and start ticks on the same host, and by age
+ * and no answer from another host. Readers ignore names not ending in
+ * ".json" (the temporary names of the atomic write). One registration per
+ * server. Returns 0, or -1 with err filled (nothing is left behind). */
+int tf_metrics_server_register(TfMetricsServer *s, const char *dir, const char *command, TfError *err);
+
+/* Field 22 of /proc/PID/stat (pid 0: this process): when the process
+ * started, in clock ticks since boot. With the PID it names one process
+ * for good (a later process reusing the PID started later). 0 unknown. */
+unsigned long long tf_metrics_process_start_ticks(long pid);
+
+/* The registration file's path, or NULL when not registered. */
+const char *tf_metrics_server_registration(const TfMetricsServer *s);
+
 /* For the CLI of a long-running command: `--metrics-port N` (0 = off, the
  * default) and `--metrics-addr A`. Starts the server when port > 0 and logs
  * its address under `tag`; returns NULL when off or failed (err filled
  * when failed, so the caller can tell: err->msg[0] != 0). Also sets the
  * transfuse_build_info and process start series. */
 TfMetricsServer *tf_metrics_cli_start(const char *tag, const char *addr, long port, TfError *err);
+
+/* The same with `--register DIR` (register_dir non-NULL): the server is
+ * started even when port is 0, on a port the kernel picks, and registered
+ * under `tag` as the command (tf_metrics_server_register). NULL
+ * register_dir is exactly tf_metrics_cli_start. */
+TfMetricsServer *tf_metrics_cli_start_registered(const char *tag, const char *addr, long port,
+                                                 const char *register_dir, TfError *err);
 
 /* ---- files ---------------------------------------------------------------- */
 

@@ -1,14 +1,19 @@
 /* metrics_http.c: the /metrics endpoint, served by libmicrohttpd on its own
- * thread, and the CLI's start-up helper for `--metrics-port`. */
+ * thread, its registration in a discovery folder (`--register DIR`, read
+ * by `transfuse top --discover DIR`), and the CLI's start-up helper for
+ * `--metrics-port`. */
 #include "core.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #if MHD_VERSION < 0x00097002
 typedef int MHD_Result_t;
@@ -19,6 +24,8 @@ typedef enum MHD_Result MHD_Result_t;
 struct TfMetricsServer {
     struct MHD_Daemon *daemon;
     int port;
+    char addr[INET_ADDRSTRLEN];
+    char *registration; /* path of the file written by tf_metrics_server_register, or NULL */
 };
 
 static MHD_Result_t metrics_answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -89,6 +96,7 @@ TfMetricsServer *tf_metrics_serve(const char *addr, int port, TfError *err)
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? (int)info->port : port;
+    snprintf(s->addr, sizeof s->addr, "%s", addr);
     return s;
 }
 
@@ -101,11 +109,133 @@ void tf_metrics_server_free(TfMetricsServer *s)
 {
     if (!s)
         return;
+    if (s->registration) {
+        if (unlink(s->registration) != 0 && errno != ENOENT)
+            tf_log(TF_LOG_WARN, "metrics", "cannot remove registration %s: %s", s->registration, strerror(errno));
+        free(s->registration);
+    }
     MHD_stop_daemon(s->daemon);
     free(s);
 }
 
+/* ---- registration ---- */
+
+/* Copies `in` into out (cap bytes) keeping only [A-Za-z0-9._-], so that it
+ * can be part of a file name; "x" when nothing is left. */
+static void registration_name_part(char *out, size_t cap, const char *in)
+{
+    size_t n = 0;
+    for (const char *p = in; *p && n + 1 < cap; p++) {
+        char c = *p;
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                 c == '_' || c == '-';
+        out[n++] = ok ? c : '_';
+    }
+    if (!n && cap > 1)
+        out[n++] = 'x';
+    out[n] = 0;
+}
+
+/* The process's command line as one string of at most cap-1 bytes:
+ * arguments joined by spaces, bytes outside printable ASCII as '?' (the
+ * file is JSON, which wants valid UTF-8), cut with "..." when longer. From
+ * /proc/self/cmdline; "" where that cannot be read. */
+static void registration_argv(char *out, size_t cap)
+{
+    out[0] = 0;
+    if (cap < 8)
+        return;
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[1024];
+    ssize_t got = read(fd, buf, sizeof buf);
+    close(fd);
+    if (got <= 0)
+        return;
+    size_t n = (size_t)got, o = 0;
+    while (n && buf[n - 1] == 0)
+        n--;
+    for (size_t i = 0; i < n; i++) {
+        if (o + 4 >= cap || (i + 1 == n && got == (ssize_t)sizeof buf)) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned char c = (unsigned char)buf[i];
+        out[o++] = c == 0 ? ' ' : (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    out[o] = 0;
+}
+
+unsigned long long tf_metrics_process_start_ticks(long pid)
+{
+    char path[64], buf[1024];
+    if (pid > 0)
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    else
+        snprintf(path, sizeof path, "/proc/self/stat");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    buf[got] = 0;
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    /* p is at the end of field 2; each step moves to the blank before the next */
+    for (int field = 2; field < 22 && p; field++)
+        p = strchr(p + 1, ' ');
+    return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+int tf_metrics_server_register(TfMetricsServer *s, const char *dir, const char *command, TfError *err)
+{
+    if (!s || !dir || !*dir || !command || !*command)
+        return tf_fail(err, "metrics registration needs a running server, a folder and a command name");
+    if (s->registration)
+        return tf_fail(err, "the metrics server is registered already (%s)", s->registration);
+    char host[256] = "", host_part[64], cmd_part[64], name[200], path[4096], args[512];
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0])
+        snprintf(host, sizeof host, "localhost");
+    registration_name_part(host_part, sizeof host_part, host);
+    registration_name_part(cmd_part, sizeof cmd_part, command);
+    snprintf(name, sizeof name, "%s-%s-%ld.json", cmd_part, host_part, (long)getpid());
+    if (tf_mkdir_p(dir, err) || tf_path_join(path, sizeof path, dir, name))
+        return err && err->msg[0] ? tf_fail_context(err, "--register %s", dir)
+                                  : tf_fail(err, "--register %s: path too long", dir);
+    registration_argv(args, sizeof args);
+    json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:I, s:I, s:s, s:s, s:I}", "pid", (int)getpid(), "host", host,
+                          "addr", s->addr, "port", s->port, "command", command, "started", (json_int_t)time(NULL),
+                          "start_ticks", (json_int_t)tf_metrics_process_start_ticks(0), "argv", args, "version",
+                          TF_VERSION_STRING, "format", (json_int_t)1);
+    if (!j)
+        return tf_fail(err, "out of memory");
+    int rc = tf_json_write_file_atomic(path, j, err);
+    json_decref(j);
+    if (rc)
+        return tf_fail_context(err, "--register %s", dir);
+    s->registration = strdup(path);
+    if (!s->registration) {
+        unlink(path);
+        return tf_fail(err, "out of memory");
+    }
+    return 0;
+}
+
+const char *tf_metrics_server_registration(const TfMetricsServer *s)
+{
+    return s ? s->registration : NULL;
+}
+
 TfMetricsServer *tf_metrics_cli_start(const char *tag, const char *addr, long port, TfError *err)
+{
+    return tf_metrics_cli_start_registered(tag, addr, port, NULL, err);
+}
+
+TfMetricsServer *tf_metrics_cli_start_registered(const char *tag, const char *addr, long port,
+                                                 const char *register_dir, TfError *err)
 {
     if (err)
         err->msg[0] = 0;
@@ -115,11 +245,16 @@ TfMetricsServer *tf_metrics_cli_start(const char *tag, const char *addr, long po
     tf_gauge_set(tf_gauge("process_start_time_seconds", "Start time of the process since the Unix epoch",
                           NULL),
                  (double)time(NULL));
-    if (port <= 0)
+    if (port <= 0 && !register_dir)
         return NULL;
-    TfMetricsServer *s = tf_metrics_serve(addr, (int)port, err);
-    if (s)
-        tf_log(TF_LOG_INFO, tag, "metrics on http://%s:%d/metrics", addr ? addr : "127.0.0.1",
-               tf_metrics_server_port(s));
+    TfMetricsServer *s = tf_metrics_serve(addr, port > 0 ? (int)port : 0, err);
+    if (!s)
+        return NULL;
+    if (register_dir && tf_metrics_server_register(s, register_dir, tag, err)) {
+        tf_metrics_server_free(s);
+        return NULL;
+    }
+    tf_log(TF_LOG_INFO, tag, "metrics on http://%s:%d/metrics%s%s", s->addr, s->port,
+           register_dir ? ", registered in " : "", register_dir ? register_dir : "");
     return s;
 }

@@ -44,6 +44,8 @@ static const char HELP[] =
     "  --max-failures N      exit 1 when more than N rows failed (the run still finishes)\n"
     "  --metrics-port N      serve Prometheus metrics on http://ADDR:N/metrics (default 0: off)\n"
     "  --metrics-addr ADDR   address to bind the metrics endpoint to (default 127.0.0.1)\n"
+    "  --register DIR        register the metrics endpoint in DIR for `transfuse top --discover`\n"
+    "                        (serves on a free port when --metrics-port is 0)\n"
     "  --max-failure-rate X  exit 1 when more than the fraction X of the rows failed\n"
     "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
     "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
@@ -66,12 +68,12 @@ int ingest_main(int argc, char **argv)
         {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
         {"tokenizer-regex", required_argument, 0, 'R'}, {"max-failures", required_argument, 0, 'F'},
         {"max-failure-rate", required_argument, 0, 'r'}, {"metrics-port", required_argument, 0, 'P'},
-        {"metrics-addr", required_argument, 0, 'A'},
+        {"metrics-addr", required_argument, 0, 'A'}, {"register", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},               {0}};
     int64_t max_failures = -1;
     double max_rate = -1;
     long metrics_port = 0;
-    const char *metrics_addr = NULL;
+    const char *metrics_addr = NULL, *register_dir = NULL;
     TfError err = {{0}};
     TfOpts op = {.prog = "transfuse ingest", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     long v;
@@ -144,6 +146,7 @@ int ingest_main(int argc, char **argv)
                 goto usage;
             break;
         case 'A': metrics_addr = arg; break;
+        case 'G': register_dir = arg; break;
         case 'h': fputs(HELP, stdout); return TF_EXIT_OK;
         default: return TF_EXIT_USAGE;
         }
@@ -157,7 +160,8 @@ int ingest_main(int argc, char **argv)
         goto usage;
     }
     o.stop = tf_cli_stop_flag();
-    TfMetricsServer *metrics = tf_metrics_cli_start("ingest", metrics_addr, metrics_port, &err);
+    TfMetricsServer *metrics =
+        tf_metrics_cli_start_registered("ingest", metrics_addr, metrics_port, register_dir, &err);
     if (!metrics && err.msg[0]) {
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);
         return TF_EXIT_FAIL;

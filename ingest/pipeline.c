@@ -23,34 +23,37 @@
 /* ---- metrics (core.h registry; served when the CLI was given --metrics-port) ---- */
 
 typedef struct IngestMetrics {
-    TfCounter *rows, *written, *skipped, *failed[INGEST_FAIL_CLASSES];
-    TfCounter *read_bytes, *encoded;
-    TfHistogram *vae_batch, *prepare;
-    TfGauge *manifest_rows, *in_flight, *encode_queue;
+    TfCounter *ok, *skipped, *failed, *failures[INGEST_FAIL_CLASSES];
+    TfCounter *bytes, *encoded;
+    TfHistogram *encode_batch, *prepare;
+    TfGauge *planned, *in_flight, *encode_queue;
 } IngestMetrics;
 
-/* Looks every series up once (they live as long as the process). A series
+/* Looks every series up once (they live as long as the process). The names
+ * are the contract with `transfuse top` and the alert rules
+ * (docs/OPERATIONS.md): rows by outcome, failures by reason, bytes, rows in
+ * flight, queue depth, rows planned; the VAE stage as `encode`. A series
  * the registry refuses is NULL, which every update takes as a no-op. */
 static void metrics_init(IngestMetrics *m)
 {
-    m->rows = tf_counter("transfuse_ingest_rows_total", "Manifest rows that reached an outcome (written, "
-                         "already there or failed)", NULL);
-    m->written = tf_counter("transfuse_ingest_rows_written_total", "Rows written as records", NULL);
-    m->skipped = tf_counter("transfuse_ingest_rows_skipped_total", "Rows skipped because their key is in the "
-                            "dataset already (resume)", NULL);
+    static const char rows_help[] = "Manifest rows that reached an outcome: ok (written), failed, skipped "
+                                    "(already in the dataset)";
+    m->ok = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "ok", NULL);
+    m->failed = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "failed", NULL);
+    m->skipped = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "skipped", NULL);
     for (int c = 1; c < INGEST_FAIL_CLASSES; c++)
-        m->failed[c] = tf_counter("transfuse_ingest_rows_failed_total", "Rows that failed, by reason", "reason",
-                                  ingest_failure_name(c), NULL);
-    m->read_bytes = tf_counter("transfuse_ingest_read_bytes_total", "Bytes of images read", NULL);
-    m->encoded = tf_counter("transfuse_ingest_images_encoded_total", "Crops encoded by the VAE", NULL);
-    m->vae_batch = tf_histogram("transfuse_ingest_vae_batch_seconds", "Time of one VAE encoder batch",
-                                TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
+        m->failures[c] = tf_counter("transfuse_ingest_failures_total", "Failed rows by reason", "reason",
+                                    ingest_failure_name(c), NULL);
+    m->bytes = tf_counter("transfuse_ingest_bytes_total", "Bytes of images read", NULL);
+    m->planned = tf_gauge("transfuse_ingest_rows_planned", "Rows in the manifest of the run", NULL);
+    m->in_flight = tf_gauge("transfuse_ingest_in_flight", "Rows taken into the pipeline without an outcome yet", NULL);
+    m->encode_queue = tf_gauge("transfuse_ingest_queue_depth", "Items waiting in a queue of the pipeline", "queue",
+                               "encode", NULL);
     m->prepare = tf_histogram("transfuse_ingest_prepare_seconds", "Time to read, hash, decode, crop and tokenize "
                               "one row", TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
-    m->manifest_rows = tf_gauge("transfuse_ingest_manifest_rows", "Rows in the manifest of the run", NULL);
-    m->in_flight = tf_gauge("transfuse_ingest_rows_in_flight", "Rows taken into the pipeline that have no "
-                            "outcome yet", NULL);
-    m->encode_queue = tf_gauge("transfuse_ingest_encode_queue", "Crops waiting for the VAE encoder", NULL);
+    m->encoded = tf_counter("transfuse_encode_images_total", "Crops encoded by the VAE", NULL);
+    m->encode_batch = tf_histogram("transfuse_encode_batch_seconds", "Time of one VAE encoder batch",
+                                   TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
 }
 
 /* ---- a set of keys, each with a value (the manifest line it came from) ---- */
@@ -271,7 +274,7 @@ static void process_slot(Worker *w, Slot *s, const Chunk *c)
         snprintf(s->why, sizeof s->why, "%s", err.msg);
         return;
     }
-    tf_counter_add(c->metrics->read_bytes, len);
+    tf_counter_add(c->metrics->bytes, len);
     tf_sha256(bytes, len, s->sha256);
     ImageStatus st = image_cropper_run(w->cropper, bytes, len, s->rgb, &s->info, &err);
     free(bytes);
@@ -524,7 +527,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     }
     if (rows_plan(m, &existing, plan, err))
         goto done;
-    if (!(k = tf_kernels_new(threads, err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, err)))
         goto done;
 
     size_t chunk_rows = (size_t)batch * (size_t)(threads > 4 ? threads : 4);
@@ -563,7 +566,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     TfRateLimit limit = {.burst = 20, .period_s = 10};
     TfProgress prog;
     tf_progress_init(&prog, "ingest", m->n_rows, "rows");
-    tf_gauge_set(metrics.manifest_rows, (double)m->n_rows);
+    tf_gauge_set(metrics.planned, (double)m->n_rows);
     size_t row = 0;
     int failed_write = 0;
     while (row < m->n_rows && !tf_stop_requested(o->stop) && !failed_write) {
@@ -606,7 +609,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                 break;
             }
             if (b) {
-                tf_histogram_observe(metrics.vae_batch, tf_now() - tb);
+                tf_histogram_observe(metrics.encode_batch, tf_now() - tb);
                 tf_counter_add(metrics.encoded, (uint64_t)b);
                 tf_log(TF_LOG_DEBUG, TAG, "encoded a batch of %d crop(s) in %.2f s", b, tf_now() - tb);
             }
@@ -620,13 +623,11 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                     stats->rows++;
                     stats->failed++;
                     stats->failures[s->fail_class]++;
-                    tf_counter_add(metrics.failed[s->fail_class], 1);
+                    tf_counter_add(metrics.failed, 1);
+                    tf_counter_add(metrics.failures[s->fail_class], 1);
                     tf_log_limited(&limit, TF_LOG_WARN, TAG, "%s line %llu (%s): %s", o->manifest,
                                    (unsigned long long)s->row->line, s->row->image, s->why);
-                } else {
-                    continue;
                 }
-                tf_counter_add(metrics.rows, 1);
             }
             for (int q = 0; q < b; q++) {
                 Slot *s = &chunk.slots[idx[q]];
@@ -637,8 +638,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                 }
                 stats->rows++;
                 stats->written++;
-                tf_counter_add(metrics.written, 1);
-                tf_counter_add(metrics.rows, 1);
+                tf_counter_add(metrics.ok, 1);
             }
             outstanding -= j - i;
             queued -= (size_t)b;

@@ -50,6 +50,9 @@ static void broker_usage(FILE *out)
             "  --metrics-port N       serve Prometheus metrics on 127.0.0.1:N/metrics\n"
             "                         (per-partition high watermarks; 0 = off, the default)\n"
             "  --metrics-addr A       address to bind the metrics port (default 127.0.0.1)\n"
+            "  --register DIR         register the metrics endpoint in DIR for `transfuse top\n"
+            "                         --discover DIR` (serves metrics on a free port when\n"
+            "                         --metrics-port is not given; removed on exit)\n"
             "  -h, --help             this help\n");
 }
 
@@ -112,9 +115,10 @@ int broker_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},           {"brokers", required_argument, NULL, 'b'},
         {"replication", required_argument, NULL, 'r'}, {"bootstrap-file", required_argument, NULL, 'f'},
         {"topic", required_argument, NULL, 't'},    {"metrics-port", required_argument, NULL, 'm'},
-        {"metrics-addr", required_argument, NULL, 'a'}, {NULL, 0, NULL, 0}};
+        {"metrics-addr", required_argument, NULL, 'a'}, {"register", required_argument, NULL, 'R'},
+        {NULL, 0, NULL, 0}};
     long metrics_port = 0;
-    const char *metrics_addr = NULL;
+    const char *metrics_addr = NULL, *register_dir = NULL;
     TfOpts o = {.prog = "transfuse broker", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     int c;
     while ((c = tf_opts_next(&o)) != -1) {
@@ -135,6 +139,7 @@ int broker_main(int argc, char **argv)
                 goto usage;
             break;
         case 'a': metrics_addr = v; break;
+        case 'R': register_dir = v; break;
         case 't': {
             const char *colon = strrchr(v, ':');
             if (n_topics == BROKER_MAX_TOPICS) {
@@ -204,12 +209,17 @@ int broker_main(int argc, char **argv)
         }
     }
     const char *bootstraps = rd_kafka_mock_cluster_bootstraps(mc);
-    if (metrics_port) {
-        metrics = tf_metrics_cli_start(BROKER_TAG, metrics_addr, metrics_port, &err);
+    if (metrics_port || register_dir) {
+        metrics = tf_metrics_cli_start_registered(BROKER_TAG, metrics_addr, metrics_port, register_dir, &err);
         if (!metrics) {
             fprintf(stderr, "transfuse broker: %s\n", err.msg);
             goto done;
         }
+        /* `transfuse top` reads the bootstrap address here to query topics
+         * and group offsets itself. */
+        tf_gauge_set(tf_gauge("transfuse_broker_info", "Always 1; the labels say where clients connect",
+                              "bootstrap", bootstraps, NULL),
+                     1);
         watcher = broker_watcher_new(bootstraps, &err);
         if (!watcher) {
             fprintf(stderr, "transfuse broker: %s\n", err.msg);

@@ -53,7 +53,7 @@ broker=$!
 trap 'kill $broker 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$out/bootstrap" ] && break; sleep 0.1; done
 url="kafka://$(cut -d, -f1 "$out/bootstrap")/demo"
-"$T" shards publish "$out/dataset" --to "$url" --force
+"$T" shards publish "$out/dataset" --to "$url"
 "$T" shards ls "$url"
 "$T" shards verify "$url"
 "$T" shards archive "$url" --out "$out/archive"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what transfuse needs on Debian 12, as root (or through sudo).
-#   scripts/install-deps.sh          build + run dependencies
+#   scripts/install-deps.sh          build + run dependencies (cairo/pango and
+#                                    fonts for `shards preview`, gnuplot for
+#                                    `transfuse plot`)
 #   scripts/install-deps.sh --test   also the peers and test material
 #                                    (PyTorch, Pillow, OpenCV, kcat, protoc,
-#                                    wallpapers, clang for fuzzing, node)
+#                                    prometheus/promtool, tmux, wallpapers,
+#                                    nginx and openssl for the fetcher tests,
+#                                    clang for fuzzing, node)
 #   scripts/install-deps.sh --demo   also what the demo uses (wallpapers, node)
 set -euo pipefail
 SUDO=""
@@ -11,10 +15,11 @@ SUDO=""
 build=(build-essential cmake ninja-build pkg-config git ca-certificates
        libprotobuf-c-dev protobuf-c-compiler librdkafka-dev libcurl4-openssl-dev
        libturbojpeg0-dev libjpeg62-turbo-dev libwebp-dev libpng-dev
-       libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev libmicrohttpd-dev)
+       libjansson-dev libzstd-dev libssl-dev libopenblas-dev libpcre2-dev libmicrohttpd-dev
+       libcairo2-dev libpango1.0-dev fonts-dejavu-core fonts-droid-fallback gnuplot-nox)
 test=(protobuf-compiler python3 python3-numpy python3-protobuf python3-torch
       python3-pil python3-opencv kcat clang libclang-rt-14-dev libomp-14-dev
-      prometheus mate-backgrounds gnome-backgrounds ukui-wallpapers)
+      prometheus tmux nginx openssl mate-backgrounds gnome-backgrounds ukui-wallpapers)
 demo=(mate-backgrounds gnome-backgrounds ukui-wallpapers)
 pkgs=("${build[@]}")
 [ "${1:-}" = "--test" ] && pkgs+=("${test[@]}")

@@ -1,18 +1,21 @@
-/* cli.c: `transfuse shards`, what operators run daily on datasets:
- *   ls      shards with records, bytes, checksum and state, from the
- *           manifest and indexes without reading payloads
+/* cli.c: `transfuse shards`, what operators run daily on datasets and
+ * topics (PATH is a dataset folder, one shard file, or
+ * kafka://HOST:PORT/TOPIC; every reading command goes through the record
+ * source, so folders and topics are read by the same loop):
+ *   ls      a folder's shards with records, bytes, checksum and state (no
+ *           payload reads); a topic's partitions, watermarks and group lag
  *   stat    totals, latent shapes/dtypes, caption and token distributions,
  *           provenance summary (reads every record)
- *   verify  every CRC, every parse, manifest counts and checksums; each
- *           problem with its location; exit 1 when anything is wrong
+ *   verify  every CRC, every parse and record check, duplicate keys,
+ *           manifest counts and checksums; each problem with its location;
+ *           exit 1 when anything is wrong
  *   cat     records as JSON lines (or one record's raw payload)
  *   import  JSON lines to a dataset (the inverse of cat)
+ *   publish, archive, create: kafka/cli_kafka.c
  * Human tables by default, --json for scripts. */
+#include "cli_internal.h"
 #include "file_internal.h"
-#include "kafka_internal.h" /* Kafka: dispatch of kafka:// paths */
 
-#include <dirent.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -22,156 +25,117 @@
 
 #define TAG "shards"
 
-/* ---- what a PATH names: a dataset folder or one shard file ---- */
+/* ---- the options every reading command shares ---- */
 
-typedef struct Dataset {
-    char dir[4096];
-    ShardManifest *manifest;   /* NULL for a lone file or a folder without one */
-    char manifest_error[512];  /* why there is no manifest, for a folder */
-    char **paths;              /* shard files in order */
-    char **names;
-    size_t n;
-} Dataset;
-
-static void dataset_free(Dataset *d)
+int shards_cli_usage(const ShardsCli *k, const char *msg)
 {
-    for (size_t i = 0; i < d->n; i++) {
-        free(d->paths[i]);
-        free(d->names[i]);
-    }
-    free(d->paths);
-    free(d->names);
-    shard_manifest_free(d->manifest);
-    memset(d, 0, sizeof *d);
+    fprintf(stderr, "%s: %s (see %s --help)\n", k->prog, msg, k->prog);
+    return TF_EXIT_USAGE;
 }
 
-static int dataset_add(Dataset *d, const char *name)
+int shards_cli_common(ShardsCli *k, int c, const char *arg)
 {
-    char path[4096];
-    if (tf_path_join(path, sizeof path, d->dir, name))
-        return -1;
-    char **p = realloc(d->paths, (d->n + 1) * sizeof *p), **nm;
-    if (!p)
-        return -1;
-    d->paths = p;
-    nm = realloc(d->names, (d->n + 1) * sizeof *nm);
-    if (!nm)
-        return -1;
-    d->names = nm;
-    d->paths[d->n] = strdup(path);
-    d->names[d->n] = strdup(name);
-    d->n++;
-    return d->paths[d->n - 1] && d->names[d->n - 1] ? 0 : -1;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Lists NAME.tfrecord files of a folder, sorted (used without a manifest,
- * and by verify to find shards the manifest does not list). */
-static char **list_shard_files(const char *dir, size_t *n)
-{
-    *n = 0;
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return NULL;
-    char **out = NULL;
-    size_t cap = 0;
-    struct dirent *e;
-    size_t sl = strlen(SHARD_FILE_SUFFIX);
-    while ((e = readdir(dp))) {
-        size_t l = strlen(e->d_name);
-        if (e->d_name[0] == '.' || l <= sl || strcmp(e->d_name + l - sl, SHARD_FILE_SUFFIX))
-            continue;
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **grown = realloc(out, cap * sizeof *out);
-            if (!grown)
-                break;
-            out = grown;
+    TfError err = {{0}};
+    long v;
+    switch (c) {
+    case 'X':
+        if (k->n_config == SHARDS_MAX_X || !strchr(arg, '=')) {
+            shards_cli_usage(k, "-X wants key=value (at most 64)");
+            return -1;
         }
-        out[(*n)++] = strdup(e->d_name);
-    }
-    closedir(dp);
-    if (out)
-        qsort(out, *n, sizeof *out, cmp_str);
-    return out;
-}
-
-static void free_list(char **list, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(list[i]);
-    free(list);
-}
-
-static int dataset_open(Dataset *d, const char *path, TfError *err)
-{
-    memset(d, 0, sizeof *d);
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return tf_fail(err, "%s: no such file or folder", path);
-    if (!S_ISDIR(st.st_mode)) {
-        const char *slash = strrchr(path, '/');
-        snprintf(d->dir, sizeof d->dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
-        if (dataset_add(d, slash ? slash + 1 : path))
-            return tf_fail(err, "out of memory");
-        return 0;
-    }
-    snprintf(d->dir, sizeof d->dir, "%s", path);
-    TfError merr = {{0}};
-    d->manifest = shard_manifest_load(path, &merr);
-    if (d->manifest) {
-        for (size_t i = 0; i < d->manifest->n_shards; i++)
-            if (dataset_add(d, d->manifest->shards[i].name))
-                return tf_fail(err, "out of memory");
-        return 0;
-    }
-    snprintf(d->manifest_error, sizeof d->manifest_error, "%s", merr.msg);
-    size_t n;
-    char **files = list_shard_files(path, &n);
-    for (size_t i = 0; i < n; i++)
-        if (dataset_add(d, files[i])) {
-            free_list(files, n);
-            return tf_fail(err, "out of memory");
+        k->config[k->n_config++] = arg;
+        return 1;
+    case SHARDS_OPT_PARTITION:
+        if (k->n_partitions == 256 || tf_parse_long("--partition", arg, 0, KAFKA_MAX_PARTITIONS - 1, &v, &err)) {
+            shards_cli_usage(k, err.msg[0] ? err.msg : "too many --partition");
+            return -1;
         }
-    free_list(files, n);
-    if (!d->n)
-        return tf_fail(err, "%s: no manifest and no shard files (%s)", path, merr.msg);
-    tf_log(TF_LOG_WARN, TAG, "%s; using the %zu shard files found", merr.msg, d->n);
+        k->partitions[k->n_partitions++] = (int32_t)v;
+        return 1;
+    case SHARDS_OPT_OFFSET:
+        if (tf_parse_long("--offset", arg, 0, LONG_MAX, &v, &err)) {
+            shards_cli_usage(k, err.msg);
+            return -1;
+        }
+        k->from = v;
+        return 1;
+    case SHARDS_OPT_LIMIT:
+        if (tf_parse_long("--limit", arg, 0, LONG_MAX, &k->limit, &err)) {
+            shards_cli_usage(k, err.msg);
+            return -1;
+        }
+        return 1;
+    case SHARDS_OPT_GROUP: k->group = arg; return 1;
+    case SHARDS_OPT_FOLLOW: k->follow = 1; return 1;
+    case SHARDS_OPT_RANK:
+        if (tf_parse_long("--rank", arg, 0, 1 << 20, &k->rank, &err)) {
+            shards_cli_usage(k, err.msg);
+            return -1;
+        }
+        return 1;
+    case SHARDS_OPT_WORLD:
+        if (tf_parse_long("--world", arg, 1, 1 << 20, &k->world, &err)) {
+            shards_cli_usage(k, err.msg);
+            return -1;
+        }
+        return 1;
+    case SHARDS_OPT_SPLIT:
+        if (!strcmp(arg, "shards"))
+            k->split = RECORD_SPLIT_SHARDS;
+        else if (!strcmp(arg, "blocks"))
+            k->split = RECORD_SPLIT_BLOCKS;
+        else {
+            shards_cli_usage(k, "--split is shards or blocks");
+            return -1;
+        }
+        return 1;
+    }
     return 0;
 }
 
-static const ShardEntry *dataset_entry(const Dataset *d, size_t i)
+RecordSource *shards_cli_open(ShardsCli *k, const char *path, RecordSourceOptions *o, TfError *err)
 {
-    return d->manifest ? &d->manifest->shards[i] : NULL;
+    o->path = path;
+    o->rank = (int)k->rank;
+    o->world_size = (int)k->world;
+    o->split = k->split;
+    if (kafka_url_is(path)) {
+        char bootstrap[1024], topic[256];
+        if (kafka_url_parse(path, bootstrap, sizeof bootstrap, topic, sizeof topic, err))
+            return NULL;
+        if (k->from >= 0) { /* --offset: every chosen partition from there (clamped to its end) */
+            KafkaTopicInfo info;
+            if (!(k->start = kafka_position_new(topic)) ||
+                kafka_topic_describe(bootstrap, topic, k->config, &info, err))
+                return NULL;
+            for (size_t i = 0; i < info.n; i++)
+                kafka_position_set(k->start, info.parts[i].partition,
+                                   k->from < info.parts[i].high ? k->from : info.parts[i].high, NULL);
+            kafka_topic_info_deinit(&info);
+        }
+        /* A range read starts at the log start, never at a group's offsets:
+         * the group is a throwaway one, so nothing is committed or read back. */
+        snprintf(k->throwaway_group, sizeof k->throwaway_group, "transfuse-cli-%ld", (long)getpid());
+        k->config[k->n_config] = NULL;
+        k->ko = (KafkaSourceOptions){.group_id = k->group ? k->group : k->throwaway_group,
+                                     .partitions = k->n_partitions ? k->partitions : NULL,
+                                     .n_partitions = k->n_partitions,
+                                     .start = k->start,
+                                     .until = k->follow ? KAFKA_UNTIL_FOREVER : KAFKA_UNTIL_SNAPSHOT,
+                                     .commit_interval_ms = -1,
+                                     .config = k->config};
+        o->kafka = &k->ko;
+    }
+    return record_source_open(o, err);
+}
+
+void shards_cli_deinit(ShardsCli *k)
+{
+    kafka_position_free(k->start);
+    k->start = NULL;
 }
 
 /* ---- small helpers ---- */
-
-static const char *dtype_name(int dtype)
-{
-    switch (dtype) {
-    case TRANSFUSE__V1__DTYPE__DTYPE_F32: return "f32";
-    case TRANSFUSE__V1__DTYPE__DTYPE_F16: return "f16";
-    case TRANSFUSE__V1__DTYPE__DTYPE_BF16: return "bf16";
-    case TRANSFUSE__V1__DTYPE__DTYPE_U8: return "u8";
-    default: return "unspecified";
-    }
-}
-
-static size_t dtype_size(int dtype)
-{
-    switch (dtype) {
-    case TRANSFUSE__V1__DTYPE__DTYPE_F32: return 4;
-    case TRANSFUSE__V1__DTYPE__DTYPE_F16:
-    case TRANSFUSE__V1__DTYPE__DTYPE_BF16: return 2;
-    case TRANSFUSE__V1__DTYPE__DTYPE_U8: return 1;
-    default: return 0;
-    }
-}
 
 static void human_bytes(uint64_t b, char *out, size_t cap)
 {
@@ -187,97 +151,111 @@ static void human_bytes(uint64_t b, char *out, size_t cap)
 
 static void tensor_desc(const Transfuse__V1__Tensor *t, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%s [", dtype_name(t->dtype));
+    int n = snprintf(out, cap, "%s [", sample_dtype_name(t->dtype));
     for (size_t i = 0; i < t->n_shape && n > 0 && (size_t)n < cap; i++)
         n += snprintf(out + n, cap - (size_t)n, "%s%u", i ? "," : "", t->shape[i]);
     if (n > 0 && (size_t)n < cap)
         snprintf(out + n, cap - (size_t)n, "]");
 }
 
-/* Checks a tensor's byte count against dtype and shape. Returns NULL or why not. */
-static const char *tensor_problem(const Transfuse__V1__Tensor *t)
+static void json_print(json_t *j)
 {
-    size_t es = dtype_size(t->dtype);
-    if (!es)
-        return "tensor has no dtype";
-    uint64_t n = es;
-    for (size_t i = 0; i < t->n_shape; i++) {
-        if (!t->shape[i] || n > UINT64_MAX / t->shape[i])
-            return "tensor shape is empty or too large";
-        n *= t->shape[i];
-    }
-    return n == t->data.len ? NULL : "tensor data size does not match dtype x shape";
+    json_dumpf(j, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    putchar('\n');
 }
 
-static void print_usage_error(const char *cmd, const char *msg)
+/* Exactly one operand: the PATH. Returns it or NULL after a usage message. */
+static const char *one_path(ShardsCli *k, const TfOpts *o)
 {
-    fprintf(stderr, "transfuse shards %s: %s (see transfuse shards %s --help)\n", cmd, msg, cmd);
-}
-
-/* Parses `[--json] PATH` for subcommand `cmd` and opens the dataset.
- * Returns 0 with *d open, -1 after printing help, or an exit status (2 for
- * usage, 1 when PATH cannot be opened). */
-static int open_path_arg(const char *cmd, const char *help, int argc, char **argv, int *json, Dataset *d)
-{
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'j')
-            *json = 1;
-        else if (c == 'h') {
-            fputs(help, stdout);
-            return -1;
-        } else
-            return 2;
+    if (o->first_operand != o->argc - 1) {
+        shards_cli_usage(k, "needs exactly one PATH");
+        return NULL;
     }
-    if (optind != argc - 1) {
-        print_usage_error(cmd, "needs exactly one PATH");
-        return 2;
-    }
-    TfError err = {{0}};
-    if (dataset_open(d, argv[optind], &err)) {
-        fprintf(stderr, "transfuse shards %s: %s\n", cmd, err.msg);
-        return 1;
-    }
-    return 0;
+    return o->argv[o->first_operand];
 }
 
 /* ---- ls ---- */
 
 static const char LS_HELP[] =
-    "usage: transfuse shards ls [--json] PATH\n\n"
-    "Lists the shards of a dataset folder (or one shard file) with their record\n"
-    "counts, bytes, CRC-32C and state, from the manifest and the index files,\n"
-    "without reading payloads. State is `ok`, or what disagrees: a missing file,\n"
-    "a size that differs from the manifest, a missing or damaged index, an index\n"
-    "whose count differs. Checksums are compared by `shards verify`, which reads\n"
+    "usage: transfuse shards ls [--json] PATH\n"
+    "       transfuse shards ls [--json] [--group G ...] kafka://HOST:PORT/TOPIC\n\n"
+    "A dataset folder (or one shard file): its shards with record counts,\n"
+    "bytes, CRC-32C and state, from the manifest and the index files, without\n"
+    "reading payloads. State is `ok`, or what disagrees: a missing file, a size\n"
+    "that differs from the manifest, a missing or damaged index, an index whose\n"
+    "count differs. Checksums are compared by `shards verify`, which reads\n"
     "everything.\n\n"
-    "  --json   one JSON object on stdout instead of a table\n";
+    "A topic: its partitions with leader, low and high watermark and record\n"
+    "count, and for each consumer group its committed offsets and lag (records\n"
+    "not yet consumed). Groups are listed from the cluster when it can\n"
+    "(ListGroups); name them with --group where it cannot: librdkafka's mock\n"
+    "cluster (`transfuse broker`) cannot list or describe groups, but reports\n"
+    "committed offsets of a named group.\n\n"
+    "  --json           one JSON object on stdout instead of a table\n"
+    "  --group G        topics: show group G (repeatable)\n"
+    "  -X key=value     topics: librdkafka property (repeatable)\n";
+
+#define MAX_GROUPS 32
 
 static int cmd_ls(int argc, char **argv)
 {
-    int json = 0, status;
-    Dataset d;
-    if ((status = open_path_arg("ls", LS_HELP, argc, argv, &json, &d)) != 0)
-        return status < 0 ? 0 : status;
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards ls");
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, SHARDS_COMMON_LONGOPTS, {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
+    const char *groups[MAX_GROUPS];
+    size_t n_groups = 0;
+    int json = 0, c;
+    while ((c = tf_opts_next(&o)) != -1) {
+        if (c == 'h') {
+            fputs(LS_HELP, stdout);
+            return TF_EXIT_OK;
+        } else if (c == 'j') {
+            json = 1;
+        } else if (c == SHARDS_OPT_GROUP) {
+            if (n_groups == MAX_GROUPS)
+                return shards_cli_usage(&k, "at most 32 --group");
+            groups[n_groups++] = o.arg;
+        } else if (c == '?' || shards_cli_common(&k, c, o.arg) <= 0) {
+            return TF_EXIT_USAGE;
+        }
+    }
+    const char *path = one_path(&k, &o);
+    if (!path)
+        return TF_EXIT_USAGE;
+    if (kafka_url_is(path)) {
+        char b[1024], t[256];
+        TfError uerr = {{0}};
+        if (kafka_url_parse(path, b, sizeof b, t, sizeof t, &uerr))
+            return shards_cli_usage(&k, uerr.msg);
+        k.config[k.n_config] = NULL;
+        return shards_kafka_ls(&k, path, groups, n_groups, json);
+    }
+    TfError err = {{0}};
+    RecordSourceOptions ro = {0};
+    RecordSource *src = shards_cli_open(&k, path, &ro, &err);
+    if (!src) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        return TF_EXIT_FAIL;
+    }
+    const RecordShard *shards;
+    size_t n = record_source_shards(src, &shards);
     int bad = 0;
     json_t *arr = json_array();
     uint64_t tot_records = 0, tot_bytes = 0;
     if (!json)
         printf("%-32s %10s %14s  %-8s  %s\n", "SHARD", "RECORDS", "BYTES", "CRC32C", "STATE");
-    for (size_t i = 0; i < d.n; i++) {
-        const ShardEntry *e = dataset_entry(&d, i);
+    for (size_t i = 0; i < n; i++) {
+        const ShardEntry *e = shards[i].entry;
         char state[512] = "ok", crc[9] = "-";
         struct stat st;
         uint64_t bytes = 0;
         int64_t records = -1;
-        if (stat(d.paths[i], &st) != 0) {
+        if (stat(shards[i].path, &st) != 0) {
             snprintf(state, sizeof state, "missing");
         } else {
             bytes = (uint64_t)st.st_size;
             TfError ferr = {{0}};
-            ShardFile *f = shard_file_open(d.paths[i], &ferr);
+            ShardFile *f = shard_file_open(shards[i].path, &ferr);
             if (!f)
                 snprintf(state, sizeof state, "%s", ferr.msg);
             else {
@@ -303,316 +281,260 @@ static int cmd_ls(int argc, char **argv)
         tot_records += records > 0 ? (uint64_t)records : 0;
         tot_bytes += bytes;
         if (json) {
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", d.names[i], "records",
+            json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", shards[i].name, "records",
                                                  (json_int_t)records, "bytes", (json_int_t)bytes, "crc32c", crc,
                                                  "state", state));
         } else {
             char rec[32];
             snprintf(rec, sizeof rec, records >= 0 ? "%lld" : "?", (long long)records);
-            printf("%-32s %10s %14llu  %-8s  %s\n", d.names[i], rec, (unsigned long long)bytes, crc, state);
+            printf("%-32s %10s %14llu  %-8s  %s\n", shards[i].name, rec, (unsigned long long)bytes, crc, state);
         }
     }
+    int has_manifest = record_source_has_manifest(src);
     if (json) {
-        json_t *out = json_pack("{s:s,s:b,s:I,s:I,s:I,s:o}", "path", argv[optind], "manifest", d.manifest != NULL,
-                                "shards", (json_int_t)d.n, "records", (json_int_t)tot_records, "bytes",
-                                (json_int_t)tot_bytes, "list", arr);
-        json_dumpf(out, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        putchar('\n');
+        json_t *out = json_pack("{s:s,s:b,s:I,s:I,s:I,s:o}", "path", path, "manifest", has_manifest, "shards",
+                                (json_int_t)n, "records", (json_int_t)tot_records, "bytes", (json_int_t)tot_bytes,
+                                "list", arr);
+        json_print(out);
         json_decref(out);
     } else {
         char hb[32];
         human_bytes(tot_bytes, hb, sizeof hb);
-        printf("%zu shard%s, %llu records, %s%s\n", d.n, d.n == 1 ? "" : "s", (unsigned long long)tot_records, hb,
-               d.manifest ? "" : " (no manifest)");
+        printf("%zu shard%s, %llu records, %s%s\n", n, n == 1 ? "" : "s", (unsigned long long)tot_records, hb,
+               has_manifest ? "" : " (no manifest)");
         json_decref(arr);
     }
-    dataset_free(&d);
-    return bad ? 1 : 0;
+    record_source_free(src);
+    return bad ? TF_EXIT_CHECK : TF_EXIT_OK;
 }
 
 /* ---- verify ---- */
 
 static const char VERIFY_HELP[] =
-    "usage: transfuse shards verify [--json] [--quiet] PATH\n\n"
-    "Reads every byte of a dataset folder (or one shard file): the CRC of every\n"
-    "frame, the parse of every record, tensor sizes against their dtype and\n"
-    "shape, latent shape/dtype against the manifest, record counts against the\n"
-    "manifest and index, the CRC-32C of each whole file against the manifest,\n"
-    "and shard files the manifest does not list. Each problem is printed with\n"
-    "its shard, record index and byte offset. Exit status 1 if anything is\n"
-    "wrong, 0 if all is well. A progress line is drawn on a terminal.\n\n"
-    "  --json    one JSON object on stdout (ok, counts, problems)\n"
-    "  --quiet   print only the summary (problems are still counted)\n";
+    "usage: transfuse shards verify [--json] [--quiet] [options] PATH\n\n"
+    "Reads every record of a dataset folder, one shard file or a topic range\n"
+    "(up to the high watermarks seen at start, or with --follow until\n"
+    "Ctrl-C) and checks: the CRC of every frame; that each record parses as\n"
+    "transfuse.v1.Sample, has a key, and has tensors whose sizes match dtype x\n"
+    "shape; latent shape/dtype against the dataset's facts; that no key\n"
+    "appears twice. For folders also: record counts against the manifest and\n"
+    "index, the CRC-32C of each whole file and its size against the manifest,\n"
+    "index damage, and shard files the manifest does not list. For topics also:\n"
+    "the message key equals the sample key, the identity headers agree, and\n"
+    "offsets are contiguous (a gap means records were deleted or compacted).\n"
+    "Each problem is printed with its shard, record index and byte offset (or\n"
+    "partition and offset). Exit status 1 if anything is wrong, 0 if all is\n"
+    "well, 3 if PATH cannot be read. A progress line is drawn on a terminal.\n\n"
+    "  --json           one JSON object on stdout (ok, counts, problems)\n"
+    "  --quiet          print only the summary (problems are still counted)\n" SHARDS_RANGE_HELP;
 
 typedef struct Verify {
-    int json, quiet;
+    int json, quiet, kafka;
     json_t *problems;
-    uint64_t n_problems, records, bytes, done_bytes;
+    uint64_t n_problems;
     TfProgress progress;
-    ShardArena arena;
-    const ShardFacts *facts;
 } Verify;
 
-static void verify_report(Verify *v, const char *shard, uint64_t record, uint64_t offset, const char *what)
+static void verify_report(Verify *v, const ShardProblem *p)
 {
     v->n_problems++;
     if (v->json) {
-        if (json_array_size(v->problems) < 100000)
-            json_array_append_new(v->problems, json_pack("{s:s,s:I,s:I,s:s}", "shard", shard, "record",
-                                                         (json_int_t)record, "offset", (json_int_t)offset, "what",
-                                                         what));
+        if (json_array_size(v->problems) < 100000) {
+            json_t *j = p->partition >= 0
+                            ? json_pack("{s:i,s:I,s:s}", "partition", (int)p->partition, "offset",
+                                        (json_int_t)p->offset, "what", p->what)
+                            : json_pack("{s:s,s:I,s:I,s:s}", "shard", p->shard, "record", (json_int_t)p->record,
+                                        "offset", (json_int_t)p->offset, "what", p->what);
+            json_array_append_new(v->problems, j);
+        }
     } else if (!v->quiet) {
         if (v->progress.enabled)
             fputs("\r\033[K", stderr);
-        printf("PROBLEM %s: record %llu at byte %llu: %s\n", shard, (unsigned long long)record,
-               (unsigned long long)offset, what);
+        char line[1024];
+        shard_problem_format(p, line, sizeof line);
+        printf("PROBLEM %s\n", line);
     }
-}
-
-static void verify_record(Verify *v, const char *name, uint64_t rec, uint64_t off, const uint8_t *payload,
-                          size_t len)
-{
-    TfError err = {{0}};
-    shard_arena_reset(&v->arena);
-    Sample *s = sample_decode(payload, len, &v->arena, &err);
-    if (!s) {
-        verify_report(v, name, rec, off, err.msg);
-        return;
-    }
-    if (!s->key || !*s->key)
-        verify_report(v, name, rec, off, "record has no key");
-    const Transfuse__V1__Tensor *ts[2] = {s->latent_mean, s->latent_logvar};
-    for (int k = 0; k < 2; k++) {
-        const char *why = ts[k] ? tensor_problem(ts[k]) : NULL;
-        if (why) {
-            char what[160];
-            snprintf(what, sizeof what, "%s: %s", k ? "latent_logvar" : "latent_mean", why);
-            verify_report(v, name, rec, off, what);
-            ts[k] = NULL;
-        }
-    }
-    const ShardFacts *f = v->facts;
-    if (ts[0] && f && *f->latent_dtype && strcmp(f->latent_dtype, dtype_name(ts[0]->dtype)))
-        verify_report(v, name, rec, off, "latent_mean dtype differs from the manifest");
-    if (ts[0] && f && f->latent_rank &&
-        ((size_t)f->latent_rank != ts[0]->n_shape ||
-         memcmp(f->latent_shape, ts[0]->shape, sizeof(uint32_t) * ts[0]->n_shape)))
-        verify_report(v, name, rec, off, "latent_mean shape differs from the manifest");
-    if (ts[0] && ts[1] &&
-        (ts[0]->n_shape != ts[1]->n_shape || memcmp(ts[0]->shape, ts[1]->shape, sizeof(uint32_t) * ts[0]->n_shape)))
-        verify_report(v, name, rec, off, "latent_logvar shape differs from latent_mean");
-}
-
-static void verify_shard(Verify *v, const Dataset *d, size_t i)
-{
-    const ShardEntry *e = dataset_entry(d, i);
-    const char *name = d->names[i];
-    TfError err = {{0}};
-    ShardFile *f = shard_file_load(d->paths[i], &err);
-    if (!f) {
-        verify_report(v, name, 0, 0, err.msg);
-        return;
-    }
-    uint64_t size = shard_file_size(f);
-    char what[512];
-    if (e && size != e->bytes) {
-        snprintf(what, sizeof what, "file has %llu bytes, manifest says %llu", (unsigned long long)size,
-                 (unsigned long long)e->bytes);
-        verify_report(v, name, 0, size, what);
-    }
-    if (shard_file_index_count(f) < 0)
-        verify_report(v, name, 0, 0, shard_file_index_problem(f));
-    /* One pass: frame CRCs are checked record by record, and the whole-file
-     * checksum is assembled from them (CRC combination), with any bytes
-     * between good frames added directly. */
-    const uint8_t *data = shard_file_data(f);
-    uint32_t file_crc = 0;
-    uint64_t covered = 0;
-    ShardCursor c;
-    shard_cursor_init(&c, f);
-    const uint8_t *payload;
-    size_t len;
-    ShardProblem p;
-    uint64_t good = 0, seen = 0;
-    int rc;
-    while ((rc = shard_cursor_next(&c, &payload, &len, &p)) != 0) {
-        seen++;
-        if (rc < 0) {
-            verify_report(v, name, p.record, p.offset, p.what);
-        } else {
-            good++;
-            uint64_t start = (uint64_t)(payload - data) - SHARD_FRAME_HEADER;
-            if (start > covered)
-                file_crc = shard_crc32c(file_crc, data + covered, start - covered);
-            file_crc = shard_crc32c(file_crc, data + start, SHARD_FRAME_HEADER);
-            file_crc = shard_crc32c_combine(file_crc, c.payload_crc, len);
-            file_crc = shard_crc32c(file_crc, payload + len, SHARD_FRAME_FOOTER);
-            covered = start + SHARD_FRAME_HEADER + len + SHARD_FRAME_FOOTER;
-            verify_record(v, name, c.record - 1, start, payload, len);
-        }
-        if ((seen & 255) == 0)
-            tf_progress_update(&v->progress, v->done_bytes + c.offset);
-    }
-    if (covered < size)
-        file_crc = shard_crc32c(file_crc, data + covered, size - covered);
-    if (e && file_crc != e->crc32c) {
-        snprintf(what, sizeof what, "file CRC-32C %08x differs from manifest %08x", file_crc, e->crc32c);
-        verify_report(v, name, 0, 0, what);
-    }
-    int64_t indexed = shard_file_index_count(f);
-    uint64_t records = c.record;
-    if (e && records != e->records) {
-        snprintf(what, sizeof what, "shard holds %llu records, manifest says %llu", (unsigned long long)records,
-                 (unsigned long long)e->records);
-        verify_report(v, name, records, size, what);
-    }
-    if (indexed >= 0 && (uint64_t)indexed != records) {
-        snprintf(what, sizeof what, "shard holds %llu records, index lists %lld", (unsigned long long)records,
-                 (long long)indexed);
-        verify_report(v, name, records, size, what);
-    }
-    v->records += good;
-    v->bytes += size;
-    v->done_bytes += size;
-    shard_file_free(f);
 }
 
 static int cmd_verify(int argc, char **argv)
 {
-    Verify v = {0};
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards verify");
     static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0}};
+        {"json", no_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'}, SHARDS_COMMON_LONGOPTS, {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hqX:", .longopts = opts};
+    Verify v = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
-        if (c == 'j')
-            v.json = 1;
-        else if (c == 'q')
-            v.quiet = 1;
-        else if (c == 'h') {
+    while ((c = tf_opts_next(&o)) != -1) {
+        if (c == 'h') {
             fputs(VERIFY_HELP, stdout);
-            return 0;
-        } else
-            return 2;
+            return TF_EXIT_OK;
+        } else if (c == 'j') {
+            v.json = 1;
+        } else if (c == 'q') {
+            v.quiet = 1;
+        } else if (c == '?' || shards_cli_common(&k, c, o.arg) <= 0) {
+            return TF_EXIT_USAGE;
+        }
     }
-    if (optind != argc - 1) {
-        print_usage_error("verify", "needs exactly one PATH");
-        return 2;
-    }
-    Dataset d;
+    const char *path = one_path(&k, &o);
+    if (!path)
+        return TF_EXIT_USAGE;
+    const TfStopFlag *stop = tf_cli_stop_flag();
     TfError err = {{0}};
-    if (dataset_open(&d, argv[optind], &err)) {
-        fprintf(stderr, "transfuse shards verify: %s\n", err.msg);
-        return 1;
-    }
-    v.problems = json_array();
-    shard_arena_init(&v.arena, 1 << 20);
-    v.facts = d.manifest ? &d.manifest->facts : NULL;
     double t0 = tf_now();
+    RecordSourceOptions ro = {.check_shards = !kafka_url_is(path), .check = 1, .stop = stop};
+    RecordSource *src = shards_cli_open(&k, path, &ro, &err);
+    if (!src) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        shards_cli_deinit(&k);
+        return TF_EXIT_FAIL;
+    }
+    v.kafka = record_source_is_kafka(src);
+    v.problems = json_array();
+    const RecordShard *shards;
+    size_t n_shards = record_source_shards(src, &shards);
     uint64_t total = 0;
-    for (size_t i = 0; i < d.n; i++) {
+    for (size_t i = 0; i < n_shards; i++) {
         struct stat st;
-        if (stat(d.paths[i], &st) == 0)
+        if (stat(shards[i].path, &st) == 0)
             total += (uint64_t)st.st_size;
     }
-    tf_progress_init(&v.progress, "verify", total, "B");
-    struct stat st;
-    int is_dir = stat(argv[optind], &st) == 0 && S_ISDIR(st.st_mode);
-    if (is_dir && !d.manifest)
-        verify_report(&v, SHARD_MANIFEST_NAME, 0, 0, d.manifest_error);
-    for (size_t i = 0; i < d.n; i++)
-        verify_shard(&v, &d, i);
-    if (is_dir && d.manifest) { /* shard files the manifest does not list */
-        size_t n;
-        char **files = list_shard_files(d.dir, &n);
-        for (size_t i = 0; i < n; i++) {
-            int listed = 0;
-            for (size_t k = 0; k < d.n && !listed; k++)
-                listed = !strcmp(files[i], d.names[k]);
-            if (!listed)
-                verify_report(&v, files[i], 0, 0, "shard file is not listed in the manifest");
+    tf_progress_init(&v.progress, "verify", total, v.kafka ? "records" : "B");
+    ShardKeySet *keys = shard_keyset_new();
+    uint64_t good = 0, bytes = 0, seen = 0, done_bytes = 0;
+    size_t last_shard = SIZE_MAX;
+    int rc;
+    Record rec;
+    ShardProblem p;
+    while ((k.limit < 0 || (long)seen < k.limit) &&
+           (rc = record_source_next(src, &rec, 1000, &p, &err)) != RECORD_SOURCE_END) {
+        if (tf_stop_requested(stop))
+            break;
+        if (rc == RECORD_SOURCE_IDLE)
+            continue;
+        if (rc < 0) {
+            snprintf(p.what, sizeof p.what, "%s", err.msg);
+            snprintf(p.shard, sizeof p.shard, "%s", path);
+            p.partition = -1;
+            p.record = p.offset = 0;
+            verify_report(&v, &p);
+            break;
         }
-        free_list(files, n);
+        seen++;
+        if (rc == RECORD_SOURCE_PROBLEM) {
+            verify_report(&v, &p);
+            continue;
+        }
+        bytes += rec.len;
+        if (!v.kafka && rec.shard_index != last_shard) {
+            if (last_shard != SIZE_MAX && shards[last_shard].entry)
+                done_bytes += shards[last_shard].entry->bytes;
+            last_shard = rec.shard_index;
+        }
+        uint64_t where = v.kafka ? (uint64_t)rec.partition << 48 | rec.offset : (uint64_t)rec.shard_index << 40 | rec.record;
+        uint64_t first = 0;
+        int fresh = shard_keyset_add(keys, rec.key, rec.key_len, where, &first);
+        if (fresh <= 0) {
+            memset(&p, 0, sizeof p);
+            snprintf(p.shard, sizeof p.shard, "%s", rec.shard);
+            p.partition = rec.partition;
+            p.record = rec.record;
+            p.offset = rec.offset;
+            if (fresh < 0)
+                snprintf(p.what, sizeof p.what, "out of memory for the key set");
+            else if (v.kafka)
+                snprintf(p.what, sizeof p.what, "key '%.*s' appears more than once (first at partition %d offset %llu)",
+                         (int)(rec.key_len > 200 ? 200 : rec.key_len), rec.key, (int)(first >> 48),
+                         (unsigned long long)(first & ((1ull << 48) - 1)));
+            else
+                snprintf(p.what, sizeof p.what, "key '%.*s' appears more than once (first in %s record %llu)",
+                         (int)(rec.key_len > 200 ? 200 : rec.key_len), rec.key, shards[first >> 40].name,
+                         (unsigned long long)(first & ((1ull << 40) - 1)));
+            verify_report(&v, &p);
+            continue;
+        }
+        good++;
+        if ((seen & 255) == 0)
+            tf_progress_update(&v.progress, v.kafka ? seen : done_bytes + rec.offset);
     }
-    tf_progress_finish(&v.progress, v.done_bytes);
+    tf_progress_finish(&v.progress, v.kafka ? seen : total);
+    if (v.kafka) {
+        KafkaSourceStats st;
+        kafka_source_stats(record_source_kafka(src), &st);
+        if (st.gaps) {
+            memset(&p, 0, sizeof p);
+            snprintf(p.shard, sizeof p.shard, "%s", path);
+            p.partition = -1;
+            snprintf(p.what, sizeof p.what, "%llu offset gap(s): records missing between offsets (see warnings)",
+                     (unsigned long long)st.gaps);
+            verify_report(&v, &p);
+        }
+    }
+    int stopped = tf_stop_requested(stop);
     double dt = tf_now() - t0;
     if (v.json) {
-        json_t *out = json_pack("{s:s,s:b,s:I,s:I,s:I,s:f,s:I,s:o}", "path", argv[optind], "ok", v.n_problems == 0,
-                                "shards", (json_int_t)d.n, "records", (json_int_t)v.records, "bytes",
-                                (json_int_t)v.bytes, "seconds", dt, "problem_count", (json_int_t)v.n_problems,
-                                "problems", v.problems);
-        json_dumpf(out, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        putchar('\n');
+        json_t *out = json_pack("{s:s,s:b,s:I,s:I,s:I,s:I,s:f,s:I,s:b,s:o}", "path", path, "ok", v.n_problems == 0,
+                                "shards", (json_int_t)n_shards, "records", (json_int_t)good, "seen",
+                                (json_int_t)seen, "bytes", (json_int_t)bytes, "seconds", dt, "problem_count",
+                                (json_int_t)v.n_problems, "stopped", stopped, "problems", v.problems);
+        json_print(out);
         json_decref(out);
     } else {
         char hb[32];
-        human_bytes(v.bytes, hb, sizeof hb);
-        printf("%s: %zu shard%s, %llu good records, %s in %.2f s (%.0f MB/s): %llu problem%s\n",
-               v.n_problems ? "FAILED" : "OK", d.n, d.n == 1 ? "" : "s", (unsigned long long)v.records, hb, dt,
-               dt > 0 ? (double)v.bytes / dt / 1e6 : 0.0, (unsigned long long)v.n_problems,
-               v.n_problems == 1 ? "" : "s");
+        human_bytes(v.kafka ? bytes : total, hb, sizeof hb);
+        const char *verdict = v.n_problems ? "FAILED" : stopped ? "STOPPED" : "OK";
+        if (v.kafka) {
+            char b[1024], t[256];
+            kafka_url_parse(path, b, sizeof b, t, sizeof t, NULL);
+            printf("%s: topic %s, %llu good records of %llu, %s in %.2f s: %llu problem%s\n", verdict, t,
+                   (unsigned long long)good, (unsigned long long)seen, hb, dt, (unsigned long long)v.n_problems,
+                   v.n_problems == 1 ? "" : "s");
+        } else {
+            printf("%s: %zu shard%s, %llu good records, %s in %.2f s (%.0f MB/s): %llu problem%s\n", verdict, n_shards,
+                   n_shards == 1 ? "" : "s", (unsigned long long)good, hb, dt, dt > 0 ? (double)total / dt / 1e6 : 0.0,
+                   (unsigned long long)v.n_problems, v.n_problems == 1 ? "" : "s");
+        }
         json_decref(v.problems);
     }
-    shard_arena_deinit(&v.arena);
-    dataset_free(&d);
-    return v.n_problems ? 1 : 0;
+    shard_keyset_free(keys);
+    record_source_free(src);
+    shards_cli_deinit(&k);
+    if (v.n_problems)
+        return TF_EXIT_CHECK;
+    return stopped ? TF_EXIT_STOPPED : TF_EXIT_OK;
 }
 
 /* ---- stat ---- */
 
 static const char STAT_HELP[] =
-    "usage: transfuse shards stat [--json] PATH\n\n"
-    "Reads every record of a dataset folder (or one shard file) and prints\n"
-    "totals; the latent shapes and dtypes found; distributions (min, p50, p90,\n"
-    "p99, max, mean) of caption length in bytes and of token count; and a\n"
-    "provenance summary (source URLs and hosts, original formats and sizes,\n"
-    "EXIF orientations applied, embedded images). Damaged records are counted\n"
-    "and skipped (run `shards verify` for their locations).\n\n"
-    "  --json   one JSON object on stdout instead of text\n";
+    "usage: transfuse shards stat [--json] [options] PATH\n\n"
+    "Reads every record of a dataset folder, one shard file or a topic range\n"
+    "and prints totals; the latent shapes and dtypes found; distributions (min,\n"
+    "p50, p90, p99, max, mean) of caption length in bytes and of token count;\n"
+    "and a provenance summary (source URLs and hosts, original formats and\n"
+    "sizes, EXIF orientations applied, embedded images). Damaged records are\n"
+    "counted and skipped (run `shards verify` for their locations).\n\n"
+    "  --json           one JSON object on stdout instead of text\n" SHARDS_RANGE_HELP;
 
 /* A string -> count table for distinct values (hosts, shapes), hashed so a
  * dataset of millions of records with many hosts stays linear. */
 typedef struct Counter {
+    ShardKeySet *index;  /* value -> position in keys/counts */
     char **keys;
     uint64_t *counts;
     size_t n, cap;
-    uint32_t *slots;   /* open addressing: index + 1, 0 = empty */
-    size_t n_slots;
     uint64_t overflow; /* values not tracked once the table is full */
 } Counter;
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static void counter_add(Counter *c, const char *key)
 {
-    if (c->n * 2 >= c->n_slots) { /* grow and rehash */
-        size_t ns = c->n_slots ? c->n_slots * 2 : 64;
-        uint32_t *slots = calloc(ns, sizeof *slots);
-        if (!slots)
-            return;
-        for (size_t i = 0; i < c->n; i++) {
-            size_t h = hash_str(c->keys[i]) & (ns - 1);
-            while (slots[h])
-                h = (h + 1) & (ns - 1);
-            slots[h] = (uint32_t)i + 1;
-        }
-        free(c->slots);
-        c->slots = slots;
-        c->n_slots = ns;
-    }
-    size_t h = hash_str(key) & (c->n_slots - 1);
-    while (c->slots[h]) {
-        if (!strcmp(c->keys[c->slots[h] - 1], key)) {
-            c->counts[c->slots[h] - 1]++;
-            return;
-        }
-        h = (h + 1) & (c->n_slots - 1);
+    if (!c->index && !(c->index = shard_keyset_new()))
+        return;
+    uint64_t at;
+    size_t len = strlen(key);
+    if (shard_keyset_has(c->index, key, len, &at)) {
+        c->counts[at]++;
+        return;
     }
     if (c->n == 100000) {
         c->overflow++;
@@ -632,15 +554,20 @@ static void counter_add(Counter *c, const char *key)
     }
     if (!(c->keys[c->n] = strdup(key)))
         return;
-    c->counts[c->n] = 1;
-    c->slots[h] = (uint32_t)++c->n;
+    if (shard_keyset_add(c->index, key, len, c->n, NULL) < 0) {
+        free(c->keys[c->n]);
+        return;
+    }
+    c->counts[c->n++] = 1;
 }
 
 static void counter_free(Counter *c)
 {
-    free_list(c->keys, c->n);
+    for (size_t i = 0; i < c->n; i++)
+        free(c->keys[i]);
+    free(c->keys);
     free(c->counts);
-    free(c->slots);
+    shard_keyset_free(c->index);
 }
 
 /* The most frequent entries as a JSON object (at most `top`). */
@@ -741,105 +668,123 @@ static void url_host(const char *url, char *out, size_t cap)
 
 static int cmd_stat(int argc, char **argv)
 {
-    int json = 0, status;
-    Dataset d;
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards stat");
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, SHARDS_COMMON_LONGOPTS, {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
+    int json = 0, c;
+    while ((c = tf_opts_next(&o)) != -1) {
+        if (c == 'h') {
+            fputs(STAT_HELP, stdout);
+            return TF_EXIT_OK;
+        } else if (c == 'j') {
+            json = 1;
+        } else if (c == '?' || shards_cli_common(&k, c, o.arg) <= 0) {
+            return TF_EXIT_USAGE;
+        }
+    }
+    const char *path = one_path(&k, &o);
+    if (!path)
+        return TF_EXIT_USAGE;
+    const TfStopFlag *stop = tf_cli_stop_flag();
     TfError err = {{0}};
-    if ((status = open_path_arg("stat", STAT_HELP, argc, argv, &json, &d)) != 0)
-        return status < 0 ? 0 : status;
+    RecordSourceOptions ro = {.decode = 1, .stop = stop};
+    RecordSource *src = shards_cli_open(&k, path, &ro, &err);
+    if (!src) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        shards_cli_deinit(&k);
+        return TF_EXIT_FAIL;
+    }
     Counter means = {0}, logvars = {0}, hosts = {0}, formats = {0}, images = {0}, orient = {0};
     Series caption = {0}, tokens = {0}, short_side = {0};
-    uint64_t records = 0, damaged = 0, bytes = 0, with_url = 0, with_sha = 0, unreadable = 0;
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
+    uint64_t records = 0, damaged = 0, bytes = 0, with_url = 0, with_sha = 0;
     TfProgress prog;
     tf_progress_init(&prog, "stat", 0, "records");
-    for (size_t i = 0; i < d.n; i++) {
-        ShardFile *f = shard_file_load(d.paths[i], &err);
-        if (!f) {
-            unreadable++;
-            tf_log(TF_LOG_WARN, TAG, "%s", err.msg);
+    Record rec;
+    ShardProblem p;
+    int rc, status = TF_EXIT_OK;
+    while ((k.limit < 0 || (long)records < k.limit) &&
+           (rc = record_source_next(src, &rec, 1000, &p, &err)) != RECORD_SOURCE_END) {
+        if (tf_stop_requested(stop)) {
+            status = TF_EXIT_STOPPED;
+            break;
+        }
+        if (rc < 0) {
+            fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+            status = TF_EXIT_FAIL;
+            break;
+        }
+        if (rc == RECORD_SOURCE_PROBLEM) {
+            damaged++;
             continue;
         }
-        bytes += shard_file_size(f);
-        ShardCursor cur;
-        shard_cursor_init(&cur, f);
-        const uint8_t *payload;
-        size_t len;
-        ShardProblem p;
-        int rc;
-        while ((rc = shard_cursor_next(&cur, &payload, &len, &p)) != 0) {
-            shard_arena_reset(&arena);
-            Sample *s = rc > 0 ? sample_decode(payload, len, &arena, NULL) : NULL;
-            if (!s) {
-                damaged++;
-                continue;
-            }
-            records++;
-            char desc[128];
-            if (s->latent_mean) {
-                tensor_desc(s->latent_mean, desc, sizeof desc);
-                counter_add(&means, desc);
-            } else
-                counter_add(&means, "absent");
-            if (s->latent_logvar) {
-                tensor_desc(s->latent_logvar, desc, sizeof desc);
-                counter_add(&logvars, desc);
-            } else
-                counter_add(&logvars, "absent");
-            series_add(&caption, (uint32_t)strlen(s->caption ? s->caption : ""));
-            series_add(&tokens, (uint32_t)s->n_tokens);
-            if (s->image) {
-                snprintf(desc, sizeof desc, "%s %ux%u", *s->image->format ? s->image->format : "?",
-                         s->image->width, s->image->height);
-                counter_add(&images, desc);
-            }
-            Transfuse__V1__Provenance *pv = s->provenance;
-            if (pv) {
-                if (pv->source_url && *pv->source_url) {
-                    with_url++;
-                    url_host(pv->source_url, desc, sizeof desc);
-                    counter_add(&hosts, desc);
-                }
-                with_sha += pv->sha256.len == 32;
-                counter_add(&formats, pv->original_format && *pv->original_format ? pv->original_format : "unknown");
-                snprintf(desc, sizeof desc, "%u", pv->exif_orientation);
-                counter_add(&orient, desc);
-                if (pv->original_width && pv->original_height)
-                    series_add(&short_side, pv->original_width < pv->original_height ? pv->original_width
-                                                                                        : pv->original_height);
-            }
-            if ((records & 1023) == 0)
-                tf_progress_update(&prog, records);
+        if (rc != RECORD_SOURCE_RECORD)
+            continue;
+        const Sample *s = rec.sample;
+        records++;
+        bytes += rec.len;
+        char desc[128];
+        if (s->latent_mean) {
+            tensor_desc(s->latent_mean, desc, sizeof desc);
+            counter_add(&means, desc);
+        } else
+            counter_add(&means, "absent");
+        if (s->latent_logvar) {
+            tensor_desc(s->latent_logvar, desc, sizeof desc);
+            counter_add(&logvars, desc);
+        } else
+            counter_add(&logvars, "absent");
+        series_add(&caption, (uint32_t)strlen(s->caption ? s->caption : ""));
+        series_add(&tokens, (uint32_t)s->n_tokens);
+        if (s->image) {
+            snprintf(desc, sizeof desc, "%s %ux%u", *s->image->format ? s->image->format : "?", s->image->width,
+                     s->image->height);
+            counter_add(&images, desc);
         }
-        shard_file_free(f);
+        Transfuse__V1__Provenance *pv = s->provenance;
+        if (pv) {
+            if (pv->source_url && *pv->source_url) {
+                with_url++;
+                url_host(pv->source_url, desc, sizeof desc);
+                counter_add(&hosts, desc);
+            }
+            with_sha += pv->sha256.len == 32;
+            counter_add(&formats, pv->original_format && *pv->original_format ? pv->original_format : "unknown");
+            snprintf(desc, sizeof desc, "%u", pv->exif_orientation);
+            counter_add(&orient, desc);
+            if (pv->original_width && pv->original_height)
+                series_add(&short_side,
+                           pv->original_width < pv->original_height ? pv->original_width : pv->original_height);
+        }
+        if ((records & 1023) == 0)
+            tf_progress_update(&prog, records);
     }
     tf_progress_finish(&prog, records);
+    const RecordShard *shards;
+    size_t n_shards = record_source_shards(src, &shards);
     json_t *out = json_pack(
-        "{s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:{s:I,s:I,s:I,s:o,s:o,s:o,s:o}}", "path", argv[optind],
-        "shards", (json_int_t)d.n, "records", (json_int_t)records, "damaged_records", (json_int_t)damaged,
-        "unreadable_shards", (json_int_t)unreadable, "bytes", (json_int_t)bytes, "latent_mean",
-        counter_json(&means, 10), "latent_logvar", counter_json(&logvars, 10), "caption_bytes",
-        series_json(&caption), "tokens", series_json(&tokens), "images", counter_json(&images, 10), "provenance",
-        "with_source_url", (json_int_t)with_url, "with_sha256", (json_int_t)with_sha, "distinct_hosts",
+        "{s:s,s:I,s:I,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:{s:I,s:I,s:I,s:o,s:o,s:o,s:o}}", "path", path, "shards",
+        (json_int_t)n_shards, "records", (json_int_t)records, "damaged_records", (json_int_t)damaged, "bytes",
+        (json_int_t)bytes, "latent_mean", counter_json(&means, 10), "latent_logvar", counter_json(&logvars, 10),
+        "caption_bytes", series_json(&caption), "tokens", series_json(&tokens), "images", counter_json(&images, 10),
+        "provenance", "with_source_url", (json_int_t)with_url, "with_sha256", (json_int_t)with_sha, "distinct_hosts",
         (json_int_t)(hosts.n + hosts.overflow), "top_hosts", counter_json(&hosts, 5), "original_formats",
         counter_json(&formats, 10), "exif_orientation", counter_json(&orient, 9), "original_short_side",
         series_json(&short_side));
-    if (d.manifest)
-        json_object_set_new(out, "facts", shard_facts_to_json(&d.manifest->facts));
+    const ShardFacts *f = record_source_facts(src);
+    int have_facts = record_source_has_manifest(src) || record_source_is_kafka(src);
+    if (have_facts)
+        json_object_set_new(out, "facts", shard_facts_to_json(f));
     if (json) {
-        json_dumpf(out, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        putchar('\n');
+        json_print(out);
     } else {
         char hb[32];
         human_bytes(bytes, hb, sizeof hb);
-        printf("%-16s %s\n", "path", argv[optind]);
-        printf("%-16s %zu shards, %llu records, %s", "totals", d.n, (unsigned long long)records, hb);
-        if (damaged || unreadable)
-            printf(" (%llu damaged records, %llu unreadable shards: run shards verify)", (unsigned long long)damaged,
-                   (unsigned long long)unreadable);
+        printf("%-16s %s\n", "path", path);
+        printf("%-16s %zu shards, %llu records, %s of records", "totals", n_shards, (unsigned long long)records, hb);
+        if (damaged)
+            printf(" (%llu damaged records: run shards verify)", (unsigned long long)damaged);
         putchar('\n');
-        if (d.manifest) {
-            const ShardFacts *f = &d.manifest->facts;
+        if (have_facts) {
             printf("%-16s %s %s\n", "tokenizer", *f->tokenizer_id ? f->tokenizer_id : "(not recorded)",
                    f->tokenizer_name);
             printf("%-16s %s %s (scaling %g, shift %g)\n", "vae", *f->vae_id ? f->vae_id : "(not recorded)",
@@ -869,37 +814,43 @@ static int cmd_stat(int argc, char **argv)
     free(caption.v);
     free(tokens.v);
     free(short_side.v);
-    shard_arena_deinit(&arena);
-    dataset_free(&d);
-    return 0;
+    record_source_free(src);
+    shards_cli_deinit(&k);
+    return status;
 }
 
 /* ---- cat ---- */
 
 static const char CAT_HELP[] =
     "usage: transfuse shards cat [options] PATH\n\n"
-    "Prints records of a dataset folder (or one shard file) as JSON lines on\n"
-    "stdout, in shard order. The JSON form uses the proto field names of\n"
-    "transfuse.v1.Sample; bytes fields (tensor data, sha256, images) are base64;\n"
-    "enums by name; fields at their default value are left out. Damaged\n"
-    "records are reported on stderr with their location and skipped (exit 1).\n\n"
-    "  --index N       only record N (0-based, counted across the dataset)\n"
-    "  --key K         only the record whose key is K\n"
-    "  --fields A,B    only these top-level fields (e.g. key,caption,tokens)\n"
-    "  --limit N       stop after N records\n"
-    "  --raw           write one record's payload bytes instead (needs --index or\n"
-    "                  --key), e.g. for: protoc --decode transfuse.v1.Sample\n";
+    "Prints records of a dataset folder, one shard file or a topic range as\n"
+    "JSON lines on stdout, in the record source's order (folders: manifest\n"
+    "order; topics: offset order within each partition, partitions interleaved\n"
+    "as they arrive, up to the high watermarks seen at start unless --follow).\n"
+    "The JSON form uses the proto field names of transfuse.v1.Sample; bytes\n"
+    "fields (tensor data, sha256, images) are base64; enums by name; fields at\n"
+    "their default value are left out. Damaged records are reported on stderr\n"
+    "with their location and skipped (exit 1).\n\n"
+    "  --index N        folders: only record N (0-based, counted across the dataset)\n"
+    "  --key K          folders: only the record whose key is K\n"
+    "  --fields A,B     only these top-level fields (e.g. key,caption,tokens)\n"
+    "  --meta           add where each record lies: \"_shard\" and \"_record\" (folders),\n"
+    "                   \"_partition\" and \"_offset\" (topics)\n"
+    "  --raw            write one record's payload bytes instead (folders: needs\n"
+    "                   --index or --key; topics: the first record of the range),\n"
+    "                   e.g. for: protoc --decode transfuse.v1.Sample\n" SHARDS_RANGE_HELP;
 
-/* Finds record `index` (across the dataset) or the record with `key`. */
-static int find_record(const Dataset *d, int64_t index, const char *key, ShardFile **file_out, uint64_t *rec_out,
-                       TfError *err)
+/* Finds record `index` (across the folder) or the record with `key`. */
+static int find_record(const RecordShard *shards, size_t n, int64_t index, const char *key, ShardFile **file_out,
+                       uint64_t *rec_out, TfError *err)
 {
-    for (size_t i = 0; i < d->n; i++) {
-        ShardFile *f = shard_file_open(d->paths[i], err);
+    for (size_t i = 0; i < n; i++) {
+        ShardFile *f = shard_file_open(shards[i].path, err);
         if (!f)
             return -1;
+        int64_t r = -1;
         if (key) {
-            int64_t r = shard_file_find_key(f, key);
+            r = shard_file_find_key(f, key);
             if (r < 0 && shard_file_index_count(f) < 0) { /* no index: scan */
                 ShardCursor c;
                 shard_cursor_init(&c, f);
@@ -907,35 +858,29 @@ static int find_record(const Dataset *d, int64_t index, const char *key, ShardFi
                 size_t len;
                 int rc;
                 while (r < 0 && (rc = shard_cursor_next(&c, &p, &len, NULL)) != 0) {
-                    Sample *s = rc > 0 ? sample_decode(p, len, NULL, NULL) : NULL;
-                    if (s && s->key && !strcmp(s->key, key))
+                    const char *k;
+                    size_t kl;
+                    if (rc > 0 && sample_peek_key(p, len, &k, &kl) == 1 && kl == strlen(key) && !memcmp(k, key, kl))
                         r = (int64_t)c.record - 1;
-                    sample_free(s);
                 }
-                if (r >= 0) {
-                    *file_out = f;
-                    *rec_out = (uint64_t)r;
-                    return 0;
-                }
-            } else if (r >= 0) {
-                *file_out = f;
-                *rec_out = (uint64_t)r;
-                return 0;
             }
         } else {
             int64_t count = shard_file_index_count(f);
             if (count < 0) {
-                tf_fail(err, "%s: %s: --index needs the index (use cat without --index)", d->paths[i],
+                tf_fail(err, "%s: %s: --index needs the index (use cat without --index)", shards[i].path,
                         shard_file_index_problem(f));
                 shard_file_free(f);
                 return -1;
             }
-            if (index < count) {
-                *file_out = f;
-                *rec_out = (uint64_t)index;
-                return 0;
-            }
-            index -= count;
+            if (index < count)
+                r = index;
+            else
+                index -= count;
+        }
+        if (r >= 0) {
+            *file_out = f;
+            *rec_out = (uint64_t)r;
+            return 0;
         }
         shard_file_free(f);
     }
@@ -960,149 +905,171 @@ static char **split_fields(const char *spec)
     return list;
 }
 
-static int print_record(const uint8_t *payload, size_t len, const char *const *fields, ShardArena *arena)
+/* Prints one record as a JSON line (with where it lies under --meta). */
+static void print_record(const Sample *s, const char *const *fields, const Record *where)
 {
-    shard_arena_reset(arena);
-    Sample *s = sample_decode(payload, len, arena, NULL);
-    if (!s)
-        return -1;
     json_t *j = shard_message_to_json(&s->base, fields);
-    json_dumpf(j, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    putchar('\n');
+    if (where && where->partition >= 0) {
+        json_object_set_new(j, "_partition", json_integer(where->partition));
+        json_object_set_new(j, "_offset", json_integer((json_int_t)where->offset));
+    } else if (where) {
+        json_object_set_new(j, "_shard", json_string(where->shard));
+        json_object_set_new(j, "_record", json_integer((json_int_t)where->record));
+    }
+    json_print(j);
     json_decref(j);
-    return 0;
+}
+
+static int cat_one(const char *prog, const char *path, int64_t index, const char *key, int raw,
+                   const char *const *fields)
+{
+    TfError err = {{0}};
+    RecordSourceOptions ro = {.path = path};
+    RecordSource *src = record_source_open(&ro, &err);
+    if (!src) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        return TF_EXIT_FAIL;
+    }
+    const RecordShard *shards;
+    size_t n = record_source_shards(src, &shards);
+    ShardFile *f = NULL;
+    uint64_t rec = 0;
+    const uint8_t *payload;
+    size_t len;
+    ShardProblem p;
+    int status = TF_EXIT_OK;
+    if (find_record(shards, n, index, key, &f, &rec, &err)) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        status = TF_EXIT_CHECK;
+    } else if (shard_file_get(f, rec, &payload, &len, &p) != 1) {
+        char line[1024];
+        shard_problem_format(&p, line, sizeof line);
+        fprintf(stderr, "%s: %s\n", prog, line);
+        status = TF_EXIT_CHECK;
+    } else if (raw) {
+        status = fwrite(payload, 1, len, stdout) == len ? TF_EXIT_OK : TF_EXIT_FAIL;
+    } else {
+        Sample *s = sample_decode(payload, len, NULL, NULL);
+        if (s)
+            print_record(s, fields, NULL);
+        else {
+            fprintf(stderr, "%s: %s: record %llu does not parse\n", prog, shard_file_path(f),
+                    (unsigned long long)rec);
+            status = TF_EXIT_CHECK;
+        }
+        sample_free(s);
+    }
+    shard_file_free(f);
+    record_source_free(src);
+    return status;
 }
 
 static int cmd_cat(int argc, char **argv)
 {
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards cat");
     int64_t index = -1;
-    long limit = -1;
     const char *key = NULL, *fields_spec = NULL;
-    int raw = 0;
+    int raw = 0, meta = 0;
     static const struct option opts[] = {{"index", required_argument, 0, 'i'}, {"key", required_argument, 0, 'k'},
-                                         {"fields", required_argument, 0, 'f'}, {"limit", required_argument, 0, 'l'},
-                                         {"raw", no_argument, 0, 'r'},          {"help", no_argument, 0, 'h'},
+                                         {"fields", required_argument, 0, 'f'}, {"raw", no_argument, 0, 'r'},
+                                         {"meta", no_argument, 0, 'm'},         SHARDS_COMMON_LONGOPTS,
                                          {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
     TfError err = {{0}};
     int c;
     long v;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = tf_opts_next(&o)) != -1) {
         switch (c) {
         case 'i':
-            if (tf_parse_long("--index", optarg, 0, INT64_MAX > LONG_MAX ? LONG_MAX : INT64_MAX, &v, &err)) {
-                print_usage_error("cat", err.msg);
-                return 2;
-            }
+            if (tf_parse_long("--index", o.arg, 0, LONG_MAX, &v, &err))
+                return shards_cli_usage(&k, err.msg);
             index = v;
             break;
-        case 'l':
-            if (tf_parse_long("--limit", optarg, 0, LONG_MAX, &limit, &err)) {
-                print_usage_error("cat", err.msg);
-                return 2;
-            }
-            break;
-        case 'k': key = optarg; break;
-        case 'f': fields_spec = optarg; break;
+        case 'k': key = o.arg; break;
+        case 'f': fields_spec = o.arg; break;
         case 'r': raw = 1; break;
-        case 'h': fputs(CAT_HELP, stdout); return 0;
-        default: return 2;
+        case 'm': meta = 1; break;
+        case 'h': fputs(CAT_HELP, stdout); return TF_EXIT_OK;
+        case '?': return TF_EXIT_USAGE;
+        default:
+            if (shards_cli_common(&k, c, o.arg) <= 0)
+                return TF_EXIT_USAGE;
         }
     }
-    if (optind != argc - 1) {
-        print_usage_error("cat", "needs exactly one PATH");
-        return 2;
-    }
-    if (index >= 0 && key) {
-        print_usage_error("cat", "--index and --key are alternatives");
-        return 2;
-    }
-    if (raw && index < 0 && !key) {
-        print_usage_error("cat", "--raw writes one record: give --index or --key");
-        return 2;
-    }
-    if (raw && isatty(STDOUT_FILENO)) {
-        print_usage_error("cat", "--raw writes binary; redirect stdout to a file or a pipe");
-        return 2;
-    }
-    Dataset d;
-    if (dataset_open(&d, argv[optind], &err)) {
-        fprintf(stderr, "transfuse shards cat: %s\n", err.msg);
-        return 1;
-    }
+    const char *path = one_path(&k, &o);
+    if (!path)
+        return TF_EXIT_USAGE;
+    int topic = kafka_url_is(path);
+    if (index >= 0 && key)
+        return shards_cli_usage(&k, "--index and --key are alternatives");
+    if (topic && (index >= 0 || key))
+        return shards_cli_usage(&k, "--index and --key work on folders; use --partition and --offset on a topic");
+    if (raw && !topic && index < 0 && !key)
+        return shards_cli_usage(&k, "--raw writes one record: give --index or --key");
+    if (raw && isatty(STDOUT_FILENO))
+        return shards_cli_usage(&k, "--raw writes binary; redirect stdout to a file or a pipe");
     char **fields = fields_spec ? split_fields(fields_spec) : NULL;
-    if (fields) { /* reject unknown names before any output */
-        for (char **f = fields; *f; f++)
-            if (!protobuf_c_message_descriptor_get_field_by_name(&transfuse__v1__sample__descriptor, *f)) {
-                fprintf(stderr, "transfuse shards cat: --fields: transfuse.v1.Sample has no field '%s'\n", *f);
-                free(fields);
-                dataset_free(&d);
-                return 2;
-            }
-    }
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    int status = 0;
+    for (char **f = fields; f && *f; f++) /* reject unknown names before any output */
+        if (!protobuf_c_message_descriptor_get_field_by_name(&transfuse__v1__sample__descriptor, *f)) {
+            fprintf(stderr, "%s: --fields: transfuse.v1.Sample has no field '%s'\n", k.prog, *f);
+            free(fields);
+            return TF_EXIT_USAGE;
+        }
     if (index >= 0 || key) {
-        ShardFile *f = NULL;
-        uint64_t rec = 0;
-        const uint8_t *payload;
-        size_t len;
-        ShardProblem p;
-        if (find_record(&d, index, key, &f, &rec, &err)) {
-            fprintf(stderr, "transfuse shards cat: %s\n", err.msg);
-            status = 1;
-        } else if (shard_file_get(f, rec, &payload, &len, &p) != 1) {
+        int status = cat_one(k.prog, path, index, key, raw, (const char *const *)fields);
+        free(fields);
+        fflush(stdout);
+        return status;
+    }
+    const TfStopFlag *stop = tf_cli_stop_flag();
+    RecordSourceOptions ro = {.decode = !raw, .stop = stop};
+    RecordSource *src = shards_cli_open(&k, path, &ro, &err);
+    if (!src) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        free(fields);
+        shards_cli_deinit(&k);
+        return TF_EXIT_FAIL;
+    }
+    long printed = 0;
+    int status = TF_EXIT_OK, rc;
+    Record rec;
+    ShardProblem p;
+    while ((k.limit < 0 || printed < k.limit) &&
+           (rc = record_source_next(src, &rec, 1000, &p, &err)) != RECORD_SOURCE_END) {
+        if (tf_stop_requested(stop)) {
+            status = status ? status : TF_EXIT_STOPPED;
+            break;
+        }
+        if (rc < 0) {
+            fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+            status = TF_EXIT_FAIL;
+            break;
+        }
+        if (rc == RECORD_SOURCE_PROBLEM) {
             char line[1024];
             shard_problem_format(&p, line, sizeof line);
-            fprintf(stderr, "transfuse shards cat: %s\n", line);
-            status = 1;
-        } else if (raw) {
-            status = fwrite(payload, 1, len, stdout) == len ? 0 : 1;
-        } else if (print_record(payload, len, (const char *const *)fields, &arena)) {
-            fprintf(stderr, "transfuse shards cat: %s: record %llu does not parse\n", shard_file_path(f),
-                    (unsigned long long)rec);
-            status = 1;
+            fprintf(stderr, "%s: %s\n", k.prog, line);
+            status = TF_EXIT_CHECK;
+            continue;
         }
-        shard_file_free(f);
-    } else {
-        long printed = 0;
-        for (size_t i = 0; i < d.n && (limit < 0 || printed < limit); i++) {
-            ShardFile *f = shard_file_load(d.paths[i], &err);
-            if (!f) {
-                fprintf(stderr, "transfuse shards cat: %s\n", err.msg);
-                status = 1;
-                continue;
-            }
-            ShardCursor cur;
-            shard_cursor_init(&cur, f);
-            const uint8_t *payload;
-            size_t len;
-            ShardProblem p;
-            int rc;
-            while ((limit < 0 || printed < limit) && (rc = shard_cursor_next(&cur, &payload, &len, &p)) != 0) {
-                if (rc > 0 && print_record(payload, len, (const char *const *)fields, &arena) == 0) {
-                    printed++;
-                    continue;
-                }
-                if (rc > 0) {
-                    p.record = cur.record - 1;
-                    p.offset = (uint64_t)(payload - shard_file_data(f)) - SHARD_FRAME_HEADER;
-                    snprintf(p.shard, sizeof p.shard, "%s", shard_file_path(f));
-                    snprintf(p.what, sizeof p.what, "payload is not a valid transfuse.v1.Sample");
-                }
-                char line[1024];
-                shard_problem_format(&p, line, sizeof line);
-                fprintf(stderr, "transfuse shards cat: %s\n", line);
-                status = 1;
-            }
-            shard_file_free(f);
+        if (rc != RECORD_SOURCE_RECORD)
+            continue;
+        if (raw) {
+            fwrite(rec.payload, 1, rec.len, stdout);
+            printed++;
+            break;
         }
+        print_record(rec.sample, (const char *const *)fields, meta ? &rec : NULL);
+        printed++;
+    }
+    if (raw && !printed) {
+        fprintf(stderr, "%s: the range holds no record\n", k.prog);
+        status = TF_EXIT_CHECK;
     }
     fflush(stdout);
     free(fields);
-    shard_arena_deinit(&arena);
-    dataset_free(&d);
+    record_source_free(src);
+    shards_cli_deinit(&k);
     return status;
 }
 
@@ -1117,7 +1084,7 @@ static const char IMPORT_HELP[] =
     "their line number and skipped (exit 1), or abort the import with --strict\n"
     "(the shard in progress is then discarded, never published).\n\n"
     "  --out DIR             dataset folder (required)\n"
-    "  --shard-size SIZE     roll shards at this many bytes (default 256M)\n"
+    "  --shard-size SIZE     roll shards at this many bytes (default 256Mi; 256M is 256,000,000)\n"
     "  --shard-records N     roll shards at this many records (default 100000)\n"
     "  --prefix NAME         shard file names NAME-NNNNNN.tfrecord (default shard)\n"
     "  --facts FILE          dataset facts as JSON, in the manifest's \"facts\" form\n"
@@ -1126,6 +1093,11 @@ static const char IMPORT_HELP[] =
     "  --strict              stop at the first bad line\n"
     "Latent dtype and shape are taken from the first record that has a latent\n"
     "when the facts do not give them.\n";
+
+static void print_usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "transfuse shards %s: %s (see transfuse shards %s --help)\n", cmd, msg, cmd);
+}
 
 static int cmd_import(int argc, char **argv)
 {
@@ -1141,35 +1113,35 @@ static int cmd_import(int argc, char **argv)
     TfError err = {{0}};
     int c;
     long v;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+    TfOpts o = {.prog = "transfuse shards import", .argc = argc, .argv = argv, .shortopts = "ho:", .longopts = opts};
+    while ((c = tf_opts_next(&o)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
+        case 'o': out = o.arg; break;
         case 's':
-            if (tf_parse_size("--shard-size", optarg, &wo.max_shard_bytes, &err) || wo.max_shard_bytes < 1024) {
+            if (tf_parse_size("--shard-size", o.arg, &wo.max_shard_bytes, &err) || wo.max_shard_bytes < 1000) {
                 print_usage_error("import", err.msg[0] ? err.msg : "--shard-size must be at least 1K");
-                return 2;
+                return TF_EXIT_USAGE;
             }
             break;
         case 'n':
-            if (tf_parse_long("--shard-records", optarg, 1, LONG_MAX, &v, &err)) {
+            if (tf_parse_long("--shard-records", o.arg, 1, LONG_MAX, &v, &err)) {
                 print_usage_error("import", err.msg);
-                return 2;
+                return TF_EXIT_USAGE;
             }
             wo.max_shard_records = (uint64_t)v;
             break;
-        case 'p': wo.name_prefix = optarg; break;
-        case 'F': facts_path = optarg; break;
-        case 't': tok_id = optarg; break;
-        case 'v': vae_id = optarg; break;
+        case 'p': wo.name_prefix = o.arg; break;
+        case 'F': facts_path = o.arg; break;
+        case 't': tok_id = o.arg; break;
+        case 'v': vae_id = o.arg; break;
         case 'S': strict = 1; break;
-        case 'h': fputs(IMPORT_HELP, stdout); return 0;
-        default: return 2;
+        case 'h': fputs(IMPORT_HELP, stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE;
         }
     }
-    if (!out || optind != argc) {
+    if (!out || o.first_operand != argc) {
         print_usage_error("import", out ? "takes no positional arguments (records come on stdin)" : "--out DIR is required");
-        return 2;
+        return TF_EXIT_USAGE;
     }
     ShardFacts facts = {0};
     if (facts_path) {
@@ -1177,7 +1149,7 @@ static int cmd_import(int argc, char **argv)
         if (!fj || shard_facts_from_json(fj, &facts, &err)) {
             json_decref(fj);
             fprintf(stderr, "transfuse shards import: --facts %s: %s\n", facts_path, err.msg);
-            return 2;
+            return TF_EXIT_USAGE;
         }
         json_decref(fj);
     }
@@ -1187,6 +1159,7 @@ static int cmd_import(int argc, char **argv)
         snprintf(facts.vae_id, sizeof facts.vae_id, "%s", vae_id);
 
     ShardWriter *w = NULL;
+    char why[320];
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -1207,10 +1180,8 @@ static int cmd_import(int argc, char **argv)
             /* err filled */
         } else if (!s->key || !*s->key) {
             tf_fail(&err, "record has no \"key\"");
-        } else if (s->latent_mean && tensor_problem(s->latent_mean)) {
-            tf_fail(&err, "latent_mean: %s", tensor_problem(s->latent_mean));
-        } else if (s->latent_logvar && tensor_problem(s->latent_logvar)) {
-            tf_fail(&err, "latent_logvar: %s", tensor_problem(s->latent_logvar));
+        } else if (sample_check(s, &facts, why, sizeof why)) {
+            tf_fail(&err, "%s", why);
         } else {
             err.msg[0] = 0;
         }
@@ -1220,14 +1191,14 @@ static int cmd_import(int argc, char **argv)
             sample_free(s);
             err.msg[0] = 0;
             bad++;
-            status = 1;
+            status = TF_EXIT_CHECK;
             if (strict)
                 goto abort;
             continue;
         }
         if (!w) { /* facts the flags did not give come from the first record */
             if (!*facts.latent_dtype && s->latent_mean) {
-                snprintf(facts.latent_dtype, sizeof facts.latent_dtype, "%s", dtype_name(s->latent_mean->dtype));
+                snprintf(facts.latent_dtype, sizeof facts.latent_dtype, "%s", sample_dtype_name(s->latent_mean->dtype));
                 facts.latent_rank = s->latent_mean->n_shape <= 4 ? (int)s->latent_mean->n_shape : 0;
                 for (int k = 0; k < facts.latent_rank; k++)
                     facts.latent_shape[k] = s->latent_mean->shape[k];
@@ -1235,14 +1206,14 @@ static int cmd_import(int argc, char **argv)
             if (!(w = shard_writer_open(out, &wo, &facts, &err))) {
                 fprintf(stderr, "transfuse shards import: %s\n", err.msg);
                 sample_free(s);
-                status = 1;
+                status = TF_EXIT_FAIL;
                 goto abort;
             }
         }
         if (shard_writer_append_sample(w, s, &err)) {
             fprintf(stderr, "transfuse shards import: %s\n", err.msg);
             sample_free(s);
-            status = 1;
+            status = TF_EXIT_FAIL;
             goto abort;
         }
         sample_free(s);
@@ -1250,13 +1221,13 @@ static int cmd_import(int argc, char **argv)
     }
     if (!w && !(w = shard_writer_open(out, &wo, &facts, &err))) {
         fprintf(stderr, "transfuse shards import: %s\n", err.msg);
-        status = 1;
+        status = TF_EXIT_FAIL;
         goto abort;
     }
     uint64_t shards_written = 0;
     if (shard_writer_flush(w, &err)) {
         fprintf(stderr, "transfuse shards import: %s\n", err.msg);
-        status = 1;
+        status = TF_EXIT_FAIL;
         goto abort;
     }
     shards_written = shard_writer_shards(w);
@@ -1272,39 +1243,33 @@ abort:
 /* ---- dispatch ---- */
 
 static const TfCommand SHARDS_COMMANDS[] = {
-    {"ls", "list shards with records, bytes, checksum and state (no payload reads)", cmd_ls},
+    {"ls", "list a folder's shards (records, bytes, checksum, state) or a topic's partitions and lag", cmd_ls},
     {"stat", "totals, latent shapes, caption/token distributions, provenance", cmd_stat},
-    {"verify", "check every CRC, parse and count; exit 1 on any problem", cmd_verify},
+    {"verify", "check every CRC, parse, key and count; exit 1 on any problem", cmd_verify},
     {"cat", "print records as JSON lines, or one record's raw bytes", cmd_cat},
     {"import", "write JSON lines from stdin into a dataset folder", cmd_import},
+    {"publish", "publish a dataset folder to a topic (DIR --to kafka://...)", shards_cmd_publish},
+    {"archive", "write a topic into shard files with a manifest (--out DIR), each record once", shards_cmd_archive},
+    {"create", "create a topic on a real cluster (--partitions N)", shards_cmd_create},
 };
+
+int shards_dispatch(int argc, char **argv, const TfCommand *extra, size_t n_extra)
+{
+    size_t n = sizeof SHARDS_COMMANDS / sizeof SHARDS_COMMANDS[0];
+    TfCommand all[32];
+    if (n + n_extra > sizeof all / sizeof all[0])
+        n_extra = sizeof all / sizeof all[0] - n;
+    memcpy(all, SHARDS_COMMANDS, n * sizeof all[0]);
+    if (n_extra)
+        memcpy(all + n, extra, n_extra * sizeof all[0]);
+    return tf_cli_dispatch("transfuse shards",
+                           "PATH is a dataset folder (shard files + manifest.json), one shard file, or a Kafka\n"
+                           "topic kafka://HOST:PORT/TOPIC; ls, stat, verify and cat read all three alike.",
+                           "Run `transfuse shards <command> --help` for its options.\n", all, n + n_extra, argc,
+                           argv);
+}
 
 int shards_main(int argc, char **argv)
 {
-    size_t n = sizeof SHARDS_COMMANDS / sizeof SHARDS_COMMANDS[0];
-    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
-        FILE *o = argc < 2 ? stderr : stdout;
-        fprintf(o, "usage: transfuse shards <command> [options] PATH\n\n"
-                   "PATH is a dataset folder (shard files + manifest.json) or one shard file.\n\n"
-                   "commands:\n");
-        for (size_t i = 0; i < n; i++)
-            fprintf(o, "  %-8s %s\n", SHARDS_COMMANDS[i].name, SHARDS_COMMANDS[i].summary);
-        /* Kafka */
-        fprintf(o, "\nOn Kafka topics (PATH = kafka://HOST:PORT/TOPIC): ls, cat and verify, and\n"
-                   "  %-8s %s\n  %-8s %s\n  %-8s %s\n",
-                "publish", "publish a dataset folder to a topic (DIR --to kafka://...)", "archive",
-                "write a topic range into shard files with a manifest (--out DIR)", "create",
-                "create a topic on a real cluster (--partitions N)");
-        fprintf(o, "\nRun `transfuse shards <command> --help` for its options.\n");
-        return argc < 2 ? 2 : 0;
-    }
-    /* ---- Kafka (shards/cli_kafka.c): kafka:// paths, publish, archive, create ---- */
-    if (shards_kafka_wants(argc, argv))
-        return shards_kafka_main(argc, argv);
-    /* ---- end Kafka ---- */
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(argv[1], SHARDS_COMMANDS[i].name))
-            return SHARDS_COMMANDS[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "transfuse shards: unknown command '%s' (see transfuse shards --help)\n", argv[1]);
-    return 2;
+    return shards_dispatch(argc, argv, NULL, 0);
 }

@@ -17,6 +17,14 @@
  * written under a temporary name, fsynced, renamed, and only then added to
  * the manifest.
  *
+ * Several writers (threads or processes) may append to one folder: each
+ * writes under a temporary name of its own, and publishes under the
+ * exclusive lock on DIR/.manifest.lock, where the shard number is taken
+ * (after every file on disk and every entry), the files are renamed with
+ * RENAME_NOREPLACE (link + unlink where unsupported) and the entry added.
+ * No writer ever replaces a shard or manifest entry it did not write
+ * (docs/RECORDS.md).
+ *
  * Readers never trust bytes: every framing, CRC and parse problem is
  * reported with the shard, the record index and the byte offset, and
  * reading continues with the next record that can be found.
@@ -91,6 +99,9 @@ typedef struct ShardEntry {
     uint64_t records;
     uint64_t bytes;
     uint32_t crc32c;     /* of the whole shard file */
+    json_t *source;      /* where its records came from, or NULL: for an archive of a topic
+                          * {"kind":"kafka","cluster_id","topic","offsets":{"P":next}}, the
+                          * topic position after its last record (owned by the manifest) */
 } ShardEntry;
 
 typedef struct ShardManifest {
@@ -143,21 +154,36 @@ int shard_writer_close(ShardWriter *w, TfError *err);
 /* Frees the writer, discarding an incomplete shard. NULL is a no-op. */
 void shard_writer_free(ShardWriter *w);
 
+/* 1 when appending a record of `len` bytes would first complete the
+ * current shard (so a caller can attach its source position before). */
+int shard_writer_would_roll(const ShardWriter *w, size_t len);
+
+/* Sets the "source" object stored with the next shard this writer
+ * publishes (a copy is kept; NULL clears it). Stored atomically with the
+ * shard's manifest entry, so a reader of the manifest knows exactly which
+ * input records the published shards hold: `shards archive` resumes from
+ * it. Returns 0, or -1 when out of memory. */
+int shard_writer_set_source(ShardWriter *w, const json_t *source);
+
 /* Records and shards completed so far by this writer. */
 uint64_t shard_writer_records(const ShardWriter *w);
 uint64_t shard_writer_shards(const ShardWriter *w);
 
 /* ---- reader ---------------------------------------------------------------------- */
 
-/* One problem found while reading: where and what. */
+/* One problem found while reading: where and what. From a topic, `shard`
+ * is the topic, `partition` the partition and `offset` (= `record`) the
+ * message offset; from a shard file `partition` is -1. */
 typedef struct ShardProblem {
     char shard[256];
     uint64_t record;    /* index of the record in its shard (best known) */
     uint64_t offset;    /* byte offset in the shard file */
-    char what[256];
+    char what[320];
+    int32_t partition;  /* Kafka: the partition; shard files: -1 */
 } ShardProblem;
 
-/* Formats "SHARD: record R at byte O: WHAT" into out. */
+/* Formats "SHARD: record R at byte O: WHAT" (from a topic: "TOPIC
+ * partition P offset O: WHAT") into out. */
 void shard_problem_format(const ShardProblem *p, char *out, size_t cap);
 
 typedef struct ShardFile ShardFile;
@@ -206,6 +232,12 @@ void shard_cursor_init(ShardCursor *c, const ShardFile *f);
  * checks out), so calling again continues with the rest of the file. */
 int shard_cursor_next(ShardCursor *c, const uint8_t **payload, size_t *len, ShardProblem *problem);
 
+/* Moves the cursor to record `index` of its file: through the index when
+ * it is usable, else by reading the records before it (damaged frames are
+ * skipped and counted as the scan counts them). Past the last record the
+ * cursor is at the end. */
+void shard_cursor_seek(ShardCursor *c, uint64_t index);
+
 /* Random access through the index: record `index` of the file. Returns 1,
  * or -1 with *problem filled (no index, out of range, bad frame). */
 int shard_file_get(const ShardFile *f, uint64_t index, const uint8_t **payload, size_t *len,
@@ -238,6 +270,48 @@ void sample_free(Sample *s);
 
 /* Encodes a Sample into a malloc'd buffer. Returns NULL on out of memory. */
 uint8_t *sample_encode(const Sample *s, size_t *len);
+
+/* The one check of a decoded record, used by import, verify, archive and
+ * the record source: a non-empty key; every tensor with a known dtype, a
+ * non-empty shape and data bytes equal to dtype size x shape; the
+ * log-variance shaped like the mean; the mean's dtype and shape equal to
+ * `facts` (when facts is not NULL and records them). Returns 0, or -1 with
+ * the first problem written into why[0..cap). */
+int sample_check(const Sample *s, const ShardFacts *facts, char *why, size_t cap);
+
+/* "f32", "f16", "bf16", "u8" or "unspecified" for a Transfuse__V1__DType. */
+const char *sample_dtype_name(int dtype);
+/* Bytes per element of a Transfuse__V1__DType, 0 when unspecified. */
+size_t sample_dtype_size(int dtype);
+
+/* Finds the key (field 1) in Sample bytes without decoding the rest.
+ * Returns 1 with *key and *key_len pointing into data, 0 when there is no key
+ * field, -1 when the bytes are not well-formed protobuf before it. */
+int sample_peek_key(const uint8_t *data, size_t len, const char **key, size_t *key_len);
+
+/* ---- key set ----------------------------------------------------------------------------
+ *
+ * The one set of record keys, used wherever keys are counted: duplicate
+ * detection in `shards verify` (folders and topics) and the keys already
+ * in a dataset when a job resumes. Keys are kept exactly (a hash
+ * collision never makes two keys one); each key carries a 64-bit value
+ * the caller chooses (e.g. where it was first seen). Not thread-safe. */
+typedef struct ShardKeySet ShardKeySet;
+
+/* Returns an empty set, or NULL when out of memory. */
+ShardKeySet *shard_keyset_new(void);
+void shard_keyset_free(ShardKeySet *s);
+
+/* Adds key[0..len) with `value`. Returns 1 when the key was new, 0 when it
+ * was present (the set unchanged, *first set to the value stored with it
+ * when first is not NULL), -1 when out of memory (the set unchanged). */
+int shard_keyset_add(ShardKeySet *s, const char *key, size_t len, uint64_t value, uint64_t *first);
+
+/* 1 when key[0..len) is in the set (*value set when not NULL), else 0. */
+int shard_keyset_has(const ShardKeySet *s, const char *key, size_t len, uint64_t *value);
+
+/* Number of keys in the set. */
+size_t shard_keyset_count(const ShardKeySet *s);
 
 /* ---- JSON form ---------------------------------------------------------------------- */
 
@@ -472,9 +546,165 @@ void kafka_source_stats(const KafkaSource *s, KafkaSourceStats *out);
  * and frees. NULL is a no-op. */
 void kafka_source_free(KafkaSource *s);
 
+/* ---- record source: one reader for both homes --------------------------------------------
+ *
+ * Every reader of records (the `shards` commands, ingest resume, the
+ * trainer, benchmarks) goes through this one loop, over a dataset folder,
+ * one shard file, or a Kafka topic (path kafka://HOST:PORT/TOPIC):
+ *
+ *     RecordSourceOptions o = {.path = path, .rank = r, .world_size = w, .check = 1};
+ *     RecordSource *src = record_source_open(&o, &err);
+ *     Record rec; ShardProblem prob; int rc;
+ *     while ((rc = record_source_next(src, &rec, 1000, &prob, &err)) != RECORD_SOURCE_END) {
+ *         if (rc == RECORD_SOURCE_RECORD) use(rec.payload, rec.len, rec.sample);
+ *         else if (rc == RECORD_SOURCE_PROBLEM) count_and_report(&prob);   (reading goes on)
+ *         else if (rc < 0) fail(err.msg);                                   (cannot go on)
+ *         (RECORD_SOURCE_IDLE: nothing arrived within the timeout; a topic goes on)
+ *     }
+ *     json_t *pos = record_source_position_json(src);  (save; pass as .position to resume)
+ *     record_source_free(src);
+ *
+ * Order. A folder is read in manifest order (the order in which shards were
+ * published), records in file order; a folder without a manifest in file
+ * name order. A topic: in offset order within each partition, partitions
+ * interleaved as they arrive (the position is exact either way).
+ *
+ * Split (rank r of world w, a pure function of r, w and the dataset):
+ *   folders, RECORD_SPLIT_SHARDS (default): shards i (manifest order) with
+ *     i % w == r, each whole. Cheap and local, but uneven when the shard
+ *     count is not a multiple of w or shards differ in size.
+ *   folders, RECORD_SPLIT_BLOCKS: the N records of the dataset in order,
+ *     cut into w contiguous blocks whose sizes differ by at most one
+ *     (rank r: from r*(N/w) + min(r, N%w), N/w + (r < N%w) records), N
+ *     counted from the manifest. Balanced for data-parallel training, and
+ *     each rank reads one contiguous range (at most a few shards).
+ *   topics: partitions p with p % w == r (KafkaSourceOptions).
+ * The shards a folder source reads are fixed when it opens (shards
+ * published later are not seen), and a position records how many there
+ * were, so a resume cuts the same blocks even when the folder has grown.
+ *
+ * Position: record_source_position_json, a JSON object naming the next
+ * record to read: for folders {"kind":"dataset", "split", "rank", "world",
+ * "shards" (count read), "shard" (name), "shard_index", "record" (index in
+ * the shard), "records_read"}; for topics {"kind":"kafka", "rank", "world",
+ * "topic", "offsets": {"PARTITION": next offset}}. Passed back as
+ * RecordSourceOptions.position, reading resumes at exactly that record
+ * (refused, with a message, when rank, world, split or the dataset's first
+ * shards differ).
+ *
+ * Identity: with `expect`, a source refuses (record_source_open fails, or
+ * a topic record makes record_source_next return -1) data whose tokenizer,
+ * VAE, latent dtype or shape differ from the expected facts, naming both.
+ *
+ * Problems (framing, CRC, parse, and with `check` the record check, with
+ * `check_shards` the whole-shard checks) come back one at a time as
+ * RECORD_SOURCE_PROBLEM with their shard, record and offset (or topic,
+ * partition and offset); the record is skipped and reading goes on.
+ */
+
+typedef enum {
+    RECORD_SPLIT_SHARDS = 0, /* folders: shard i to rank i % world */
+    RECORD_SPLIT_BLOCKS,     /* folders: contiguous, balanced record ranges */
+} RecordSplit;
+
+typedef struct RecordSourceOptions {
+    const char *path;               /* dataset folder, shard file, or kafka://HOST:PORT/TOPIC */
+    int rank, world_size;           /* default 0 of 1 */
+    RecordSplit split;
+    const json_t *position;         /* resume here (record_source_position_json); NULL: the start */
+    const ShardFacts *expect;       /* refuse other identities; NULL: accept any */
+    int decode;                     /* fill Record.sample */
+    int check;                      /* decode and sample_check every record; a bad one is a PROBLEM
+                                     * (for topics also: message key equal to the sample key) */
+    int check_shards;               /* folders, split SHARDS: also file size, whole-file CRC-32C and
+                                     * record counts against manifest and index, index damage,
+                                     * shard files the manifest does not list, a missing manifest */
+    /* Folders: read only shards for which filter returns 1 (e.g. publish
+     * skipping shards already done). NULL: all. */
+    int (*shard_filter)(void *ctx, const char *name, size_t shard_index);
+    void *filter_ctx;
+    const TfStopFlag *stop;         /* when set, record_source_next returns IDLE at once */
+    /* Topics: consumer settings (bootstrap, topic, rank and world are
+     * taken from above; start from `position` when given). NULL: a
+     * stream (KAFKA_UNTIL_FOREVER) under group "transfuse". */
+    const KafkaSourceOptions *kafka;
+} RecordSourceOptions;
+
+/* One record handed out; valid until the next call. */
+typedef struct Record {
+    const uint8_t *payload;  /* Sample bytes */
+    size_t len;
+    const char *key;         /* not NUL-terminated; from the payload (folders) or the message key (topics) */
+    size_t key_len;
+    const Sample *sample;    /* with decode or check; else NULL */
+    const char *shard;       /* folders: shard name; topics: the topic */
+    size_t shard_index;      /* folders: index in manifest order */
+    uint64_t record;         /* folders: index in its shard; topics: the offset */
+    uint64_t offset;         /* folders: byte offset of its frame; topics: the offset */
+    int32_t partition;       /* topics; -1 for folders */
+} Record;
+
+/* What record_source_next returns besides -1 (cannot go on, err filled). */
+#define RECORD_SOURCE_IDLE 0     /* nothing within the timeout (topics), or a stop was requested */
+#define RECORD_SOURCE_RECORD 1   /* *rec filled */
+#define RECORD_SOURCE_END 2      /* this rank has no more records */
+#define RECORD_SOURCE_PROBLEM 3  /* *problem filled; the damaged record is skipped, go on */
+
+typedef struct RecordSource RecordSource;
+
+/* Opens the source. Returns NULL with err filled: no such path, a topic
+ * that does not exist, facts that differ from `expect`, a position that
+ * does not fit. */
+RecordSource *record_source_open(const RecordSourceOptions *opts, TfError *err);
+
+/* Next record of this rank. timeout_ms bounds waiting for a topic (< 0:
+ * forever); folders never wait. Returns RECORD_SOURCE_* or -1. */
+int record_source_next(RecordSource *src, Record *rec, int timeout_ms, ShardProblem *problem, TfError *err);
+
+/* The position after the last record handed out (new reference). */
+json_t *record_source_position_json(const RecordSource *src);
+
+/* The dataset's facts: a folder's manifest; a topic's from the first
+ * record read (headers and latent), all empty before it; empty for a lone
+ * shard file. */
+const ShardFacts *record_source_facts(const RecordSource *src);
+
+/* 1 when the source reads a topic. */
+int record_source_is_kafka(const RecordSource *src);
+
+/* Folders: the shards this source reads (all of the folder's, in order),
+ * with their manifest entries (NULL without a manifest). Returns the count. */
+typedef struct RecordShard {
+    const char *name;
+    const char *path;
+    const ShardEntry *entry;
+} RecordShard;
+size_t record_source_shards(const RecordSource *src, const RecordShard **shards);
+
+/* Folders: 1 when the folder has a manifest. */
+int record_source_has_manifest(const RecordSource *src);
+
+/* The underlying consumer of a topic source (commit, stats, headers), or NULL. */
+KafkaSource *record_source_kafka(RecordSource *src);
+
+/* Frees the source (a topic source commits per its options). NULL is a no-op. */
+void record_source_free(RecordSource *src);
+
+/* Adds the key of every record of `path` (folder, shard file or topic, the
+ * whole of it) to `keys`, e.g. the rows a resumed ingest has done already.
+ * Damaged records are counted in *damaged (may be NULL) and skipped.
+ * Returns 0, or -1 with err filled. A topic is read up to its high
+ * watermarks at the call. */
+int record_source_keys(const char *path, ShardKeySet *keys, uint64_t *damaged, TfError *err);
+
 /* ---- command line --------------------------------------------------------------------- */
 
-/* `transfuse shards ...`: ls, stat, verify, cat, import. */
+/* `transfuse shards ...`: ls, stat, verify, cat, import, publish, archive,
+ * create. The binary may add commands that live above this library (ops'
+ * `preview`, which draws images): shards_dispatch runs the table of this
+ * library followed by extra[0..n_extra). shards_main is shards_dispatch
+ * with no extras. Both return a TF_EXIT_* status. */
+int shards_dispatch(int argc, char **argv, const TfCommand *extra, size_t n_extra);
 int shards_main(int argc, char **argv);
 
 #endif

@@ -758,21 +758,24 @@ static int resnet(TfKernels *k, const VaeConfig *cfg, const VaeResnet *r, float 
 {
     const size_t HW = (size_t)H * W, BHW = (size_t)B * HW;
     const int cin = r->c1.cin, cout = r->c1.cout;
-    tf_group_norm(k, *t1, *x, r->n1.g, r->n1.b, B, cin, HW, cfg->norm_num_groups, VAE_EPS, 1);
-    if (conv(k, *t2, *t1, &r->c1, B, H, W, 0, err) || stop_check(stop, err))
+    if (tf_group_norm(k, *t1, NULL, NULL, *x, r->n1.g, r->n1.b, B, cin, HW, cfg->norm_num_groups, VAE_EPS, 1, err) ||
+        conv(k, *t2, *t1, &r->c1, B, H, W, 0, err) || stop_check(stop, err))
         return -1;
-    tf_group_norm(k, *t2, *t2, r->n2.g, r->n2.b, B, cout, HW, cfg->norm_num_groups, VAE_EPS, 1);
-    if (conv(k, *t1, *t2, &r->c2, B, H, W, 0, err)) /* t1 = h */
+    if (tf_group_norm(k, *t2, NULL, NULL, *t2, r->n2.g, r->n2.b, B, cout, HW, cfg->norm_num_groups, VAE_EPS, 1,
+                      err) ||
+        conv(k, *t1, *t2, &r->c2, B, H, W, 0, err)) /* t1 = h */
         return -1;
     if (r->has_sc) {
         if (conv(k, *t2, *x, &r->sc, B, H, W, 0, err))
             return -1;
-        tf_add(k, *t2, *t2, *t1, (size_t)cout * BHW);
+        if (tf_add(k, *t2, *t2, *t1, (size_t)cout * BHW, err))
+            return -1;
         float *old = *x;
         *x = *t2;
         *t2 = old;
     } else {
-        tf_add(k, *x, *x, *t1, (size_t)cout * BHW);
+        if (tf_add(k, *x, *x, *t1, (size_t)cout * BHW, err))
+            return -1;
     }
     return 0;
 }
@@ -781,7 +784,9 @@ static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float
                      int H, int W, TfError *err)
 {
     const int C = a->q.cin, T = H * W;
-    tf_group_norm(k, tmp, x, a->gn.g, a->gn.b, B, C, (size_t)T, cfg->norm_num_groups, VAE_EPS, 0);
+    if (tf_group_norm(k, tmp, NULL, NULL, x, a->gn.g, a->gn.b, B, C, (size_t)T, cfg->norm_num_groups, VAE_EPS, 0,
+                      err))
+        return -1;
     if (conv(k, w->q, tmp, &a->q, B, H, W, 0, err) || conv(k, w->k, tmp, &a->k, B, H, W, 0, err) ||
         conv(k, w->v, tmp, &a->v, B, H, W, 0, err))
         return -1;
@@ -789,8 +794,7 @@ static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float
         return -1;
     if (conv(k, tmp, w->o, &a->o, B, H, W, 0, err))
         return -1;
-    tf_add(k, x, x, tmp, (size_t)B * C * T);
-    return 0;
+    return tf_add(k, x, x, tmp, (size_t)B * C * T, err);
 }
 
 static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W,
@@ -851,8 +855,8 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
     for (int b0 = 0; b0 < B; b0 += group) {
         const int n = B - b0 < group ? B - b0 : group;
         int ch = H, cw = W;
-        tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW);
-        if (stop_check(stop, err) || conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
+        if (stop_check(stop, err) || tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW, err) ||
+            conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block; j++)
@@ -870,9 +874,9 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
         }
         if (stop_check(stop, err) || mid(k, cfg, &e->mid, &w, n, ch, cw, stop, err) || stop_check(stop, err))
             goto done;
-        tf_group_norm(k, w.b, w.a, e->norm_out.g, e->norm_out.b, n, e->norm_out.c, hw, cfg->norm_num_groups, VAE_EPS,
-                      1);
-        if (conv(k, w.c, w.b, &e->conv_out, n, ch, cw, 0, err))
+        if (tf_group_norm(k, w.b, NULL, NULL, w.a, e->norm_out.g, e->norm_out.b, n, e->norm_out.c, hw,
+                          cfg->norm_num_groups, VAE_EPS, 1, err) ||
+            conv(k, w.c, w.b, &e->conv_out, n, ch, cw, 0, err))
             goto done;
         float *moments = w.c; /* (n,2L,h,w) */
         if (cfg->use_quant_conv) {
@@ -882,9 +886,10 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
         }
         for (int b = 0; b < n; b++) {
             const float *mo = moments + (size_t)b * 2 * L * hw;
-            tf_kernels_download(k, mean + (size_t)(b0 + b) * L * hw, mo, (size_t)L * hw);
             float *lv = logvar + (size_t)(b0 + b) * L * hw;
-            tf_kernels_download(k, lv, mo + (size_t)L * hw, (size_t)L * hw);
+            if (tf_kernels_download(k, mean + (size_t)(b0 + b) * L * hw, mo, (size_t)L * hw, err) ||
+                tf_kernels_download(k, lv, mo + (size_t)L * hw, (size_t)L * hw, err))
+                goto done;
             for (size_t i = 0; i < (size_t)L * hw; i++)
                 lv[i] = lv[i] < -30.0f ? -30.0f : lv[i] > 20.0f ? 20.0f : lv[i];
         }
@@ -946,8 +951,9 @@ int vae_decode(Vae *vae, TfKernels *k, const float *latent, int B, int h, int w,
     int rc = -1;
     for (int b = 0; b < B; b++) {
         int ch = h, cw = w;
-        tf_kernels_upload(k, wk.b, latent + (size_t)b * L * hw, (size_t)L * hw);
-        tf_scale_shift(k, wk.b, wk.b, 1.0f / cfg->scaling_factor, cfg->shift_factor, (size_t)L * hw);
+        if (tf_kernels_upload(k, wk.b, latent + (size_t)b * L * hw, (size_t)L * hw, err) ||
+            tf_scale_shift(k, wk.b, wk.b, 1.0f / cfg->scaling_factor, cfg->shift_factor, (size_t)L * hw, err))
+            goto done;
         if (cfg->use_post_quant_conv) {
             if (conv(k, wk.c, wk.b, &d->post_quant, 1, ch, cw, 0, err))
                 goto done;
@@ -964,18 +970,20 @@ int vae_decode(Vae *vae, TfKernels *k, const float *latent, int B, int h, int w,
                 if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, NULL, err))
                     goto done;
             if (i != nb - 1) {
-                tf_upsample_nearest2x(k, wk.b, wk.a, 1, d->up[i].cin, ch, cw);
+                if (tf_upsample_nearest2x(k, wk.b, wk.a, 1, d->up[i].cin, ch, cw, err))
+                    goto done;
                 ch *= 2;
                 cw *= 2;
                 if (conv(k, wk.a, wk.b, &d->up[i], 1, ch, cw, 0, err))
                     goto done;
             }
         }
-        tf_group_norm(k, wk.b, wk.a, d->norm_out.g, d->norm_out.b, 1, d->norm_out.c, HW, cfg->norm_num_groups,
-                      VAE_EPS, 1);
-        if (conv(k, wk.c, wk.b, &d->conv_out, 1, ch, cw, 0, err))
+        if (tf_group_norm(k, wk.b, NULL, NULL, wk.a, d->norm_out.g, d->norm_out.b, 1, d->norm_out.c, HW,
+                          cfg->norm_num_groups, VAE_EPS, 1, err) ||
+            conv(k, wk.c, wk.b, &d->conv_out, 1, ch, cw, 0, err) ||
+            tf_kernels_download(k, image + (size_t)b * cfg->out_channels * HW, wk.c, (size_t)cfg->out_channels * HW,
+                                err))
             goto done;
-        tf_kernels_download(k, image + (size_t)b * cfg->out_channels * HW, wk.c, (size_t)cfg->out_channels * HW);
     }
     rc = 0;
 done:

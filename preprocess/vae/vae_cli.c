@@ -209,7 +209,7 @@ static int cmd_encode(int argc, char **argv)
         goto done;
     }
     const size_t per_img = (size_t)3 * S * S, per_lat = (size_t)L * (S / f) * (S / f);
-    if (!(k = tf_kernels_new(threads, &err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, &err)))
         goto fail;
     image_tune_process_malloc();
     ImageCropOptions copt;
@@ -393,7 +393,7 @@ static int cmd_decode(int argc, char **argv)
     }
     if (tf_tensor_to_f32(t, lat, t->numel, &err) || tf_mkdir_p(out, &err))
         goto fail;
-    if (!(k = tf_kernels_new(threads, &err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, &err)))
         goto fail;
     TfProgress prog;
     tf_progress_init(&prog, "vae decode", (uint64_t)B, "images");

@@ -39,12 +39,20 @@ static inline void shard_put_le32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Adds (or replaces, by name) one shard entry in DIR/manifest.json under an
- * exclusive lock on DIR/.manifest.lock, so several writers (processes) can
- * share a dataset folder. Creates the manifest with `facts` if absent;
- * otherwise the facts must agree. */
-int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
-                       TfError *err);
+/* Publishes a complete shard written under the temporary names tmp_shard
+ * and tmp_index (both in DIR): under the manifest lock, takes the next
+ * free number for `prefix` (after every PREFIX-N file on disk and every
+ * manifest entry), renames the index and then the shard to
+ * PREFIX-NNNNNN.tfrecord[.idx] without replacing anything (a name that
+ * exists is skipped), fsyncs DIR, and adds `entry` (its name set to the
+ * chosen name, written into name[0..name_cap)): several writer processes
+ * can share one folder and none ever replaces a shard or entry it did not
+ * write (an entry whose name is listed already is refused). Creates the
+ * manifest with `facts` if absent, otherwise the facts must agree. Returns 0, or -1 with err
+ * filled (the temporary files then stay for the caller to remove). */
+int shard_manifest_publish(const char *dir, const char *prefix, const ShardFacts *facts, const char *tmp_shard,
+                           const char *tmp_index, ShardEntry *entry, char *name, size_t name_cap, int no_fsync,
+                           TfError *err);
 
 /* Facts to and from their JSON form in the manifest. */
 json_t *shard_facts_to_json(const ShardFacts *f);

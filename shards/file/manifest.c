@@ -1,13 +1,19 @@
 /* manifest.c: the dataset manifest (DIR/manifest.json): the list of complete
  * shards with counts, bytes and checksums, and the facts shared by every
  * record. Updates take a lock file so that several writer processes can
- * fill one folder; each update rewrites the file atomically. */
+ * fill one folder; each update rewrites the file atomically. Shard numbers
+ * are taken under that lock when a shard is published, and files are
+ * renamed into place without replacing anything (RENAME_NOREPLACE), so no
+ * writer ever replaces a shard or an entry it did not write. */
 #include "file_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -92,8 +98,10 @@ void shard_manifest_free(ShardManifest *m)
 {
     if (!m)
         return;
-    for (size_t i = 0; i < m->n_shards; i++)
+    for (size_t i = 0; i < m->n_shards; i++) {
         free(m->shards[i].name);
+        json_decref(m->shards[i].source);
+    }
     free(m->shards);
     free(m);
 }
@@ -147,6 +155,8 @@ static ShardManifest *manifest_from_json(const json_t *root, const char *path, T
         e->records = (uint64_t)records;
         e->bytes = (uint64_t)bytes;
         e->crc32c = (uint32_t)crcv;
+        json_t *src = json_object_get(s, "source");
+        e->source = json_is_object(src) ? json_incref(src) : NULL;
         if (!e->name) {
             tf_fail(err, "out of memory");
             goto fail;
@@ -181,28 +191,89 @@ static json_t *entry_to_json(const ShardEntry *e)
     snprintf(crc, sizeof crc, "%08x", e->crc32c);
     char idx[4096];
     snprintf(idx, sizeof idx, "%s%s", e->name, SHARD_INDEX_SUFFIX);
-    return json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", e->name, "records", (json_int_t)e->records, "bytes",
-                     (json_int_t)e->bytes, "crc32c", crc, "index", idx);
+    json_t *j = json_pack("{s:s,s:I,s:I,s:s,s:s}", "name", e->name, "records", (json_int_t)e->records, "bytes",
+                          (json_int_t)e->bytes, "crc32c", crc, "index", idx);
+    if (j && e->source)
+        json_object_set(j, "source", e->source);
+    return j;
 }
 
-int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
-                       TfError *err)
+/* Largest NNNNNN among files named PREFIX-NNNNNN.tfrecord[.idx] in dir, or -1. */
+static long long highest_on_disk(const char *dir, const char *prefix)
 {
-    char path[4096], lock_path[4096];
-    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) ||
-        tf_path_join(lock_path, sizeof lock_path, dir, ".manifest.lock"))
-        return tf_fail(err, "path too long: %s", dir);
+    long long best = -1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return best;
+    size_t plen = strlen(prefix);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strncmp(n, prefix, plen) || n[plen] != '-' || n[plen + 1] < '0' || n[plen + 1] > '9')
+            continue;
+        char *end;
+        long long v = strtoll(n + plen + 1, &end, 10);
+        if (!strncmp(end, SHARD_FILE_SUFFIX, strlen(SHARD_FILE_SUFFIX)) && v > best)
+            best = v;
+    }
+    closedir(d);
+    return best;
+}
+
+/* Renames `from` to `to` unless `to` exists. Returns 0, 1 when `to`
+ * exists (nothing changed), -1 with err filled. renameat2(RENAME_NOREPLACE)
+ * where the file system has it, else link + unlink (also refuses to
+ * replace). */
+static int rename_noreplace(const char *from, const char *to, TfError *err)
+{
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return 1;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return tf_fail(err, "rename %s to %s: %s", from, to, strerror(errno));
+#endif
+    if (link(from, to) != 0)
+        return errno == EEXIST ? 1 : tf_fail(err, "link %s to %s: %s", from, to, strerror(errno));
+    if (unlink(from) != 0)
+        return tf_fail(err, "unlink %s: %s", from, strerror(errno));
+    return 0;
+}
+
+/* Holds the exclusive lock on DIR/.manifest.lock. Returns the lock's fd or -1. */
+static int manifest_lock(const char *dir, TfError *err)
+{
+    char lock_path[4096];
+    if (tf_path_join(lock_path, sizeof lock_path, dir, ".manifest.lock")) {
+        tf_fail(err, "path too long: %s", dir);
+        return -1;
+    }
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock < 0)
-        return tf_fail(err, "%s: %s", lock_path, strerror(errno));
-    int rc = -1;
-    json_t *root = NULL;
+    if (lock < 0) {
+        tf_fail(err, "%s: %s", lock_path, strerror(errno));
+        return -1;
+    }
     while (flock(lock, LOCK_EX) != 0) {
         if (errno != EINTR) {
             tf_fail(err, "lock %s: %s", lock_path, strerror(errno));
-            goto done;
+            close(lock);
+            return -1;
         }
     }
+    return lock;
+}
+
+/* Adds `entry` to the manifest; the caller holds the lock. Refuses an
+ * entry whose name is listed already. */
+static int manifest_add_locked(const char *dir, const ShardFacts *facts, const ShardEntry *entry, int no_fsync,
+                               TfError *err)
+{
+    char path[4096];
+    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME))
+        return tf_fail(err, "path too long: %s", dir);
+    int rc = -1;
+    json_t *root = NULL;
     if (access(path, F_OK) == 0) {
         root = tf_json_load_file(path, MANIFEST_MAX_BYTES, err);
         if (!root)
@@ -224,17 +295,14 @@ int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntr
     json_t *shards = json_object_get(root, "shards");
     size_t i;
     json_t *s;
-    int replaced = 0;
     json_array_foreach(shards, i, s)
     {
         if (!strcmp(json_string_value(json_object_get(s, "name")), entry->name)) {
-            json_array_set_new(shards, i, entry_to_json(entry));
-            replaced = 1;
-            break;
+            tf_fail(err, "%s already lists %s: a shard is never replaced", path, entry->name);
+            goto done;
         }
     }
-    if (!replaced)
-        json_array_append_new(shards, entry_to_json(entry));
+    json_array_append_new(shards, entry_to_json(entry));
     json_int_t records = 0, bytes = 0;
     json_array_foreach(shards, i, s)
     {
@@ -262,6 +330,137 @@ int shard_manifest_add(const char *dir, const ShardFacts *facts, const ShardEntr
     rc = 0;
 done:
     json_decref(root);
-    close(lock); /* releases the lock */
+    return rc;
+}
+
+/* 1 when `name` ends in `suffix`. */
+static int ends_with(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n > k && !strcmp(name + n - k, suffix);
+}
+
+/* The pid in a temporary name ".PREFIX.tmp-HOST-PID-SEQ..." or
+ * "manifest.json.tmp.PID" written on this host, or 0. */
+static long tmp_pid(const char *name, const char *host)
+{
+    const char *t = strstr(name, ".tmp-");
+    if (name[0] == '.' && t) {
+        size_t hl = strlen(host);
+        if (strncmp(t + 5, host, hl) || t[5 + hl] != '-')
+            return 0;
+        return strtol(t + 6 + hl, NULL, 10);
+    }
+    if (!strncmp(name, SHARD_MANIFEST_NAME ".tmp.", strlen(SHARD_MANIFEST_NAME) + 5))
+        return strtol(name + strlen(SHARD_MANIFEST_NAME) + 5, NULL, 10);
+    return 0;
+}
+
+/* Under the manifest lock, what a writer killed mid-publish left behind:
+ * a shard (or index) renamed into place but never listed is moved aside
+ * to ".orphan-NAME" (its records are not part of the dataset; a resumed
+ * job writes them again), and temporary files of dead processes on this
+ * host are removed. Every live writer's files stay: publishing happens
+ * only under this lock, and temporary names carry host and pid. */
+static void folder_tidy(const char *dir, const ShardManifest *m)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *h = host; *h; h++) /* as writer.c names them */
+        if (*h == '-' || *h == '/')
+            *h = '_';
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        char path[4096], moved[4200];
+        if (tf_path_join(path, sizeof path, dir, n))
+            continue;
+        long pid = tmp_pid(n, host);
+        if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            unlink(path);
+            continue;
+        }
+        if (n[0] == '.' || !(ends_with(n, SHARD_FILE_SUFFIX) || ends_with(n, SHARD_FILE_SUFFIX SHARD_INDEX_SUFFIX)))
+            continue;
+        size_t base = strlen(n) - (ends_with(n, SHARD_INDEX_SUFFIX) ? strlen(SHARD_INDEX_SUFFIX) : 0);
+        int listed = 0;
+        for (size_t i = 0; m && i < m->n_shards && !listed; i++)
+            listed = strlen(m->shards[i].name) == base && !strncmp(m->shards[i].name, n, base);
+        if (listed)
+            continue;
+        snprintf(moved, sizeof moved, "%s/.orphan-%s", dir, n);
+        if (rename(path, moved) == 0)
+            tf_log(TF_LOG_WARN, "shards", "%s: %s was never listed in the manifest (a writer stopped between rename "
+                   "and manifest update): moved aside to .orphan-%s", dir, n, n);
+    }
+    closedir(d);
+}
+
+int shard_manifest_publish(const char *dir, const char *prefix, const ShardFacts *facts, const char *tmp_shard,
+                           const char *tmp_index, ShardEntry *entry, char *name, size_t name_cap, int no_fsync,
+                           TfError *err)
+{
+    int lock = manifest_lock(dir, err);
+    if (lock < 0)
+        return -1;
+    int rc = -1;
+    char final_path[4096], idx_final[4200];
+    /* Numbers after every shard on disk (listed or not) and every entry. */
+    long long number = highest_on_disk(dir, prefix) + 1;
+    ShardManifest *m = NULL;
+    char mpath[4096];
+    if (tf_path_join(mpath, sizeof mpath, dir, SHARD_MANIFEST_NAME) == 0 && access(mpath, F_OK) == 0 &&
+        !(m = shard_manifest_load(dir, err)))
+        goto done;
+    size_t plen = strlen(prefix);
+    for (size_t i = 0; m && i < m->n_shards; i++) {
+        const char *n = m->shards[i].name;
+        if (!strncmp(n, prefix, plen) && n[plen] == '-' && n[plen + 1] >= '0' && n[plen + 1] <= '9') {
+            long long v = strtoll(n + plen + 1, NULL, 10);
+            if (v >= number)
+                number = v + 1;
+        }
+    }
+    folder_tidy(dir, m);
+    shard_manifest_free(m);
+    for (int tries = 0;; tries++, number++) {
+        if (snprintf(name, name_cap, "%s-%06lld%s", prefix, number, SHARD_FILE_SUFFIX) >= (int)name_cap ||
+            tf_path_join(final_path, sizeof final_path, dir, name) ||
+            snprintf(idx_final, sizeof idx_final, "%s%s", final_path, SHARD_INDEX_SUFFIX) >= (int)sizeof idx_final) {
+            tf_fail(err, "path too long: %s", dir);
+            goto done;
+        }
+        /* Index first: a visible shard always has its index beside it. */
+        int r = rename_noreplace(tmp_index, idx_final, err);
+        if (r < 0)
+            goto done;
+        if (r == 1) {
+            if (tries > 1000) {
+                tf_fail(err, "%s: no free shard number after %s", dir, name);
+                goto done;
+            }
+            continue;
+        }
+        r = rename_noreplace(tmp_shard, final_path, err);
+        if (r == 0)
+            break;
+        /* Take the index back (it is ours: nobody else takes a number
+         * while we hold the lock) and try the next number. */
+        if (rename(idx_final, tmp_index) != 0) {
+            tf_fail(err, "rename %s back: %s", idx_final, strerror(errno));
+            goto done;
+        }
+        if (r < 0)
+            goto done;
+    }
+    if (!no_fsync && tf_fsync_parent(final_path, err))
+        goto done;
+    entry->name = name;
+    rc = manifest_add_locked(dir, facts, entry, no_fsync, err);
+done:
+    close(lock);
     return rc;
 }

@@ -204,6 +204,7 @@ static int problem(ShardProblem *p, const ShardFile *f, uint64_t record, uint64_
 {
     if (p) {
         snprintf(p->shard, sizeof p->shard, "%s", f->path);
+        p->partition = -1;
         p->record = record;
         p->offset = offset;
         va_list ap;
@@ -216,6 +217,11 @@ static int problem(ShardProblem *p, const ShardFile *f, uint64_t record, uint64_
 
 void shard_problem_format(const ShardProblem *p, char *out, size_t cap)
 {
+    if (p->partition >= 0) {
+        snprintf(out, cap, "%s partition %d offset %llu: %s", p->shard, (int)p->partition,
+                 (unsigned long long)p->offset, p->what);
+        return;
+    }
     snprintf(out, cap, "%s: record %llu at byte %llu: %s", p->shard, (unsigned long long)p->record,
              (unsigned long long)p->offset, p->what);
 }
@@ -308,6 +314,22 @@ int shard_cursor_next(ShardCursor *c, const uint8_t **payload, size_t *len, Shar
     *payload = body;
     *len = (size_t)n;
     return 1;
+}
+
+void shard_cursor_seek(ShardCursor *c, uint64_t index)
+{
+    const ShardFile *f = c->file;
+    if (f->index) {
+        c->record = index < f->index_count ? index : f->index_count;
+        c->offset = index < f->index_count ? shard_le64(f->index + SHARD_INDEX_HEADER + index * SHARD_INDEX_ENTRY)
+                                           : f->size;
+        return;
+    }
+    shard_cursor_init(c, f);
+    const uint8_t *payload;
+    size_t len;
+    while (c->record < index && shard_cursor_next(c, &payload, &len, NULL) != 0)
+        ;
 }
 
 int shard_file_get(const ShardFile *f, uint64_t index, const uint8_t **payload, size_t *len, ShardProblem *p)

@@ -4,9 +4,9 @@
  * a reader (or a resumed job) never sees half a shard. */
 #include "file_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,11 +18,11 @@ struct ShardWriter {
     char prefix[64];
     ShardWriterOptions opts;
     ShardFacts facts;
-    uint64_t next_number;      /* of the next shard to start */
     /* the shard being written */
     int fd;                    /* -1 when none is open */
-    char name[128];            /* final file name */
-    char tmp_path[4096];
+    char name[128];            /* final file name, chosen when published */
+    char tmp_path[4096];       /* hidden, unique to this writer */
+    char idx_tmp[4096];
     uint64_t bytes;            /* written so far, buffer included */
     uint64_t records;
     uint32_t file_crc;
@@ -30,31 +30,10 @@ struct ShardWriter {
     size_t buf_used;
     uint8_t *index;            /* SHARD_INDEX_HEADER + records * SHARD_INDEX_ENTRY */
     size_t index_cap;
+    json_t *source;            /* stored with the next shard published */
     /* totals */
     uint64_t done_records, done_shards;
 };
-
-/* Largest NNNNNN among files named PREFIX-NNNNNN.tfrecord in dir, or -1. */
-static long long highest_number(const char *dir, const char *prefix)
-{
-    long long best = -1;
-    DIR *d = opendir(dir);
-    if (!d)
-        return best;
-    size_t plen = strlen(prefix);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *n = e->d_name;
-        if (strncmp(n, prefix, plen) || n[plen] != '-')
-            continue;
-        char *end;
-        long long v = strtoll(n + plen + 1, &end, 10);
-        if (end != n + plen + 1 && !strncmp(end, SHARD_FILE_SUFFIX, strlen(SHARD_FILE_SUFFIX)) && v > best)
-            best = v;
-    }
-    closedir(d);
-    return best;
-}
 
 ShardWriter *shard_writer_open(const char *dir, const ShardWriterOptions *opts, const ShardFacts *facts,
                                TfError *err)
@@ -104,9 +83,6 @@ ShardWriter *shard_writer_open(const char *dir, const ShardWriterOptions *opts, 
             goto fail;
         }
     }
-    /* Number after every shard already there (listed or not), so nothing
-     * complete is ever overwritten. */
-    w->next_number = (uint64_t)(highest_number(dir, w->prefix) + 1);
     return w;
 fail:
     shard_writer_free(w);
@@ -131,20 +107,32 @@ static int buffer_put(ShardWriter *w, const void *data, size_t len, TfError *err
         if (len >= WRITE_BUFFER)
             return tf_write_all(w->fd, data, len, err) ? tf_fail_context(err, "%s", w->tmp_path) : 0;
     }
-    memcpy(w->buf + w->buf_used, data, len);
+    if (len)
+        memcpy(w->buf + w->buf_used, data, len);
     w->buf_used += len;
     return 0;
 }
 
+/* Temporary names are unique per writer (host, process id and a
+ * process-wide sequence number) and created with O_EXCL, so writers never
+ * share one; those of dead processes are removed by the next publish. */
+static atomic_uint_fast64_t writer_sequence;
+
 static int shard_start(ShardWriter *w, TfError *err)
 {
-    snprintf(w->name, sizeof w->name, "%s-%06llu%s", w->prefix, (unsigned long long)w->next_number,
-             SHARD_FILE_SUFFIX);
     char hidden[256];
-    snprintf(hidden, sizeof hidden, ".%s.tmp-%ld", w->name, (long)getpid());
-    if (tf_path_join(w->tmp_path, sizeof w->tmp_path, w->dir, hidden))
+    unsigned long long seq = (unsigned long long)atomic_fetch_add(&writer_sequence, 1);
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *h = host; *h; h++) /* the pid follows the host after a '-' */
+        if (*h == '-' || *h == '/')
+            *h = '_';
+    snprintf(hidden, sizeof hidden, ".%s.tmp-%s-%ld-%llu%s", w->prefix, host, (long)getpid(), seq,
+             SHARD_FILE_SUFFIX);
+    if (tf_path_join(w->tmp_path, sizeof w->tmp_path, w->dir, hidden) ||
+        snprintf(w->idx_tmp, sizeof w->idx_tmp, "%s%s", w->tmp_path, SHARD_INDEX_SUFFIX) >= (int)sizeof w->idx_tmp)
         return tf_fail(err, "path too long: %s", w->dir);
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w->fd < 0)
         return tf_fail(err, "%s: %s", w->tmp_path, strerror(errno));
     w->bytes = w->records = 0;
@@ -153,14 +141,29 @@ static int shard_start(ShardWriter *w, TfError *err)
     return 0;
 }
 
+int shard_writer_would_roll(const ShardWriter *w, size_t len)
+{
+    uint64_t frame = SHARD_FRAME_HEADER + (uint64_t)len + SHARD_FRAME_FOOTER;
+    return w->fd >= 0 && w->records > 0 &&
+           (w->records >= w->opts.max_shard_records || w->bytes + frame > w->opts.max_shard_bytes);
+}
+
+int shard_writer_set_source(ShardWriter *w, const json_t *source)
+{
+    json_t *copy = source ? json_deep_copy(source) : NULL;
+    if (source && !copy)
+        return -1;
+    json_decref(w->source);
+    w->source = copy;
+    return 0;
+}
+
 int shard_writer_append(ShardWriter *w, const void *payload, size_t len, const char *key, size_t key_len,
                         TfError *err)
 {
     if (len > SHARD_MAX_RECORD)
         return tf_fail(err, "record of %zu bytes is over the %u-byte limit", len, SHARD_MAX_RECORD);
-    uint64_t frame = SHARD_FRAME_HEADER + len + SHARD_FRAME_FOOTER;
-    if (w->fd >= 0 && w->records > 0 &&
-        (w->records >= w->opts.max_shard_records || w->bytes + frame > w->opts.max_shard_bytes))
+    if (shard_writer_would_roll(w, len))
         if (shard_writer_flush(w, err))
             return -1;
     if (w->fd < 0 && shard_start(w, err))
@@ -208,18 +211,15 @@ int shard_writer_append_sample(ShardWriter *w, const Sample *sample, TfError *er
     return rc;
 }
 
-/* Writes the index for the open shard next to it, under a hidden name. */
-static int index_write(ShardWriter *w, char *tmp_out, size_t cap, TfError *err)
+/* Writes the index for the open shard next to it, under its hidden name. */
+static int index_write(ShardWriter *w, TfError *err)
 {
-    char hidden[256];
-    snprintf(hidden, sizeof hidden, ".%s%s.tmp-%ld", w->name, SHARD_INDEX_SUFFIX, (long)getpid());
-    if (tf_path_join(tmp_out, cap, w->dir, hidden))
-        return tf_fail(err, "path too long: %s", w->dir);
+    const char *tmp_out = w->idx_tmp;
     memcpy(w->index, SHARD_INDEX_MAGIC, 8);
     shard_put_le64(w->index + 8, w->records);
     size_t body = SHARD_INDEX_HEADER + w->records * SHARD_INDEX_ENTRY;
     shard_put_le32(w->index + body, shard_crc32c(0, w->index, body));
-    int fd = open(tmp_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp_out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
         return tf_fail(err, "%s: %s", tmp_out, strerror(errno));
     int rc = tf_write_all(fd, w->index, body + 4, err);
@@ -233,29 +233,22 @@ int shard_writer_flush(ShardWriter *w, TfError *err)
 {
     if (w->fd < 0)
         return 0;
-    char idx_tmp[4096], final_path[4096], idx_final[4096];
     if (buffer_flush(w, err))
         return -1;
     if (!w->opts.no_fsync && fsync(w->fd) != 0)
         return tf_fail(err, "fsync %s: %s", w->tmp_path, strerror(errno));
+    if (index_write(w, err))
+        return -1;
+    /* The number is taken, and both files renamed, under the manifest
+     * lock: see shard_manifest_publish. */
+    ShardEntry e = {.records = w->records, .bytes = w->bytes, .crc32c = w->file_crc, .source = w->source};
+    if (shard_manifest_publish(w->dir, w->prefix, &w->facts, w->tmp_path, w->idx_tmp, &e, w->name, sizeof w->name,
+                               w->opts.no_fsync, err))
+        return -1;
     close(w->fd);
     w->fd = -1;
-    if (index_write(w, idx_tmp, sizeof idx_tmp, err))
-        return -1;
-    if (tf_path_join(final_path, sizeof final_path, w->dir, w->name) ||
-        snprintf(idx_final, sizeof idx_final, "%s%s", final_path, SHARD_INDEX_SUFFIX) >= (int)sizeof idx_final)
-        return tf_fail(err, "path too long: %s", w->dir);
-    /* Index first: a visible shard always has its index beside it. */
-    if (rename(idx_tmp, idx_final) != 0 || rename(w->tmp_path, final_path) != 0)
-        return tf_fail(err, "rename into %s: %s", final_path, strerror(errno));
-    if (!w->opts.no_fsync && tf_fsync_parent(final_path, err))
-        return -1;
-    ShardEntry e = {.name = w->name, .records = w->records, .bytes = w->bytes, .crc32c = w->file_crc};
-    if (shard_manifest_add(w->dir, &w->facts, &e, w->opts.no_fsync, err))
-        return -1;
     w->done_records += w->records;
     w->done_shards++;
-    w->next_number++;
     w->records = 0;
     return 0;
 }
@@ -276,7 +269,9 @@ void shard_writer_free(ShardWriter *w)
     if (w->fd >= 0) { /* an incomplete shard is discarded, never published */
         close(w->fd);
         unlink(w->tmp_path);
+        unlink(w->idx_tmp);
     }
+    json_decref(w->source);
     free(w->dir);
     free(w->buf);
     free(w->index);

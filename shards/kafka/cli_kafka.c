@@ -1,214 +1,47 @@
-/* cli_kafka.c: `transfuse shards` on Kafka topics (kafka://HOST:PORT/TOPIC):
- *   ls       partitions, leaders, low/high watermarks, and per consumer
- *            group the committed offsets and lag
- *   cat      records of a topic range as JSON lines (like a shard file)
- *   verify   parse every record of a range; keys, identity headers, offsets
- *   publish  a dataset folder to a topic; a shard's done marker is written
- *            only after every delivery report for it succeeded
- *   archive  a topic range to shard files with a manifest
- *   create   a topic through the admin API (real clusters)
- * shards/cli.c hands kafka:// paths and these commands over here. */
+/* cli_kafka.c: the `transfuse shards` commands that only make sense with a
+ * topic (shards/cli.c reads topics and folders alike for cat, stat and
+ * verify, through the record source):
+ *   ls       (of kafka://...) partitions, leaders, low/high watermarks, and
+ *            per consumer group the committed offsets and lag
+ *   publish  a dataset folder to a topic; a shard's done marker (keyed by
+ *            the cluster's id and the topic) is written only after every
+ *            delivery report for it succeeded
+ *   archive  a topic to shard files with a manifest, each record once even
+ *            across interrupted runs (positions stored with each shard)
+ *   create   a topic through the admin API (real clusters) */
+#include "cli_internal.h"
 #include "kafka_internal.h"
 
-#include <dirent.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_X 64
 #define MAX_GROUPS 32
-
-/* The process's stop flag (Ctrl-C, SIGTERM), for commands that drain. */
-static const TfStopFlag *kcli_stop_ptr;
-#define kcli_stop tf_stop_requested(kcli_stop_ptr)
-
-static void kcli_signals(void)
-{
-    kcli_stop_ptr = tf_cli_stop_flag();
-}
-
-/* Options every Kafka command takes. */
-typedef struct KCommon {
-    const char *config[MAX_X + 1];
-    size_t n_config;
-    int32_t partitions[256];
-    size_t n_partitions;
-    int64_t from;     /* start offset for all listed partitions; -1: beginning/committed */
-    long limit;       /* records; -1: all */
-    const char *group;
-} KCommon;
-
-static void kusage(const char *cmd, const char *msg)
-{
-    fprintf(stderr, "transfuse shards %s: %s (see transfuse shards %s --help)\n", cmd, msg, cmd);
-}
-
-/* Parses the one kafka://HOST:PORT/TOPIC argument left after the options
- * of `cmd` (with `ready` 0 when a required option is missing; `need` says
- * what the command needs). Returns 0, or 2 after a usage message. */
-static int topic_arg(const char *cmd, int argc, char **argv, int ready, const char *need, char bootstrap[1024],
-                     char topic[256])
-{
-    TfError err = {{0}};
-    if (optind != argc - 1 || !ready) {
-        kusage(cmd, need);
-        return 2;
-    }
-    if (kafka_url_parse(argv[optind], bootstrap, 1024, topic, 256, &err)) {
-        kusage(cmd, err.msg);
-        return 2;
-    }
-    return 0;
-}
-
-/* Handles -X, --partition, --offset, --limit, --group; returns 1 when
- * consumed, 0 when not a common option, -1 on a bad value. */
-static int common_opt(KCommon *k, int c, const char *cmd)
-{
-    TfError err = {{0}};
-    long v;
-    switch (c) {
-    case 'X':
-        if (k->n_config == MAX_X || !strchr(optarg, '=')) {
-            kusage(cmd, "-X wants key=value (at most 64)");
-            return -1;
-        }
-        k->config[k->n_config++] = optarg;
-        return 1;
-    case 'p':
-        if (k->n_partitions == 256 || tf_parse_long("--partition", optarg, 0, KAFKA_MAX_PARTITIONS - 1, &v, &err)) {
-            kusage(cmd, err.msg[0] ? err.msg : "too many --partition");
-            return -1;
-        }
-        k->partitions[k->n_partitions++] = (int32_t)v;
-        return 1;
-    case 'o':
-        if (tf_parse_long("--offset", optarg, 0, LONG_MAX, &v, &err)) {
-            kusage(cmd, err.msg);
-            return -1;
-        }
-        k->from = v;
-        return 1;
-    case 'n':
-        if (tf_parse_long("--limit", optarg, 0, LONG_MAX, &k->limit, &err)) {
-            kusage(cmd, err.msg);
-            return -1;
-        }
-        return 1;
-    case 'g':
-        k->group = optarg;
-        return 1;
-    }
-    return 0;
-}
-
-#define COMMON_LONGOPTS                                                                                           \
-    {"partition", required_argument, 0, 'p'}, {"offset", required_argument, 0, 'o'},                             \
-        {"limit", required_argument, 0, 'n'}, {"group", required_argument, 0, 'g'}, {"help", no_argument, 0, 'h'}
-
-#define RANGE_HELP                                                                                                \
-    "  --partition P   only partition P (repeatable; default all)\n"                                            \
-    "  --offset O      start at offset O in each chosen partition (default: the\n"                             \
-    "                  log start)\n"                                                                             \
-    "  --limit N       stop after N records\n"                                                                   \
-    "  -X key=value    librdkafka property (repeatable), e.g. -X security.protocol=ssl\n"
-
-/* Opens a snapshot source over the chosen range: records up to the high
- * watermarks seen now, so the command ends even while producers write. */
-static KafkaSource *open_range(const char *bootstrap, const char *topic, KCommon *k, KafkaPosition **start_out,
-                               TfError *err)
-{
-    KafkaPosition *start = NULL;
-    if (k->from >= 0) {
-        start = kafka_position_new(topic);
-        KafkaTopicInfo info;
-        if (!start || kafka_topic_describe(bootstrap, topic, k->config, &info, err)) {
-            kafka_position_free(start);
-            return NULL;
-        }
-        for (size_t i = 0; i < info.n; i++)
-            kafka_position_set(start, info.parts[i].partition,
-                               k->from < info.parts[i].high ? k->from : info.parts[i].high, NULL);
-        kafka_topic_info_deinit(&info);
-    }
-    /* A range read starts at the log start, never at a group's offsets:
-     * the group is a throwaway one so nothing is committed or read back. */
-    char group[64];
-    snprintf(group, sizeof group, "transfuse-cli-%ld", (long)getpid());
-    KafkaSourceOptions o = {.bootstrap = bootstrap,
-                            .topic = topic,
-                            .group_id = group,
-                            .partitions = k->n_partitions ? k->partitions : NULL,
-                            .n_partitions = k->n_partitions,
-                            .start = start,
-                            .until = KAFKA_UNTIL_SNAPSHOT,
-                            .commit_interval_ms = -1,
-                            .config = k->config};
-    KafkaSource *s = kafka_source_new(&o, err);
-    *start_out = start;
-    return s;
-}
 
 /* ---- ls ---- */
 
-static const char LS_HELP[] =
-    "usage: transfuse shards ls [--json] [--group G ...] kafka://HOST:PORT/TOPIC\n\n"
-    "Lists a topic's partitions with leader, low and high watermark and record\n"
-    "count, and for each consumer group its committed offsets and lag (records\n"
-    "not yet consumed). Groups are listed from the cluster when it can\n"
-    "(ListGroups); name them with --group where it cannot: librdkafka's mock\n"
-    "cluster (`transfuse broker`) cannot list or describe groups, but reports\n"
-    "committed offsets of a named group.\n\n"
-    "  --group G       show group G (repeatable)\n"
-    "  --json          one JSON object on stdout\n"
-    "  -X key=value    librdkafka property (repeatable)\n";
-
-static int kcmd_ls(int argc, char **argv)
+int shards_kafka_ls(ShardsCli *k, const char *url, const char *const *groups_given, size_t n_groups, int json)
 {
-    KCommon k = {.from = -1, .limit = -1};
-    const char *groups[MAX_GROUPS];
-    size_t n_groups = 0;
-    int json = 0;
-    static const struct option opts[] = {COMMON_LONGOPTS, {"json", no_argument, 0, 'j'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(LS_HELP, stdout);
-            return 0;
-        } else if (c == 'j') {
-            json = 1;
-        } else if (c == 'g') {
-            if (n_groups == MAX_GROUPS) {
-                kusage("ls", "at most 32 --group");
-                return 2;
-            }
-            groups[n_groups++] = optarg;
-        } else {
-            int r = common_opt(&k, c, "ls");
-            if (r <= 0)
-                return 2;
-        }
-    }
     char bootstrap[1024], topic[256];
     TfError err = {{0}};
-    if (topic_arg("ls", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
-        return 2;
+    if (kafka_url_parse(url, bootstrap, sizeof bootstrap, topic, sizeof topic, &err))
+        return shards_cli_usage(k, err.msg);
+    const char *groups[MAX_GROUPS];
+    for (size_t i = 0; i < n_groups; i++)
+        groups[i] = groups_given[i];
     KafkaTopicInfo info;
-    if (kafka_topic_describe(bootstrap, topic, k.config, &info, &err)) {
+    if (kafka_topic_describe(bootstrap, topic, k->config, &info, &err)) {
         fprintf(stderr, "transfuse shards ls: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     char **listed = NULL;
     char group_note[600] = "";
     if (n_groups == 0) {
         TfError gerr = {{0}};
-        listed = kafka_group_list(bootstrap, k.config, &gerr);
+        listed = kafka_group_list(bootstrap, k->config, &gerr);
         if (!listed)
             snprintf(group_note, sizeof group_note, "%s; name groups with --group", gerr.msg);
         for (size_t i = 0; listed && listed[i] && n_groups < MAX_GROUPS; i++)
@@ -234,10 +67,10 @@ static int kcmd_ls(int argc, char **argv)
                    info.parts[i].leader, info.parts[i].low, info.parts[i].high, info.parts[i].high - info.parts[i].low);
     }
     for (size_t g = 0; g < n_groups; g++) {
-        KafkaPosition *pos = kafka_group_committed(bootstrap, topic, groups[g], k.config, &err);
+        KafkaPosition *pos = kafka_group_committed(bootstrap, topic, groups[g], k->config, &err);
         if (!pos) {
             fprintf(stderr, "transfuse shards ls: %s\n", err.msg);
-            rc = 1;
+            rc = TF_EXIT_FAIL;
             continue;
         }
         json_t *jp = json_array();
@@ -283,317 +116,6 @@ static int kcmd_ls(int argc, char **argv)
     return rc;
 }
 
-/* ---- cat ---- */
-
-static const char CAT_HELP[] =
-    "usage: transfuse shards cat [options] kafka://HOST:PORT/TOPIC\n\n"
-    "Prints the records of a topic range as JSON lines, like `cat` on a shard\n"
-    "file: partition by partition interleaved as they arrive, in offset order\n"
-    "within each partition, up to the high watermarks seen at start.\n\n"
-    "  --fields A,B    only these top-level fields\n"
-    "  --meta          add \"_partition\" and \"_offset\" to each line\n"
-    "  --raw           write the payload bytes of the first record of the range\n"
-    "                  instead (e.g. for protoc --decode transfuse.v1.Sample)\n" RANGE_HELP;
-
-static int kcmd_cat(int argc, char **argv)
-{
-    KCommon k = {.from = -1, .limit = -1};
-    const char *fields_spec = NULL;
-    int raw = 0, meta = 0;
-    static const struct option opts[] = {
-        COMMON_LONGOPTS, {"fields", required_argument, 0, 'f'}, {"raw", no_argument, 0, 'r'}, {"meta", no_argument, 0, 'm'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(CAT_HELP, stdout);
-            return 0;
-        } else if (c == 'f') {
-            fields_spec = optarg;
-        } else if (c == 'r') {
-            raw = 1;
-        } else if (c == 'm') {
-            meta = 1;
-        } else if (common_opt(&k, c, "cat") <= 0) {
-            return 2;
-        }
-    }
-    char bootstrap[1024], topic[256];
-    TfError err = {{0}};
-    if (topic_arg("cat", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
-        return 2;
-    if (raw && isatty(STDOUT_FILENO)) {
-        kusage("cat", "--raw writes binary; redirect stdout to a file or a pipe");
-        return 2;
-    }
-    /* Field list: "a,b" split in place into a NULL-terminated array. */
-    char *fcopy = fields_spec ? strdup(fields_spec) : NULL;
-    const char *fields[64];
-    size_t nf = 0;
-    for (char *t = fcopy ? strtok(fcopy, ",") : NULL; t && nf < 63; t = strtok(NULL, ","))
-        fields[nf++] = t;
-    fields[nf] = NULL;
-
-    kcli_signals();
-    KafkaPosition *start = NULL;
-    KafkaSource *src = open_range(bootstrap, topic, &k, &start, &err);
-    if (!src) {
-        fprintf(stderr, "transfuse shards cat: %s\n", err.msg);
-        free(fcopy);
-        return 1;
-    }
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    long printed = 0;
-    int rc = 0;
-    while (!kcli_stop && (k.limit < 0 || printed < k.limit)) {
-        KafkaRecord r;
-        int got = kafka_source_next(src, &r, 1000, &err);
-        if (got == KAFKA_END)
-            break;
-        if (got == KAFKA_IDLE)
-            continue;
-        if (got < 0) {
-            fprintf(stderr, "transfuse shards cat: %s\n", err.msg);
-            rc = 1;
-            break;
-        }
-        if (raw) {
-            fwrite(r.payload, 1, r.len, stdout);
-            printed++;
-            break;
-        }
-        shard_arena_reset(&arena);
-        TfError derr = {{0}};
-        Sample *s = sample_decode(r.payload, r.len, &arena, &derr);
-        if (!s) {
-            fprintf(stderr, "transfuse shards cat: partition %d offset %" PRId64 ": %s\n", r.partition, r.offset,
-                    derr.msg);
-            rc = 1;
-            continue;
-        }
-        json_t *j = shard_message_to_json(&s->base, nf ? fields : NULL);
-        if (meta) {
-            json_object_set_new(j, "_partition", json_integer(r.partition));
-            json_object_set_new(j, "_offset", json_integer(r.offset));
-        }
-        json_dumpf(j, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        putchar('\n');
-        json_decref(j);
-        printed++;
-    }
-    if (raw && printed == 0) {
-        fprintf(stderr, "transfuse shards cat: the range holds no record\n");
-        rc = 1;
-    }
-    fflush(stdout);
-    shard_arena_deinit(&arena);
-    kafka_source_free(src);
-    kafka_position_free(start);
-    free(fcopy);
-    return rc;
-}
-
-/* ---- verify ---- */
-
-static const char VERIFY_HELP[] =
-    "usage: transfuse shards verify [--json] [--quiet] [range options] kafka://HOST:PORT/TOPIC\n\n"
-    "Reads every record of a topic range (up to the high watermarks seen at\n"
-    "start) and checks: each value parses as transfuse.v1.Sample, its tensors'\n"
-    "sizes match dtype x shape, the message key equals the sample key, every\n"
-    "record names the same schema, tokenizer and VAE in its headers, no key\n"
-    "appears twice, and offsets are contiguous (a gap means records were deleted\n"
-    "or compacted). Each problem is printed with partition and offset; exit 1\n"
-    "when anything is wrong.\n\n"
-    "  --json          one JSON object on stdout\n"
-    "  --quiet         only the summary\n" RANGE_HELP;
-
-static const char *tensor_check(const Transfuse__V1__Tensor *t)
-{
-    static const size_t es[] = {0, 4, 2, 2, 1};
-    if (!t)
-        return NULL;
-    if (t->dtype <= 0 || (size_t)t->dtype >= sizeof es / sizeof es[0])
-        return "tensor has no known dtype";
-    uint64_t n = es[t->dtype];
-    for (size_t i = 0; i < t->n_shape; i++) {
-        if (!t->shape[i] || n > UINT64_MAX / t->shape[i])
-            return "tensor shape is empty or too large";
-        n *= t->shape[i];
-    }
-    return n == t->data.len ? NULL : "tensor data size does not match dtype x shape";
-}
-
-/* A set of 64-bit key hashes (duplicate detection without keeping keys). */
-typedef struct HashSet {
-    uint64_t *slots;
-    size_t cap, n;
-} HashSet;
-
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 1099511628211ull;
-    return h ? h : 1;
-}
-
-/* Returns 1 when h was new, 0 when present, -1 out of memory. */
-static int hashset_add(HashSet *s, uint64_t h)
-{
-    if (2 * (s->n + 1) > s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 1024;
-        uint64_t *ns = calloc(ncap, sizeof *ns);
-        if (!ns)
-            return -1;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slots[i]) {
-                size_t j = s->slots[i] & (ncap - 1);
-                while (ns[j])
-                    j = (j + 1) & (ncap - 1);
-                ns[j] = s->slots[i];
-            }
-        free(s->slots);
-        s->slots = ns;
-        s->cap = ncap;
-    }
-    size_t j = h & (s->cap - 1);
-    while (s->slots[j]) {
-        if (s->slots[j] == h)
-            return 0;
-        j = (j + 1) & (s->cap - 1);
-    }
-    s->slots[j] = h;
-    s->n++;
-    return 1;
-}
-
-static int kcmd_verify(int argc, char **argv)
-{
-    KCommon k = {.from = -1, .limit = -1};
-    int json = 0, quiet = 0;
-    static const struct option opts[] = {COMMON_LONGOPTS, {"json", no_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'}, {0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hqX:", opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(VERIFY_HELP, stdout);
-            return 0;
-        } else if (c == 'j') {
-            json = 1;
-        } else if (c == 'q') {
-            quiet = 1;
-        } else if (common_opt(&k, c, "verify") <= 0) {
-            return 2;
-        }
-    }
-    char bootstrap[1024], topic[256];
-    TfError err = {{0}};
-    if (topic_arg("verify", argc, argv, 1, "needs exactly one kafka://HOST:PORT/TOPIC", bootstrap, topic))
-        return 2;
-    kcli_signals();
-    KafkaPosition *start = NULL;
-    double t0 = tf_now();
-    KafkaSource *src = open_range(bootstrap, topic, &k, &start, &err);
-    if (!src) {
-        fprintf(stderr, "transfuse shards verify: %s\n", err.msg);
-        return 1;
-    }
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    HashSet keys = {0};
-    json_t *problems = json_array();
-    uint64_t n_problems = 0, records = 0, bytes = 0, good = 0;
-    TfProgress prog;
-    tf_progress_init(&prog, "verify", 0, "records");
-#define PROBLEM(part, off, ...)                                                                        \
-    do {                                                                                               \
-        char what_[400];                                                                               \
-        snprintf(what_, sizeof what_, __VA_ARGS__);                                                    \
-        n_problems++;                                                                                  \
-        if (json_array_size(problems) < 1000)                                                          \
-            json_array_append_new(problems, json_pack("{s:i,s:I,s:s}", "partition", (int)(part), "offset", \
-                                                      (json_int_t)(off), "what", what_));              \
-        if (!quiet && !json)                                                                           \
-            fprintf(stderr, "%s partition %d offset %" PRId64 ": %s\n", topic, (int)(part), (int64_t)(off), what_); \
-    } while (0)
-    int fatal = 0;
-    while (!kcli_stop && (k.limit < 0 || (long)records < k.limit)) {
-        KafkaRecord r;
-        int got = kafka_source_next(src, &r, 1000, &err);
-        if (got == KAFKA_END)
-            break;
-        if (got == KAFKA_IDLE)
-            continue;
-        if (got < 0) {
-            PROBLEM(-1, -1, "%s", err.msg);
-            fatal = 1;
-            break;
-        }
-        records++;
-        bytes += r.len;
-        tf_progress_update(&prog, records);
-        shard_arena_reset(&arena);
-        TfError derr = {{0}};
-        Sample *s = sample_decode(r.payload, r.len, &arena, &derr);
-        if (!s) {
-            PROBLEM(r.partition, r.offset, "not a transfuse.v1.Sample: %s", derr.msg);
-            continue;
-        }
-        const char *tp = tensor_check(s->latent_mean);
-        if (!tp)
-            tp = tensor_check(s->latent_logvar);
-        if (tp) {
-            PROBLEM(r.partition, r.offset, "%s", tp);
-            continue;
-        }
-        if (!s->key || !s->key[0]) {
-            PROBLEM(r.partition, r.offset, "record has no key");
-            continue;
-        }
-        if (r.key_len != strlen(s->key) || memcmp(r.key, s->key, r.key_len)) {
-            PROBLEM(r.partition, r.offset, "message key '%.*s' differs from the sample key '%s'",
-                    (int)(r.key_len > 100 ? 100 : r.key_len), r.key ? r.key : "", s->key);
-            continue;
-        }
-        if (hashset_add(&keys, hash_bytes(s->key, strlen(s->key))) == 0) {
-            PROBLEM(r.partition, r.offset, "key '%s' appears more than once", s->key);
-            continue;
-        }
-        good++;
-    }
-    tf_progress_finish(&prog, records);
-    KafkaSourceStats st;
-    kafka_source_stats(src, &st);
-    if (st.gaps)
-        PROBLEM(-1, -1, "%" PRIu64 " offset gap(s): records missing between offsets (see warnings)", st.gaps);
-    if (kcli_stop)
-        PROBLEM(-1, -1, "interrupted before the end of the range");
-    double dt = tf_now() - t0;
-    if (json) {
-        json_t *out = json_pack("{s:s,s:b,s:I,s:I,s:I,s:f,s:I,s:o}", "topic", topic, "ok", n_problems == 0, "records",
-                                (json_int_t)records, "good", (json_int_t)good, "bytes", (json_int_t)bytes, "seconds", dt,
-                                "problem_count", (json_int_t)n_problems, "problems", problems);
-        json_dumpf(out, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        putchar('\n');
-        json_decref(out);
-    } else {
-        printf("%s: topic %s, %" PRIu64 " good records of %" PRIu64 ", %.1f MB in %.2f s (%.0f MB/s): %" PRIu64
-               " problem%s\n",
-               n_problems ? "FAILED" : "OK", topic, good, records, bytes / 1e6, dt, dt > 0 ? bytes / dt / 1e6 : 0.0,
-               n_problems, n_problems == 1 ? "" : "s");
-        json_decref(problems);
-    }
-#undef PROBLEM
-    (void)fatal;
-    free(keys.slots);
-    shard_arena_deinit(&arena);
-    kafka_source_free(src);
-    kafka_position_free(start);
-    return n_problems ? 1 : 0;
-}
-
 /* ---- publish ---- */
 
 static const char PUBLISH_HELP[] =
@@ -602,17 +124,23 @@ static const char PUBLISH_HELP[] =
     "order) to a topic: value = record bytes, key = sample key, headers naming\n"
     "the schema and the manifest's tokenizer and VAE identity, through an\n"
     "idempotent producer. A shard counts as published only when every delivery\n"
-    "report for it succeeded; then DIR/.published/TOPIC/SHARD.done is written.\n"
-    "A rerun skips shards with a done marker, so an interrupted publish resumes\n"
-    "at the first unfinished shard (whose records may then appear twice).\n\n"
-    "  --to URL          kafka://HOST:PORT/TOPIC (the topic must exist)\n"
-    "  --flow-group G    wait so that no partition runs more than --flow-max\n"
-    "                    bytes ahead of what group G has committed (needed with\n"
-    "                    `transfuse broker`, which drops data beyond ~5 MiB per\n"
-    "                    partition)\n"
-    "  --flow-max SIZE   default 3M\n"
-    "  --force           publish shards that have a done marker again\n"
-    "  -X key=value      librdkafka property (repeatable), e.g. -X linger.ms=50\n";
+    "report for it succeeded; then DIR/.published/CLUSTER/TOPIC/SHARD.done is\n"
+    "written, keyed by the cluster's id (from its metadata) so that a new\n"
+    "cluster, such as a restarted `transfuse broker` (memory only), gets\n"
+    "everything again. A rerun skips shards with a done marker, so an\n"
+    "interrupted publish resumes at the first unfinished shard (whose records\n"
+    "may then appear twice). Damaged records are reported and not sent; their\n"
+    "shard gets no done marker (exit 1).\n\n"
+    "  --to URL            kafka://HOST:PORT/TOPIC (the topic must exist)\n"
+    "  --flow-group G      wait so that no partition runs more than --flow-max\n"
+    "                      bytes ahead of what group G has committed (needed with\n"
+    "                      `transfuse broker`, which drops data beyond ~5 MiB per\n"
+    "                      partition)\n"
+    "  --flow-max SIZE     default 3Mi\n"
+    "  --force             publish shards that have a done marker again\n"
+    "  --metrics-port N    serve Prometheus metrics on 127.0.0.1:N/metrics (0: off)\n"
+    "  --metrics-addr A    address for the metrics port (default 127.0.0.1)\n"
+    "  -X key=value        librdkafka property (repeatable), e.g. -X linger.ms=50\n";
 
 static int write_marker(const char *path, const char *bootstrap, uint64_t records, uint64_t bytes, TfError *err)
 {
@@ -623,325 +151,574 @@ static int write_marker(const char *path, const char *bootstrap, uint64_t record
     return rc;
 }
 
-static int kcmd_publish(int argc, char **argv)
+/* A file-name-safe form of a cluster id ("" becomes "unknown-cluster"). */
+static void safe_name(const char *in, char *out, size_t cap)
 {
-    KCommon k = {.from = -1, .limit = -1};
-    const char *to = NULL, *flow_group = NULL;
+    size_t n = 0;
+    for (; *in && n + 1 < cap; in++)
+        out[n++] = (*in >= 'a' && *in <= 'z') || (*in >= 'A' && *in <= 'Z') || (*in >= '0' && *in <= '9') ||
+                           *in == '-' || *in == '_' || *in == '.'
+                       ? *in
+                       : '_';
+    out[n] = 0;
+    if (!n || !strcmp(out, ".") || !strcmp(out, ".."))
+        snprintf(out, cap, "unknown-cluster");
+}
+
+typedef struct PublishFilter {
+    const char *marker_dir;
+    int force;
+    uint64_t skipped, skipped_bytes;
+    const RecordShard *shards;
+} PublishFilter;
+
+/* Shards with a done marker are not read again (unless --force). */
+static int publish_wanted(void *ctx, const char *name, size_t index)
+{
+    PublishFilter *f = ctx;
+    char marker[4600];
+    snprintf(marker, sizeof marker, "%s/%s.done", f->marker_dir, name);
+    struct stat st;
+    if (f->force || stat(marker, &st) != 0)
+        return 1;
+    f->skipped++;
+    return 0;
+}
+
+typedef struct PublishMetrics {
+    TfCounter *records, *bytes, *shards, *failures, *bad;
+} PublishMetrics;
+
+int shards_cmd_publish(int argc, char **argv)
+{
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards publish");
+    const char *to = NULL, *flow_group = NULL, *metrics_addr = NULL;
     uint64_t flow_max = 0;
+    long metrics_port = 0;
     int force = 0;
-    static const struct option opts[] = {{"to", required_argument, 0, 't'},         {"flow-group", required_argument, 0, 'G'},
-                                         {"flow-max", required_argument, 0, 'M'},   {"force", no_argument, 0, 'F'},
-                                         {"help", no_argument, 0, 'h'},             {0}};
+    static const struct option opts[] = {{"to", required_argument, 0, 't'},
+                                         {"flow-group", required_argument, 0, 'G'},
+                                         {"flow-max", required_argument, 0, 'M'},
+                                         {"force", no_argument, 0, 'F'},
+                                         {"metrics-port", required_argument, 0, 'm'},
+                                         {"metrics-addr", required_argument, 0, 'a'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
     TfError err = {{0}};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(PUBLISH_HELP, stdout);
-            return 0;
-        } else if (c == 't') {
-            to = optarg;
-        } else if (c == 'G') {
-            flow_group = optarg;
-        } else if (c == 'F') {
-            force = 1;
-        } else if (c == 'M') {
-            if (tf_parse_size("--flow-max", optarg, &flow_max, &err)) {
-                kusage("publish", err.msg);
-                return 2;
-            }
-        } else if (c != 'X' || common_opt(&k, c, "publish") <= 0) {
-            return 2;
+    while ((c = tf_opts_next(&o)) != -1) {
+        switch (c) {
+        case 'h': fputs(PUBLISH_HELP, stdout); return TF_EXIT_OK;
+        case 't': to = o.arg; break;
+        case 'G': flow_group = o.arg; break;
+        case 'F': force = 1; break;
+        case 'a': metrics_addr = o.arg; break;
+        case 'M':
+            if (tf_parse_size("--flow-max", o.arg, &flow_max, &err))
+                return shards_cli_usage(&k, err.msg);
+            break;
+        case 'm':
+            if (tf_parse_long("--metrics-port", o.arg, 0, 65535, &metrics_port, &err))
+                return shards_cli_usage(&k, err.msg);
+            break;
+        case 'X':
+            if (shards_cli_common(&k, c, o.arg) <= 0)
+                return TF_EXIT_USAGE;
+            break;
+        default: return TF_EXIT_USAGE;
         }
     }
     char bootstrap[1024], topic[256];
-    if (optind != argc - 1 || !to) {
-        kusage("publish", "needs DIR and --to kafka://HOST:PORT/TOPIC");
-        return 2;
-    }
-    if (kafka_url_parse(to, bootstrap, sizeof bootstrap, topic, sizeof topic, &err)) {
-        kusage("publish", err.msg);
-        return 2;
-    }
-    const char *dir = argv[optind];
+    if (o.first_operand != argc - 1 || !to)
+        return shards_cli_usage(&k, "needs DIR and --to kafka://HOST:PORT/TOPIC");
+    if (kafka_url_parse(to, bootstrap, sizeof bootstrap, topic, sizeof topic, &err))
+        return shards_cli_usage(&k, err.msg);
+    k.config[k.n_config] = NULL;
+    const char *dir = argv[o.first_operand];
+    const TfStopFlag *stop = tf_cli_stop_flag();
     ShardManifest *m = shard_manifest_load(dir, &err);
     if (!m) {
-        fprintf(stderr, "transfuse shards publish: %s\n", err.msg);
-        return 1;
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        return TF_EXIT_FAIL;
     }
-    kcli_signals();
+    TfMetricsServer *metrics = NULL;
+    if (metrics_port && !(metrics = tf_metrics_cli_start("shards", metrics_addr, metrics_port, &err))) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        shard_manifest_free(m);
+        return TF_EXIT_FAIL;
+    }
+    PublishMetrics pm = {
+        tf_counter("transfuse_shards_publish_records_total", "Records delivered to the topic", "topic", topic, NULL),
+        tf_counter("transfuse_shards_publish_bytes_total", "Record bytes delivered to the topic", "topic", topic,
+                   NULL),
+        tf_counter("transfuse_shards_publish_shards_total", "Shards completely delivered (done marker written)",
+                   "topic", topic, NULL),
+        tf_counter("transfuse_shards_publish_delivery_failures_total", "Records the broker did not accept", "topic",
+                   topic, NULL),
+        tf_counter("transfuse_shards_publish_bad_records_total", "Damaged records found and not sent", "topic",
+                   topic, NULL)};
+    KafkaTopicInfo info;
+    if (kafka_topic_describe(bootstrap, topic, k.config, &info, &err)) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+        shard_manifest_free(m);
+        tf_metrics_server_free(metrics);
+        return TF_EXIT_FAIL;
+    }
+    char cluster[160];
+    safe_name(info.cluster_id, cluster, sizeof cluster);
+    kafka_topic_info_deinit(&info);
     KafkaSinkOptions so = {.bootstrap = bootstrap,
                            .topic = topic,
                            .facts = &m->facts,
                            .config = k.config,
                            .flow_group = flow_group,
                            .flow_max_bytes = flow_max,
-                           .stop = kcli_stop_ptr};
+                           .stop = stop};
     KafkaSink *sink = kafka_sink_new(&so, &err);
-    if (!sink) {
-        fprintf(stderr, "transfuse shards publish: %s\n", err.msg);
-        shard_manifest_free(m);
-        return 1;
-    }
-    char mdir[4096];
-    snprintf(mdir, sizeof mdir, "%s/.published/%s", dir, topic);
-    if (tf_mkdir_p(mdir, &err)) {
-        fprintf(stderr, "transfuse shards publish: %s\n", err.msg);
+    char mdir[4600];
+    snprintf(mdir, sizeof mdir, "%s/.published/%s/%s", dir, cluster, topic);
+    PublishFilter pf = {.marker_dir = mdir, .force = force};
+    RecordSourceOptions ro = {.path = dir, .shard_filter = publish_wanted, .filter_ctx = &pf, .stop = stop};
+    RecordSource *src = NULL;
+    if (!sink || tf_mkdir_p(mdir, &err) || !(src = record_source_open(&ro, &err))) {
+        fprintf(stderr, "%s: %s\n", k.prog, err.msg);
         kafka_sink_free(sink);
         shard_manifest_free(m);
-        return 1;
+        tf_metrics_server_free(metrics);
+        return TF_EXIT_FAIL;
     }
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
+    const RecordShard *shards;
+    record_source_shards(src, &shards);
     TfProgress prog;
     tf_progress_init(&prog, "publish", m->bytes, "B");
-    uint64_t done_bytes = 0, sent = 0, skipped = 0, bad = 0;
-    int rc = 0;
+    uint64_t done_bytes = 0, sent = 0, bad_total = 0;
+    /* The shard in hand: its records sent, bytes, damaged records. */
+    size_t cur = SIZE_MAX;
+    uint64_t n = 0, nbytes = 0, bad = 0;
+    int status = TF_EXIT_OK, rc;
     double t0 = tf_now();
-    for (size_t i = 0; i < m->n_shards && !rc && !kcli_stop; i++) {
-        const ShardEntry *e = &m->shards[i];
-        char marker[4200], path[4200];
-        snprintf(marker, sizeof marker, "%s/%s.done", mdir, e->name);
-        snprintf(path, sizeof path, "%s/%s", dir, e->name);
-        struct stat st;
-        if (!force && stat(marker, &st) == 0) {
-            skipped++;
-            done_bytes += e->bytes;
-            continue;
-        }
-        ShardFile *f = shard_file_open(path, &err);
-        if (!f) {
-            fprintf(stderr, "transfuse shards publish: %s\n", err.msg);
-            rc = 1;
-            break;
-        }
-        ShardCursor cur;
-        shard_cursor_init(&cur, f);
-        const uint8_t *payload;
-        size_t len;
-        ShardProblem prob;
-        int got;
-        uint64_t n = 0, nbytes = 0;
-        while ((got = shard_cursor_next(&cur, &payload, &len, &prob)) != 0 && !kcli_stop) {
-            if (got < 0) {
-                char where[800];
-                shard_problem_format(&prob, where, sizeof where);
-                fprintf(stderr, "transfuse shards publish: %s (not published; shard gets no done marker)\n", where);
-                bad++;
-                continue;
-            }
-            shard_arena_reset(&arena);
-            Sample *s = sample_decode(payload, len, &arena, &err);
-            if (!s || !s->key) {
-                fprintf(stderr, "transfuse shards publish: %s record %" PRIu64 ": %s\n", e->name, cur.record - 1,
-                        s ? "no key" : err.msg);
-                bad++;
-                continue;
-            }
-            if (kafka_sink_send(sink, -1, payload, len, s->key, strlen(s->key), &err)) {
-                fprintf(stderr, "transfuse shards publish: %s: %s\n", e->name, err.msg);
-                rc = 1;
+    Record rec;
+    ShardProblem prob;
+    for (;;) {
+        rc = record_source_next(src, &rec, 1000, &prob, &err);
+        int shard_done = cur != SIZE_MAX && (rc == RECORD_SOURCE_END || (rc == RECORD_SOURCE_RECORD &&
+                                                                          rec.shard_index != cur));
+        if (shard_done) {
+            /* The unit of work: one shard. Done only when all of it landed. */
+            uint64_t failed_before = kafka_sink_failed(sink);
+            if (kafka_sink_flush(sink, -1, &err)) {
+                tf_counter_add(pm.failures, kafka_sink_failed(sink) - failed_before);
+                fprintf(stderr, "%s: %s: %s\n", k.prog, shards[cur].name, err.msg);
+                status = TF_EXIT_FAIL;
                 break;
             }
-            n++;
-            nbytes += len;
-            tf_progress_update(&prog, done_bytes + cur.offset);
+            sent += n;
+            tf_counter_add(pm.records, n);
+            tf_counter_add(pm.bytes, nbytes);
+            done_bytes += shards[cur].entry ? shards[cur].entry->bytes : 0;
+            if (!bad) {
+                char marker[4800];
+                snprintf(marker, sizeof marker, "%s/%s.done", mdir, shards[cur].name);
+                if (write_marker(marker, bootstrap, n, nbytes, &err)) {
+                    fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+                    status = TF_EXIT_FAIL;
+                    break;
+                }
+                tf_counter_add(pm.shards, 1);
+            }
+            cur = SIZE_MAX;
+            n = nbytes = bad = 0;
         }
-        shard_file_free(f);
-        if (rc || kcli_stop)
+        if (rc == RECORD_SOURCE_END)
             break;
-        /* The unit of work: this shard. Done only when all of it landed. */
-        if (kafka_sink_flush(sink, -1, &err)) {
-            fprintf(stderr, "transfuse shards publish: %s: %s\n", e->name, err.msg);
-            rc = 1;
+        if (tf_stop_requested(stop))
             break;
-        }
-        sent += n;
-        done_bytes += e->bytes;
-        if (bad) {
-            rc = 1;
+        if (rc < 0) {
+            fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+            status = TF_EXIT_FAIL;
             break;
         }
-        if (write_marker(marker, bootstrap, n, nbytes, &err)) {
-            fprintf(stderr, "transfuse shards publish: %s\n", err.msg);
-            rc = 1;
+        if (rc == RECORD_SOURCE_PROBLEM) {
+            char where[800];
+            shard_problem_format(&prob, where, sizeof where);
+            fprintf(stderr, "%s: %s (not published; the shard gets no done marker)\n", k.prog, where);
+            bad++;
+            bad_total++;
+            tf_counter_add(pm.bad, 1);
+            continue;
+        }
+        if (rc != RECORD_SOURCE_RECORD)
+            continue;
+        cur = rec.shard_index;
+        if (!rec.key_len) {
+            fprintf(stderr, "%s: %s: record %llu at byte %llu: record has no key (not published)\n", k.prog,
+                    rec.shard, (unsigned long long)rec.record, (unsigned long long)rec.offset);
+            bad++;
+            bad_total++;
+            tf_counter_add(pm.bad, 1);
+            continue;
+        }
+        if (kafka_sink_send(sink, -1, rec.payload, rec.len, rec.key, rec.key_len, &err)) {
+            fprintf(stderr, "%s: %s: %s\n", k.prog, rec.shard, err.msg);
+            status = tf_stop_requested(stop) ? TF_EXIT_OK : TF_EXIT_FAIL;
             break;
         }
+        n++;
+        nbytes += rec.len;
+        tf_progress_update(&prog, done_bytes + rec.offset);
     }
     tf_progress_finish(&prog, done_bytes);
-    if (kcli_stop && !rc) {
+    if (tf_stop_requested(stop) && status == TF_EXIT_OK) {
         kafka_sink_flush(sink, 30000, NULL);
-        fprintf(stderr, "transfuse shards publish: interrupted; rerun to continue\n");
-        rc = 1;
+        fprintf(stderr, "%s: stopped; rerun to continue (complete shards have their done marker)\n", k.prog);
+        status = TF_EXIT_STOPPED;
     }
+    if (status == TF_EXIT_OK && bad_total)
+        status = TF_EXIT_CHECK;
     double dt = tf_now() - t0;
-    fprintf(stderr, "transfuse shards publish: %" PRIu64 " records to %s in %.2f s (%.1f MB/s); %" PRIu64
-                    " shard(s) already published%s\n",
-            sent, topic, dt, dt > 0 ? (double)done_bytes / dt / 1e6 : 0.0, skipped, rc ? "; FAILED" : "");
-    shard_arena_deinit(&arena);
+    fprintf(stderr,
+            "%s: %llu records to %s in %.2f s (%.1f MB/s); %llu shard(s) already published; %llu damaged record(s)%s\n",
+            k.prog, (unsigned long long)sent, topic, dt, dt > 0 ? (double)done_bytes / dt / 1e6 : 0.0,
+            (unsigned long long)pf.skipped, (unsigned long long)bad_total,
+            status == TF_EXIT_OK ? "" : status == TF_EXIT_STOPPED ? "; STOPPED" : "; FAILED");
+    record_source_free(src);
     kafka_sink_free(sink);
     shard_manifest_free(m);
-    return rc;
+    tf_metrics_server_free(metrics);
+    return status;
 }
 
 /* ---- archive ---- */
 
 static const char ARCHIVE_HELP[] =
     "usage: transfuse shards archive kafka://HOST:PORT/TOPIC --out DIR [options]\n\n"
-    "Writes the records of a topic range (up to the high watermarks seen at\n"
-    "start) into shard files with an index and a manifest in DIR (appending to\n"
-    "a dataset already there when its facts agree). The tokenizer and VAE\n"
+    "Writes the records of a topic (up to the high watermarks seen at start)\n"
+    "into shard files with an index and a manifest in DIR (appending to a\n"
+    "dataset already there when its facts agree). Each record is archived\n"
+    "once, also across interrupted runs: every shard's manifest entry stores\n"
+    "the topic position after its last record (with the cluster id), written\n"
+    "atomically with the shard, and a rerun starts each partition after what\n"
+    "DIR already holds (or later, at --offset or the group's offsets). With\n"
+    "--group G the range starts at G's committed offsets when DIR holds none,\n"
+    "and G's offsets are committed after each shard. Records are checked as\n"
+    "`shards import` checks them (they parse, have a key equal to the message\n"
+    "key, tensor sizes match dtype x shape, latents match the first record's\n"
+    "dtype and shape, the value is not empty); bad ones are reported with\n"
+    "partition and offset, counted and skipped (exit 1). The tokenizer and VAE\n"
     "identity come from the records' headers; records naming another identity\n"
-    "than the first are refused. With --group G the range starts at G's\n"
-    "committed offsets and G's offsets are committed once the shards are\n"
-    "complete, so repeated runs archive each record once.\n\n"
-    "  --out DIR         dataset folder to write\n"
-    "  --prefix NAME     shard name prefix (default: the topic name)\n"
-    "  --shard-size SIZE roll shards at this size (default 256M)\n" RANGE_HELP
-    "  --group G         start at and commit to group G's offsets\n";
+    "than the first stop the archive (exit 3).\n\n"
+    "  --out DIR           dataset folder to write\n"
+    "  --prefix NAME       shard name prefix (default: the topic name)\n"
+    "  --shard-size SIZE   roll shards at this size (default 256Mi)\n"
+    "  --shard-records N   roll shards at this many records (default 100000)\n"
+    "  --group G           start at (when DIR has no position) and commit to G's offsets\n"
+    "  --metrics-port N    serve Prometheus metrics on 127.0.0.1:N/metrics (0: off)\n"
+    "  --metrics-addr A    address for the metrics port (default 127.0.0.1)\n"
+    "  --partition P       only partition P (repeatable; default all)\n"
+    "  --offset O          start at offset O in each chosen partition (never before\n"
+    "                      what DIR holds)\n"
+    "  --limit N           stop after N records\n"
+    "  -X key=value        librdkafka property (repeatable)\n";
 
-static int kcmd_archive(int argc, char **argv)
+/* The topic position DIR's manifest says its shards hold: for each
+ * partition, the largest next offset stored by a shard archived from
+ * `topic` on cluster `cluster`. Returns a new position (empty when DIR has
+ * none), or NULL with err filled. */
+static KafkaPosition *archived_position(const char *dir, const char *cluster, const char *topic, TfError *err)
 {
-    KCommon k = {.from = -1, .limit = -1};
-    const char *out = NULL, *prefix = NULL;
+    KafkaPosition *pos = kafka_position_new(topic);
+    if (!pos) {
+        tf_fail(err, "out of memory");
+        return NULL;
+    }
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/%s", dir, SHARD_MANIFEST_NAME);
+    struct stat st;
+    if (stat(mpath, &st) != 0)
+        return pos;
+    ShardManifest *m = shard_manifest_load(dir, err);
+    if (!m) {
+        kafka_position_free(pos);
+        return NULL;
+    }
+    for (size_t i = 0; i < m->n_shards; i++) {
+        const json_t *src = m->shards[i].source;
+        const char *kind = json_string_value(json_object_get(src, "kind"));
+        const char *cid = json_string_value(json_object_get(src, "cluster_id"));
+        if (!kind || strcmp(kind, "kafka") || !cid || strcmp(cid, cluster))
+            continue;
+        KafkaPosition *p = kafka_position_from_json(src, NULL);
+        if (p && !strcmp(p->topic, topic))
+            for (size_t k = 0; k < p->n; k++)
+                if (p->offset[k] > kafka_position_get(pos, p->partition[k]))
+                    kafka_position_set(pos, p->partition[k], p->offset[k], NULL);
+        kafka_position_free(p);
+    }
+    shard_manifest_free(m);
+    return pos;
+}
+
+/* {"kind":"kafka","cluster_id","topic","offsets"} for `done`. */
+static json_t *source_json(const KafkaPosition *done, const char *cluster)
+{
+    json_t *j = kafka_position_to_json(done);
+    json_object_set_new(j, "kind", json_string("kafka"));
+    json_object_set_new(j, "cluster_id", json_string(cluster));
+    return j;
+}
+
+/* Commits `done` under the group (a consumer handle that never reads). */
+static int group_commit(rd_kafka_t *rk, const KafkaPosition *done, TfError *err)
+{
+    if (!rk || !done->n)
+        return 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)done->n);
+    for (size_t i = 0; i < done->n; i++)
+        rd_kafka_topic_partition_list_add(l, done->topic, done->partition[i])->offset = done->offset[i];
+    rd_kafka_resp_err_t e = rd_kafka_commit(rk, l, 0);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        return tf_fail(err, "committing the group's offsets: %s", rd_kafka_err2str(e));
+    return 0;
+}
+
+/* Publishes the shard in hand with `done` as its source, then commits. */
+static int archive_flush(ShardWriter *w, const KafkaPosition *done, const char *cluster, rd_kafka_t *group_rk,
+                         TfError *err)
+{
+    json_t *src = source_json(done, cluster);
+    int rc = shard_writer_set_source(w, src) ? tf_fail(err, "out of memory") : shard_writer_flush(w, err);
+    json_decref(src);
+    if (rc)
+        return -1;
+    /* Best effort: the dataset is the record of what is done, so a commit
+     * lost to a crash costs nothing (the rerun starts from the dataset). */
+    TfError cerr = {{0}};
+    if (group_commit(group_rk, done, &cerr))
+        tf_log(TF_LOG_WARN, "kafka", "%s", cerr.msg);
+    return 0;
+}
+
+int shards_cmd_archive(int argc, char **argv)
+{
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards archive");
+    const char *out = NULL, *prefix = NULL, *metrics_addr = NULL;
     uint64_t shard_size = 0;
-    static const struct option opts[] = {COMMON_LONGOPTS,
-                                         {"out", required_argument, 0, 'O'},
+    long shard_records = 0, metrics_port = 0;
+    static const struct option opts[] = {{"out", required_argument, 0, 'O'},
                                          {"prefix", required_argument, 0, 'P'},
                                          {"shard-size", required_argument, 0, 'S'},
+                                         {"shard-records", required_argument, 0, 'N'},
+                                         {"metrics-port", required_argument, 0, 'm'},
+                                         {"metrics-addr", required_argument, 0, 'a'},
+                                         SHARDS_COMMON_LONGOPTS,
                                          {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
     TfError err = {{0}};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(ARCHIVE_HELP, stdout);
-            return 0;
-        } else if (c == 'O') {
-            out = optarg;
-        } else if (c == 'P') {
-            prefix = optarg;
-        } else if (c == 'S') {
-            if (tf_parse_size("--shard-size", optarg, &shard_size, &err)) {
-                kusage("archive", err.msg);
-                return 2;
-            }
-        } else if (common_opt(&k, c, "archive") <= 0) {
-            return 2;
+    while ((c = tf_opts_next(&o)) != -1) {
+        switch (c) {
+        case 'h': fputs(ARCHIVE_HELP, stdout); return TF_EXIT_OK;
+        case 'O': out = o.arg; break;
+        case 'P': prefix = o.arg; break;
+        case 'a': metrics_addr = o.arg; break;
+        case 'S':
+            if (tf_parse_size("--shard-size", o.arg, &shard_size, &err))
+                return shards_cli_usage(&k, err.msg);
+            break;
+        case 'N':
+            if (tf_parse_long("--shard-records", o.arg, 1, LONG_MAX, &shard_records, &err))
+                return shards_cli_usage(&k, err.msg);
+            break;
+        case 'm':
+            if (tf_parse_long("--metrics-port", o.arg, 0, 65535, &metrics_port, &err))
+                return shards_cli_usage(&k, err.msg);
+            break;
+        case SHARDS_OPT_FOLLOW:
+        case SHARDS_OPT_RANK:
+        case SHARDS_OPT_WORLD:
+        case SHARDS_OPT_SPLIT: return shards_cli_usage(&k, "archive reads the whole chosen range: no --follow, --rank, --world or --split");
+        case '?': return TF_EXIT_USAGE;
+        default:
+            if (shards_cli_common(&k, c, o.arg) <= 0)
+                return TF_EXIT_USAGE;
         }
     }
     char bootstrap[1024], topic[256];
-    if (topic_arg("archive", argc, argv, out != 0, "needs kafka://HOST:PORT/TOPIC and --out DIR", bootstrap, topic))
-        return 2;
-    kcli_signals();
-    KafkaPosition *start = NULL;
-    KafkaSource *src;
-    if (k.group) {
-        KafkaSourceOptions o = {.bootstrap = bootstrap,
-                                .topic = topic,
-                                .group_id = k.group,
+    if (o.first_operand != argc - 1 || !out)
+        return shards_cli_usage(&k, "needs kafka://HOST:PORT/TOPIC and --out DIR");
+    const char *url = argv[o.first_operand];
+    if (kafka_url_parse(url, bootstrap, sizeof bootstrap, topic, sizeof topic, &err))
+        return shards_cli_usage(&k, err.msg);
+    k.config[k.n_config] = NULL;
+    const TfStopFlag *stop = tf_cli_stop_flag();
+    int status = TF_EXIT_OK;
+    TfMetricsServer *metrics = NULL;
+    KafkaPosition *start = NULL, *done = NULL, *committed = NULL;
+    RecordSource *src = NULL;
+    ShardWriter *w = NULL;
+    rd_kafka_t *group_rk = NULL;
+    KafkaTopicInfo info = {0};
+    int have_info = 0;
+    if (metrics_port && !(metrics = tf_metrics_cli_start("shards", metrics_addr, metrics_port, &err)))
+        goto fail;
+    TfCounter *m_records = tf_counter("transfuse_shards_archive_records_total", "Records written to shards",
+                                      "topic", topic, NULL),
+              *m_bytes = tf_counter("transfuse_shards_archive_bytes_total", "Record bytes written to shards",
+                                    "topic", topic, NULL),
+              *m_shards = tf_counter("transfuse_shards_archive_shards_total", "Shards published", "topic", topic,
+                                     NULL),
+              *m_bad = tf_counter("transfuse_shards_archive_bad_records_total",
+                                  "Topic records refused (parse, key, tensors, empty value)", "topic", topic, NULL);
+    TfGauge *m_lag = tf_gauge("transfuse_shards_archive_lag_records",
+                              "Records of the range not yet archived (to the high watermarks seen at start)",
+                              "topic", topic, NULL);
+    if (kafka_topic_describe(bootstrap, topic, k.config, &info, &err))
+        goto fail;
+    have_info = 1;
+    /* Where to start, per partition: never before what DIR holds. */
+    if (!(start = archived_position(out, info.cluster_id, topic, &err)) || !(done = kafka_position_new(topic)))
+        goto fail;
+    if (k.group && !(committed = kafka_group_committed(bootstrap, topic, k.group, k.config, &err)))
+        goto fail;
+    uint64_t range = 0;
+    for (size_t i = 0; i < info.n; i++) {
+        int32_t p = info.parts[i].partition;
+        int chosen = !k.n_partitions;
+        for (size_t j = 0; j < k.n_partitions; j++)
+            chosen |= k.partitions[j] == p;
+        if (!chosen)
+            continue;
+        int64_t at = kafka_position_get(start, p), lo = info.parts[i].low, hi = info.parts[i].high;
+        int64_t want = committed ? kafka_position_get(committed, p) : -1;
+        if (k.from >= 0 && k.from > want)
+            want = k.from;
+        if (want > at)
+            at = want;
+        if (at >= 0 && at > hi)
+            at = hi;
+        if (at >= 0)
+            kafka_position_set(start, p, at, NULL);
+        else
+            at = lo;
+        kafka_position_set(done, p, at, NULL);
+        range += (uint64_t)(hi > at ? hi - at : 0);
+    }
+    tf_gauge_set(m_lag, (double)range);
+    if (k.group && !(group_rk = kafka_handle_new(RD_KAFKA_CONSUMER, bootstrap, k.group, k.config, &err)))
+        goto fail;
+    snprintf(k.throwaway_group, sizeof k.throwaway_group, "transfuse-cli-%ld", (long)getpid());
+    k.ko = (KafkaSourceOptions){.group_id = k.throwaway_group,
                                 .partitions = k.n_partitions ? k.partitions : NULL,
                                 .n_partitions = k.n_partitions,
+                                .start = start,
                                 .until = KAFKA_UNTIL_SNAPSHOT,
                                 .commit_interval_ms = -1,
                                 .config = k.config};
-        src = kafka_source_new(&o, &err);
-    } else {
-        src = open_range(bootstrap, topic, &k, &start, &err);
-    }
-    if (!src) {
-        fprintf(stderr, "transfuse shards archive: %s\n", err.msg);
-        return 1;
-    }
-    ShardWriter *w = NULL;
+    RecordSourceOptions ro = {.path = url, .check = 1, .stop = stop, .kafka = &k.ko};
+    if (!(src = record_source_open(&ro, &err)))
+        goto fail;
+    ShardWriterOptions wo = {.max_shard_bytes = shard_size,
+                             .max_shard_records = (uint64_t)shard_records,
+                             .name_prefix = prefix ? prefix : topic};
     ShardFacts facts;
     memset(&facts, 0, sizeof facts);
-    ShardWriterOptions wo = {.max_shard_bytes = shard_size, .name_prefix = prefix ? prefix : topic};
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    uint64_t n = 0, bytes = 0;
-    int rc = 0;
+    uint64_t n = 0, bytes = 0, bad = 0, shards_before = 0;
     double t0 = tf_now();
-    while (!kcli_stop && (k.limit < 0 || (long)n < k.limit)) {
-        KafkaRecord r;
-        int got = kafka_source_next(src, &r, 1000, &err);
-        if (got == KAFKA_END)
+    Record rec;
+    ShardProblem prob;
+    int rc;
+    while (k.limit < 0 || (long)n < k.limit) {
+        rc = record_source_next(src, &rec, 1000, &prob, &err);
+        if (rc == RECORD_SOURCE_END)
             break;
-        if (got == KAFKA_IDLE)
+        if (tf_stop_requested(stop))
+            break;
+        if (rc < 0)
+            goto fail;
+        if (rc == RECORD_SOURCE_IDLE)
             continue;
-        if (got < 0) {
-            fprintf(stderr, "transfuse shards archive: %s\n", err.msg);
-            rc = 1;
-            break;
-        }
-        shard_arena_reset(&arena);
-        Sample *smp = sample_decode(r.payload, r.len, &arena, &err);
-        if (!smp) {
-            fprintf(stderr, "transfuse shards archive: partition %d offset %" PRId64 ": not a Sample: %s\n",
-                    r.partition, r.offset, err.msg);
-            rc = 1;
-            break;
+        if (rc == RECORD_SOURCE_PROBLEM) {
+            static TfRateLimit limit = {.burst = 20, .period_s = 10};
+            char where[800];
+            shard_problem_format(&prob, where, sizeof where);
+            tf_log_limited(&limit, TF_LOG_WARN, "archive", "%s (skipped)", where);
+            kafka_position_set(done, prob.partition, (int64_t)prob.offset + 1, NULL);
+            bad++;
+            tf_counter_add(m_bad, 1);
+            continue;
         }
         char tok[80], vae[80];
-        kafka_source_record_header(src, KAFKA_HEADER_TOKENIZER, tok, sizeof tok);
-        kafka_source_record_header(src, KAFKA_HEADER_VAE, vae, sizeof vae);
+        KafkaSource *ks = record_source_kafka(src);
+        kafka_source_record_header(ks, KAFKA_HEADER_TOKENIZER, tok, sizeof tok);
+        kafka_source_record_header(ks, KAFKA_HEADER_VAE, vae, sizeof vae);
         if (w && (strcmp(tok, facts.tokenizer_id) || strcmp(vae, facts.vae_id))) {
-            fprintf(stderr,
-                    "transfuse shards archive: partition %d offset %" PRId64 ": record names tokenizer '%s' and VAE "
-                    "'%s', the archive holds '%s' and '%s'\n",
-                    r.partition, r.offset, tok, vae, facts.tokenizer_id, facts.vae_id);
-            rc = 1;
-            break;
+            tf_fail(&err,
+                    "partition %d offset %" PRId64 ": record names tokenizer '%s' and VAE '%s', the archive holds "
+                    "'%s' and '%s'",
+                    (int)rec.partition, (int64_t)rec.offset, tok, vae, facts.tokenizer_id, facts.vae_id);
+            goto fail;
         }
-        if (!w) {
-            /* The first record's headers name the dataset's identity. */
-            snprintf(facts.tokenizer_id, sizeof facts.tokenizer_id, "%s", tok);
-            snprintf(facts.vae_id, sizeof facts.vae_id, "%s", vae);
-            const Transfuse__V1__Tensor *t = smp->latent_mean;
-            static const char *const dt[] = {"", "f32", "f16", "bf16", ""};
-            if (t && t->dtype > 0 && t->dtype < 4 && t->n_shape >= 1 && t->n_shape <= 4) {
-                snprintf(facts.latent_dtype, sizeof facts.latent_dtype, "%s", dt[t->dtype]);
-                for (size_t d = 0; d < t->n_shape; d++)
-                    facts.latent_shape[d] = t->shape[d];
-                facts.latent_rank = (int)t->n_shape;
-            }
-            w = shard_writer_open(out, &wo, &facts, &err);
-            if (!w) {
-                fprintf(stderr, "transfuse shards archive: %s\n", err.msg);
-                rc = 1;
-                break;
-            }
+        if (!w) { /* the first record's headers and latent name the dataset's identity */
+            facts = *record_source_facts(src);
+            if (!(w = shard_writer_open(out, &wo, &facts, &err)))
+                goto fail;
+            shards_before = 0;
         }
-        if (shard_writer_append(w, r.payload, r.len, r.key, r.key_len, &err)) {
-            fprintf(stderr, "transfuse shards archive: %s\n", err.msg);
-            rc = 1;
-            break;
+        if (shard_writer_would_roll(w, rec.len)) {
+            if (archive_flush(w, done, info.cluster_id, group_rk, &err))
+                goto fail;
+            tf_counter_add(m_shards, 1);
         }
+        if (shard_writer_append(w, rec.payload, rec.len, rec.key, rec.key_len, &err))
+            goto fail;
+        kafka_position_set(done, rec.partition, (int64_t)rec.offset + 1, NULL);
         n++;
-        bytes += r.len;
+        bytes += rec.len;
+        tf_counter_add(m_records, 1);
+        tf_counter_add(m_bytes, rec.len);
+        if ((n & 1023) == 0)
+            tf_gauge_set(m_lag, range > n + bad ? (double)(range - n - bad) : 0);
     }
-    if (kcli_stop) {
-        fprintf(stderr, "transfuse shards archive: interrupted; complete shards are kept\n");
-        rc = 1;
+    if (tf_stop_requested(stop)) {
+        fprintf(stderr, "%s: stopped; complete shards are kept and a rerun continues after them\n", k.prog);
+        status = TF_EXIT_STOPPED;
     }
-    if (w && !rc) {
-        if (shard_writer_close(w, &err)) {
-            fprintf(stderr, "transfuse shards archive: %s\n", err.msg);
-            rc = 1;
-        } else if (k.group && kafka_source_commit(src, &err)) {
-            fprintf(stderr, "transfuse shards archive: shards written, but %s\n", err.msg);
-            rc = 1;
-        }
-        w = NULL;
+    /* What is in hand is complete records: publish it with its position,
+     * also on a stop (nothing half-written becomes visible either way). */
+    if (w) {
+        uint64_t before = shard_writer_shards(w);
+        if (archive_flush(w, done, info.cluster_id, group_rk, &err))
+            goto fail;
+        tf_counter_add(m_shards, shard_writer_shards(w) - before);
+        shards_before = shard_writer_shards(w);
     }
-    shard_writer_free(w);
+    tf_gauge_set(m_lag, range > n + bad ? (double)(range - n - bad) : 0);
     double dt = tf_now() - t0;
-    fprintf(stderr, "transfuse shards archive: %" PRIu64 " records (%.1f MB) from %s to %s in %.2f s%s\n", n,
-            bytes / 1e6, topic, out, dt, rc ? "; FAILED" : "");
-    shard_arena_deinit(&arena);
-    kafka_source_free(src);
+    if (status == TF_EXIT_OK && bad)
+        status = TF_EXIT_CHECK;
+    fprintf(stderr, "%s: %" PRIu64 " records (%.1f MB) from %s into %" PRIu64 " shard(s) in %s in %.2f s; %" PRIu64
+                    " bad record(s) skipped\n",
+            k.prog, n, bytes / 1e6, topic, shards_before, out, dt, bad);
+    goto done;
+fail:
+    fprintf(stderr, "%s: %s\n", k.prog, err.msg);
+    status = TF_EXIT_FAIL;
+done:
+    shard_writer_free(w);
+    record_source_free(src);
+    if (group_rk) {
+        rd_kafka_consumer_close(group_rk);
+        rd_kafka_destroy(group_rk);
+    }
     kafka_position_free(start);
-    return rc;
+    kafka_position_free(done);
+    kafka_position_free(committed);
+    if (have_info)
+        kafka_topic_info_deinit(&info);
+    tf_metrics_server_free(metrics);
+    return status;
 }
 
 /* ---- create ---- */
@@ -955,71 +732,42 @@ static const char CREATE_HELP[] =
     "  --replication R   replicas per partition (default 3)\n"
     "  -X key=value      librdkafka property (repeatable)\n";
 
-static int kcmd_create(int argc, char **argv)
+int shards_cmd_create(int argc, char **argv)
 {
-    KCommon k = {.from = -1, .limit = -1};
+    ShardsCli k = SHARDS_CLI_INIT("transfuse shards create");
     long partitions = 0, replication = 3;
     static const struct option opts[] = {{"partitions", required_argument, 0, 'P'},
                                          {"replication", required_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},
                                          {0}};
+    TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
     TfError err = {{0}};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
+    while ((c = tf_opts_next(&o)) != -1) {
         if (c == 'h') {
             fputs(CREATE_HELP, stdout);
-            return 0;
+            return TF_EXIT_OK;
         } else if (c == 'P') {
-            if (tf_parse_long("--partitions", optarg, 1, KAFKA_MAX_PARTITIONS, &partitions, &err)) {
-                kusage("create", err.msg);
-                return 2;
-            }
+            if (tf_parse_long("--partitions", o.arg, 1, KAFKA_MAX_PARTITIONS, &partitions, &err))
+                return shards_cli_usage(&k, err.msg);
         } else if (c == 'R') {
-            if (tf_parse_long("--replication", optarg, 1, 32, &replication, &err)) {
-                kusage("create", err.msg);
-                return 2;
-            }
-        } else if (c != 'X' || common_opt(&k, c, "create") <= 0) {
-            return 2;
+            if (tf_parse_long("--replication", o.arg, 1, 32, &replication, &err))
+                return shards_cli_usage(&k, err.msg);
+        } else if (c != 'X' || shards_cli_common(&k, c, o.arg) <= 0) {
+            return TF_EXIT_USAGE;
         }
     }
     char bootstrap[1024], topic[256];
-    if (topic_arg("create", argc, argv, partitions != 0, "needs kafka://HOST:PORT/TOPIC and --partitions N", bootstrap, topic))
-        return 2;
+    if (o.first_operand != argc - 1 || !partitions)
+        return shards_cli_usage(&k, "needs kafka://HOST:PORT/TOPIC and --partitions N");
+    if (kafka_url_parse(argv[o.first_operand], bootstrap, sizeof bootstrap, topic, sizeof topic, &err))
+        return shards_cli_usage(&k, err.msg);
+    k.config[k.n_config] = NULL;
     int rc = kafka_topic_create(bootstrap, topic, (int)partitions, (int)replication, k.config, &err);
     if (rc < 0) {
         fprintf(stderr, "transfuse shards create: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     fprintf(stderr, "transfuse shards create: topic %s %s\n", topic, rc == 1 ? "exists already" : "created");
-    return 0;
-}
-
-/* ---- dispatch from shards/cli.c ---- */
-
-int shards_kafka_wants(int argc, char **argv)
-{
-    if (argc < 2)
-        return 0;
-    if (!strcmp(argv[1], "publish") || !strcmp(argv[1], "archive") || !strcmp(argv[1], "create"))
-        return 1;
-    if (strcmp(argv[1], "ls") && strcmp(argv[1], "cat") && strcmp(argv[1], "verify"))
-        return 0;
-    for (int i = 2; i < argc; i++)
-        if (kafka_url_is(argv[i]))
-            return 1;
-    return 0;
-}
-
-int shards_kafka_main(int argc, char **argv)
-{
-    static const TfCommand cmds[] = {
-        {"ls", "", kcmd_ls},           {"cat", "", kcmd_cat},         {"verify", "", kcmd_verify},
-        {"publish", "", kcmd_publish}, {"archive", "", kcmd_archive}, {"create", "", kcmd_create},
-    };
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        if (!strcmp(argv[1], cmds[i].name))
-            return cmds[i].run(argc - 1, argv + 1);
-    return 2;
+    return TF_EXIT_OK;
 }

@@ -29,11 +29,6 @@ int kafka_topic_partition_count(rd_kafka_t *rk, const char *topic, char *cluster
 /* 1 when the cluster id is that of librdkafka's mock cluster. */
 int kafka_cluster_is_mock(const char *cluster_id);
 
-/* `transfuse shards` on topics (shards/cli_kafka.c): shards_kafka_wants
- * says whether argv (argv[1] the command) is for it. */
-int shards_kafka_wants(int argc, char **argv);
-int shards_kafka_main(int argc, char **argv);
-
 /* Sleep for ms milliseconds. */
 void kafka_sleep_ms(int ms);
 

@@ -6,12 +6,16 @@ one target, a running ingest of 24 rows (3 bad ones first, then 21 images
 through a tiny VAE, which takes several seconds), then asks Prometheus'
 HTTP API (/api/v1/query) what it scraped:
   - the target was scraped at least twice and was up;
-  - rows done grew, stayed within the manifest, and the manifest gauge says 24;
+  - rows done (transfuse_ingest_rows_total over its outcomes) grew, stayed
+    within the manifest, and rows planned says 24;
   - failures by reason equal the run's ingest-stats.json (the bad rows come
     first, so their counts are final long before the process ends);
   - bytes read, images encoded, the VAE batch latency histogram, the
     in-flight and queue gauges and the build info are there with plausible
     values.
+The names are the ones docs/OPERATIONS.md lists for `transfuse top` and the
+alert rules. `--register DIR` leaves a registration file while the run lasts
+and removes it at the end.
 
 usage: test_ingest_metrics.py TRANSFUSE TOKENIZER_JSON WORKDIR"""
 import json, os, shutil, socket, subprocess, sys, time, urllib.parse, urllib.request
@@ -102,14 +106,23 @@ try:
     check(ready, "prometheus ready")
 
     out = os.path.join(WORK, "ds")
+    reg = os.path.join(WORK, "registry")
     ingest = subprocess.Popen([T, "ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae,
-                               "--threads", "2", "--batch", "2", "--metrics-port", str(ingest_port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               "--threads", "2", "--batch", "2", "--metrics-port", str(ingest_port),
+                               "--register", reg], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = []  # rows done as Prometheus saw them while the ingest ran
+    registered = []
     while ingest.poll() is None:
-        v = one("transfuse_ingest_rows_total")
+        v = one("sum(transfuse_ingest_rows_total)")
         if v is not None and (not seen or seen[-1] != v):
             seen.append(v)
+        if os.path.isdir(reg):
+            for name in os.listdir(reg):
+                if name.endswith(".json") and name not in [r["name"] for r in registered]:
+                    try:
+                        registered.append(dict(json.load(open(os.path.join(reg, name))), name=name))
+                    except (OSError, ValueError):
+                        pass
         time.sleep(0.5)
     _, err = ingest.communicate()
     check(ingest.returncode == 0, f"ingest exit {ingest.returncode}: {err.decode()[-2000:]}")
@@ -117,34 +130,41 @@ try:
     print("rows done as scraped while running:", seen)
     print("stats:", {k: stats[k] for k in ("rows", "written", "failed", "failures")})
 
+    check(len(registered) == 1 and registered[0].get("port") == ingest_port and
+          registered[0].get("command") == "ingest", f"registration while running: {registered}")
+    check(not [n for n in os.listdir(reg) if n.endswith(".json")], "registration removed at the end")
+
     # Range queries read the samples scraped before the target went away.
     W = "[10m]"
     scrapes = one(f"count_over_time(transfuse_ingest_rows_total{W})")
     print(f"scrapes of the ingest: {scrapes}")
     check(scrapes is not None and scrapes >= 2, f"scraped at least twice: {scrapes}")
     check(one(f"max_over_time(up{{job='ingest'}}{W})") == 1, "target was up")
-    done = one(f"max_over_time(transfuse_ingest_rows_total{W})")
+    done = one(f"sum(max_over_time(transfuse_ingest_rows_total{W}))")
     check(done is not None and 0 < done <= rows, f"rows done {done} in (0, {rows}]")
-    check(seen == sorted(seen), f"rows done only grew: {seen}")
-    check(one(f"last_over_time(transfuse_ingest_manifest_rows{W})") == rows, "manifest rows gauge")
-    written = one(f"max_over_time(transfuse_ingest_rows_written_total{W})")
+    check(seen == sorted(seen) and len(seen) >= 1, f"rows done only grew: {seen}")
+    check(one(f"last_over_time(transfuse_ingest_rows_planned{W})") == rows, "rows planned gauge")
+    written = one(f"max_over_time(transfuse_ingest_rows_total{{outcome='ok'}}{W})")
     check(written is not None and 0 < written <= stats["written"], f"written {written} vs {stats['written']}")
-    failed = query(f"last_over_time(transfuse_ingest_rows_failed_total{W})")
+    check(one(f"last_over_time(transfuse_ingest_rows_total{{outcome='failed'}}{W})") == stats["failed"],
+          "failed rows")
+    check(one(f"last_over_time(transfuse_ingest_rows_total{{outcome='skipped'}}{W})") == 0, "skipped rows")
+    failed = query(f"last_over_time(transfuse_ingest_failures_total{W})")
     by_reason = {json.loads(k)["reason"]: v for k, v in failed.items()}
     check(len(by_reason) >= 10, f"a series per failure reason: {sorted(by_reason)}")
     for reason, v in by_reason.items():
         check(v == stats["failures"].get(reason, 0), f"reason {reason}: scraped {v}, stats {stats['failures']}")
     check(sum(by_reason.values()) == stats["failed"] == 3, f"failed total {by_reason}")
-    rb = one(f"max_over_time(transfuse_ingest_read_bytes_total{W})")
+    rb = one(f"max_over_time(transfuse_ingest_bytes_total{W})")
     check(rb is not None and rb > 0, f"bytes read {rb}")
-    enc = one(f"max_over_time(transfuse_ingest_images_encoded_total{W})")
+    enc = one(f"max_over_time(transfuse_encode_images_total{W})")
     check(enc is not None and 0 < enc <= stats["written"], f"images encoded {enc}")
-    bc = one(f"max_over_time(transfuse_ingest_vae_batch_seconds_count{W})")
-    bs = one(f"max_over_time(transfuse_ingest_vae_batch_seconds_sum{W})")
+    bc = one(f"max_over_time(transfuse_encode_batch_seconds_count{W})")
+    bs = one(f"max_over_time(transfuse_encode_batch_seconds_sum{W})")
     check(bc is not None and bc > 0 and bs is not None and bs > 0, f"VAE batch histogram count {bc} sum {bs}")
-    buckets = query(f"max_over_time(transfuse_ingest_vae_batch_seconds_bucket{W})")
+    buckets = query(f"max_over_time(transfuse_encode_batch_seconds_bucket{W})")
     check(any('"+Inf"' in k for k in buckets), f"histogram buckets {list(buckets)[:3]}")
-    for g in ("transfuse_ingest_rows_in_flight", "transfuse_ingest_encode_queue"):
+    for g in ("transfuse_ingest_in_flight", "transfuse_ingest_queue_depth{queue='encode'}"):
         v = one(f"max_over_time({g}{W})")
         check(v is not None and 0 <= v <= rows, f"gauge {g}: {v}")
     check(one(f"max_over_time(transfuse_build_info{{command='ingest'}}{W})") == 1, "build info")

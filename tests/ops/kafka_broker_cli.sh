@@ -33,7 +33,7 @@ N=300
 
 # publish: every shard gets its done marker only after delivery.
 "$T" shards publish "$W/data" --to "$URL" --flow-group trainer 2>"$W/pub.err" || { cat "$W/pub.err"; fail publish; }
-[ "$(ls "$W/data/.published/samples" | wc -l)" = 3 ] || fail "expected 3 done markers"
+[ "$(ls "$W"/data/.published/*/samples | wc -l)" = 3 ] || fail "expected 3 done markers"
 "$T" shards publish "$W/data" --to "$URL" 2>"$W/pub2.err"
 grep -q "0 records .* 3 shard(s) already published" "$W/pub2.err" || { cat "$W/pub2.err"; fail "rerun should skip"; }
 
@@ -54,6 +54,14 @@ grep -q "name groups with --group" "$W/ls.txt" || fail "ls without --group shoul
 "$T" shards verify "$URL" >"$W/verify.txt" || { cat "$W/verify.txt"; fail verify; }
 grep -q "^OK: topic samples, $N good records" "$W/verify.txt" || fail "verify summary"
 [ "$("$T" shards cat --limit 2 --fields key "$URL" | wc -l)" = 2 ] || fail "cat --limit"
+"$T" shards stat --json "$URL" | /usr/bin/python3 -c '
+import json, sys
+j = json.load(sys.stdin); n = int(sys.argv[1])
+assert j["records"] == n and j["latent_mean"] == {"f32 [4,32,32]": n}, j
+assert j["facts"]["vae"]["id"] == "vae-feedbeef", j["facts"]' $N || fail "stat of a topic"
+meta=$("$T" shards cat --meta --fields key --partition 1 --limit 1 "$URL")
+[[ $meta == *'"_partition":1,"_offset":0'* ]] || fail "cat --meta on a topic: $meta"
+[ $(( $("$T" shards cat --fields key --rank 0 --world 2 "$URL" | wc -l) + $("$T" shards cat --fields key --rank 1 --world 2 "$URL" | wc -l) )) = $N ] || fail "topic ranks"
 "$T" shards cat --fields key "$URL" | /usr/bin/python3 -c '
 import json, sys
 keys = [json.loads(l)["key"] for l in sys.stdin]
@@ -95,8 +103,8 @@ set +e
 "$T" shards create "kafka://$BS/new" --partitions 3 2>"$W/create.err"; rc=$?
 "$T" shards cat "kafka://$BS/missing" 2>"$W/missing.err"; rc2=$?
 set -e
-[ $rc = 1 ] && grep -q "pass --topic NAME:PARTITIONS" "$W/create.err" || fail "create refusal: $(cat "$W/create.err")"
-[ $rc2 = 1 ] && grep -q "does not exist" "$W/missing.err" || fail "missing topic: $(cat "$W/missing.err")"
+[ $rc = 3 ] && grep -q "pass --topic NAME:PARTITIONS" "$W/create.err" || fail "create refusal ($rc): $(cat "$W/create.err")"
+[ $rc2 = 3 ] && grep -q "does not exist" "$W/missing.err" || fail "missing topic ($rc2): $(cat "$W/missing.err")"
 
 kill -TERM $BROKER
 wait $BROKER || fail "broker did not stop cleanly on SIGTERM"

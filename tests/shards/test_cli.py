@@ -256,8 +256,19 @@ try:
     p = run("shards", "import", "--strict", "--out", os.path.join(tmp, "strict"), stdin=bad, ok=(1,))
     check(not os.path.exists(os.path.join(tmp, "strict", "shard-000000.tfrecord")), "--strict publishes nothing")
     # Appending with other facts is refused.
-    p = run("shards", "import", "--out", ds, "--tokenizer-id", "other", stdin=lines[:200], ok=(1,))
-    check("tokenizer differs" in p.stderr.decode(), "facts mismatch refused")
+    p = run("shards", "import", "--out", ds, "--tokenizer-id", "other", stdin=lines[:200], ok=(3,))
+    check(p.returncode == 3 and "tokenizer differs" in p.stderr.decode(), "facts mismatch refused (exit 3)")
+    # A path that cannot be read is exit 3; options after the operand and
+    # --opt=value work.
+    check(run("shards", "verify", os.path.join(tmp, "nothing"), ok=(3,)).returncode == 3, "verify of nothing: 3")
+    check(len(run("shards", "cat", ds, "--limit=3", "--fields=key").stdout.splitlines()) == 3, "--opt=value")
+    # One rank's share: the two ranks' blocks are the dataset, in order.
+    parts = [[json.loads(l)["key"] for l in run("shards", "cat", ds, "--fields", "key", "--rank", str(r), "--world",
+                                               "2", "--split", "blocks").stdout.splitlines()] for r in (0, 1)]
+    check(parts[0] + parts[1] == [r["key"] for r in recs] and abs(len(parts[0]) - len(parts[1])) <= 1,
+          "cat --rank/--world --split blocks")
+    meta = json.loads(run("shards", "cat", ds, "--meta", "--fields", "key", "--limit", "1").stdout)
+    check(meta == {"key": recs[0]["key"], "_shard": "shard-000000.tfrecord", "_record": 0}, f"cat --meta {meta}")
 
     # Usage errors exit 2 before any work; --help exits 0.
     for argv in (["shards", "cat", ds, "--index", "abc"], ["shards", "import"], ["shards", "frob"],
