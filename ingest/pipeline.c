@@ -56,125 +56,21 @@ static void metrics_init(IngestMetrics *m)
                                    TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
 }
 
-/* ---- a set of keys, each with a value (the manifest line it came from) ---- */
-
-typedef struct KeySet {
-    char **slots;
-    uint64_t *values;
-    size_t n, cap; /* cap is a power of two */
-} KeySet;
-
-static uint64_t hash_key(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-/* 1 with *value set (when not NULL) when key is in the set, else 0. */
-static int keyset_has(const KeySet *k, const char *key, uint64_t *value)
-{
-    if (!k->cap)
-        return 0;
-    for (size_t i = hash_key(key) & (k->cap - 1);; i = (i + 1) & (k->cap - 1)) {
-        if (!k->slots[i])
-            return 0;
-        if (!strcmp(k->slots[i], key)) {
-            if (value)
-                *value = k->values[i];
-            return 1;
-        }
-    }
-}
-
-/* Adds key with value: 1 when new, 0 when present (*first gets the value
- * stored with it), -1 when out of memory. */
-static int keyset_add(KeySet *k, const char *key, uint64_t value, uint64_t *first)
-{
-    if (keyset_has(k, key, first))
-        return 0;
-    if ((k->n + 1) * 2 > k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 1024;
-        char **slots = calloc(cap, sizeof *slots);
-        uint64_t *values = calloc(cap, sizeof *values);
-        if (!slots || !values) {
-            free(slots);
-            free(values);
-            return -1;
-        }
-        for (size_t i = 0; i < k->cap; i++) {
-            if (!k->slots[i])
-                continue;
-            size_t j = hash_key(k->slots[i]) & (cap - 1);
-            while (slots[j])
-                j = (j + 1) & (cap - 1);
-            slots[j] = k->slots[i];
-            values[j] = k->values[i];
-        }
-        free(k->slots);
-        free(k->values);
-        k->slots = slots;
-        k->values = values;
-        k->cap = cap;
-    }
-    size_t j = hash_key(key) & (k->cap - 1);
-    while (k->slots[j])
-        j = (j + 1) & (k->cap - 1);
-    if (!(k->slots[j] = strdup(key)))
-        return -1;
-    k->values[j] = value;
-    k->n++;
-    return 1;
-}
-
-static void keyset_free(KeySet *k)
-{
-    for (size_t i = 0; i < k->cap; i++)
-        free(k->slots[i]);
-    free(k->slots);
-    free(k->values);
-}
-
-/* Collects the keys of every record already in the dataset at dir. */
-static int keys_load(const char *dir, KeySet *keys, TfError *err)
+/* Collects the keys of every record already in the dataset at dir (none
+ * when it has no manifest yet) through the record source. A damaged
+ * record's row is simply redone. */
+static int keys_load(const char *dir, ShardKeySet *keys, TfError *err)
 {
     char path[4096];
     if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) || access(path, F_OK) != 0)
         return 0;
-    ShardManifest *m = shard_manifest_load(dir, err);
-    if (!m)
+    uint64_t damaged = 0;
+    if (record_source_keys(dir, keys, &damaged, err))
         return -1;
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    int rc = 0;
-    for (size_t i = 0; i < m->n_shards && !rc; i++) {
-        tf_path_join(path, sizeof path, dir, m->shards[i].name);
-        ShardFile *f = shard_file_load(path, err);
-        if (!f) {
-            rc = -1;
-            break;
-        }
-        ShardCursor c;
-        shard_cursor_init(&c, f);
-        const uint8_t *p;
-        size_t len;
-        int r;
-        while ((r = shard_cursor_next(&c, &p, &len, NULL)) != 0) {
-            if (r < 0)
-                continue; /* a damaged record's row is simply redone */
-            shard_arena_reset(&arena);
-            Sample *s = sample_decode(p, len, &arena, NULL);
-            if (s && s->key && keyset_add(keys, s->key, 0, NULL) < 0) {
-                rc = tf_fail(err, "out of memory");
-                break;
-            }
-        }
-        shard_file_free(f);
-    }
-    shard_arena_deinit(&arena);
-    shard_manifest_free(m);
-    return rc;
+    if (damaged)
+        tf_log(TF_LOG_WARN, TAG, "%s: %llu damaged record(s) skipped; their rows are done again", dir,
+               (unsigned long long)damaged);
+    return 0;
 }
 
 /* ---- per-row work ---- */
@@ -185,24 +81,27 @@ static int keys_load(const char *dir, KeySet *keys, TfError *err)
 /* Decides before any work what becomes of each row: skipped when its key
  * is in the dataset already, a duplicate_key failure when an earlier row of
  * the manifest has its key, else done. Fills plan[0..n_rows). */
-static int rows_plan(const IngestManifest *m, const KeySet *existing, uint64_t *plan, TfError *err)
+static int rows_plan(const IngestManifest *m, const ShardKeySet *existing, uint64_t *plan, TfError *err)
 {
-    KeySet seen = {0};
+    ShardKeySet *seen = shard_keyset_new();
+    if (!seen)
+        return tf_fail(err, "out of memory");
     int rc = 0;
     for (size_t i = 0; i < m->n_rows; i++) {
         const IngestRow *r = &m->rows[i];
+        size_t klen = strlen(r->key);
         uint64_t first = 0;
         int added;
-        if (keyset_has(existing, r->key, NULL)) {
+        if (shard_keyset_has(existing, r->key, klen, NULL)) {
             plan[i] = PLAN_SKIP;
-        } else if ((added = keyset_add(&seen, r->key, r->line, &first)) < 0) {
+        } else if ((added = shard_keyset_add(seen, r->key, klen, r->line, &first)) < 0) {
             rc = tf_fail(err, "out of memory");
             break;
         } else {
             plan[i] = added ? PLAN_DO : first;
         }
     }
-    keyset_free(&seen);
+    shard_keyset_free(seen);
     return rc;
 }
 
@@ -478,7 +377,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     Vae *vae = NULL;
     TfKernels *k = NULL;
     ShardWriter *wr = NULL;
-    KeySet existing = {0};
+    ShardKeySet *existing = shard_keyset_new();
     Worker *workers = NULL;
     Chunk chunk = {0};
     float *images = NULL, *mean = NULL, *logvar = NULL;
@@ -516,16 +415,20 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     ShardWriterOptions wo = {.max_shard_records = o->shard_records, .max_shard_bytes = o->shard_bytes};
     if (!(wr = shard_writer_open(o->out, &wo, &facts, err)))
         goto done;
-    if (keys_load(o->out, &existing, err))
+    if (!existing) {
+        tf_fail(err, "out of memory");
         goto done;
-    if (existing.n)
+    }
+    if (keys_load(o->out, existing, err))
+        goto done;
+    if (shard_keyset_count(existing))
         tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
-               existing.n);
+               shard_keyset_count(existing));
     if (!(plan = malloc((m->n_rows ? m->n_rows : 1) * sizeof *plan))) {
         tf_fail(err, "out of memory");
         goto done;
     }
-    if (rows_plan(m, &existing, plan, err))
+    if (rows_plan(m, existing, plan, err))
         goto done;
     if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, err)))
         goto done;
@@ -682,7 +585,7 @@ done:
     free(scratch);
     free(plan);
     pthread_mutex_destroy(&chunk.lock);
-    keyset_free(&existing);
+    shard_keyset_free(existing);
     tf_kernels_free(k);
     vae_free(vae);
     tokenizer_free(tok);
