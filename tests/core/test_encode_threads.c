@@ -2,7 +2,6 @@
  * together on the first call, so a lazily built table without a
  * once-guard is a data race that ThreadSanitizer reports (this test carries
  * the `tsan` label). Also checks the round trip and the decoder's errors. */
-#include <pthread.h>
 #include <stdint.h>
 
 #include "core.h"
@@ -10,14 +9,12 @@
 
 #define THREADS 8
 
-static pthread_barrier_t start;
 static const char TEXT[] = "transfuse base64: any bytes \x01\x02\xfe\xff, padded or not";
 
 static void *decode_many(void *arg)
 {
     int *bad = arg;
     char *enc = tf_base64_encode(TEXT, sizeof TEXT - 1);
-    pthread_barrier_wait(&start);
     for (int i = 0; i < 200 && enc; i++) {
         size_t n = 0;
         unsigned char *dec = tf_base64_decode(enc, strlen(enc), &n, NULL);
@@ -33,16 +30,10 @@ static void *decode_many(void *arg)
 
 int main(void)
 {
-    pthread_t t[THREADS];
     int bad[THREADS] = {0};
-    REQUIRE(pthread_barrier_init(&start, NULL, THREADS) == 0);
+    test_threads_race(THREADS, decode_many, bad, sizeof bad[0]);
     for (int i = 0; i < THREADS; i++)
-        REQUIRE(pthread_create(&t[i], NULL, decode_many, &bad[i]) == 0);
-    for (int i = 0; i < THREADS; i++) {
-        REQUIRE(pthread_join(t[i], NULL) == 0);
         CHECKF(bad[i] == 0, "thread %d: %d bad round trips", i, bad[i]);
-    }
-    pthread_barrier_destroy(&start);
 
     TfError err = {{0}};
     size_t n;

@@ -16,14 +16,11 @@ T, TOK, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import Checks
 
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+checks = Checks("test_ingest")
+check = checks.check
 
 
 def run(*argv, ok=(0,), **kw):
@@ -255,5 +252,4 @@ p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--v
 check(p.returncode == 3 and "dtype" in p.stderr.decode(), "facts mismatch refused: " + p.stderr.decode())
 
 shutil.rmtree(WORK, ignore_errors=True)
-print(f"test_ingest: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
-sys.exit(1 if failures else 0)
+checks.finish()

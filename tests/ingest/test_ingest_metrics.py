@@ -33,14 +33,11 @@ if not PROM:
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import Checks
 
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+checks = Checks("test_ingest_metrics")
+check = checks.check
 
 
 def free_port():
@@ -181,8 +178,7 @@ finally:
     except subprocess.TimeoutExpired:
         prom.kill()
 
-if failures:
+if checks.failures:
     print(open(os.path.join(WORK, "prometheus.log")).read()[-3000:], file=sys.stderr)
 shutil.rmtree(WORK, ignore_errors=True)
-print(f"test_ingest_metrics: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
-sys.exit(1 if failures else 0)
+checks.finish()

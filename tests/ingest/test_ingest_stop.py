@@ -23,14 +23,11 @@ for need in (TOK, os.path.join(VAE, "config.json")):
         sys.exit(77)
 STOP_BOUND_S = 10.0   # generous: the stop is checked between VAE layers
 KILL_BOUND_S = 5.0    # the second signal ends the process at once
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import Checks, wait_process
 
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+checks = Checks("test_ingest_stop")
+check = checks.check
 
 
 def run(*argv):
@@ -77,14 +74,8 @@ out = os.path.join(WORK, "ds")
 proc = subprocess.Popen(ingest_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 published = wait_for(os.path.join(out, "manifest.json"), proc, 600)
 check(published, "a first shard was published")
-t0 = time.time()
 proc.send_signal(signal.SIGINT)
-try:
-    _, err = proc.communicate(timeout=300)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    _, err = proc.communicate()
-waited = time.time() - t0
+waited, err = wait_process(proc, 300)
 print(f"one SIGINT: exit {proc.returncode} {waited:.1f} s after the signal")
 check(waited < STOP_BOUND_S, f"stopped {waited:.1f} s after SIGINT (bound {STOP_BOUND_S} s)")
 check(proc.returncode == 130, f"exit status {proc.returncode}, want 130: {err.decode()[-2000:]}")
@@ -113,14 +104,8 @@ time.sleep(3.0)  # loading the VAE and cropping take about a second; then it enc
 check(proc.poll() is None, "still running after 3 s")
 proc.send_signal(signal.SIGINT)
 time.sleep(0.01)  # the second while the first is being honoured (a VAE layer takes longer)
-t0 = time.time()
 proc.send_signal(signal.SIGINT)
-try:
-    _, err = proc.communicate(timeout=300)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    _, err = proc.communicate()
-waited = time.time() - t0
+waited, err = wait_process(proc, 300)
 print(f"two SIGINTs: exit {proc.returncode} ({'killed by the second' if proc.returncode == -signal.SIGINT else 'stopped'})"
       f" {waited:.2f} s after the second")
 check(waited < KILL_BOUND_S, f"ended {waited:.1f} s after the second SIGINT (bound {KILL_BOUND_S} s)")
@@ -132,5 +117,4 @@ if "manifest.json" in names:
     check(run("shards", "verify", out2).returncode == 0, "verify after two SIGINTs")
 
 shutil.rmtree(WORK, ignore_errors=True)
-print(f"test_ingest_stop: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
-sys.exit(1 if failures else 0)
+checks.finish()

@@ -17,14 +17,11 @@ T, TOK, WORK = sys.argv[1:4]
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import Checks
 
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+checks = Checks("test_cli (preprocess)")
+check = checks.check
 
 
 def run(*argv, stdin=b""):
@@ -100,5 +97,4 @@ expect(["vae", "decode", lat, "--vae", vae, "--out", nope, "--bogus"], 2, made=n
 expect(["vae", "decode", lat, "--vae", vae, "--out", nope, "--tensor", "nosuch"], 3, made=nope)
 
 shutil.rmtree(WORK, ignore_errors=True)
-print(f"test_cli (preprocess): {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
-sys.exit(1 if failures else 0)
+checks.finish()

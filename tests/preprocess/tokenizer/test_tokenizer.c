@@ -289,16 +289,22 @@ static void test_regex_rust(const Tokenizer *js_tok)
     tokenizer_free(rs_tok);
 }
 
-static void test_tiktoken(const Tokenizer *json_tok)
+/* Writes the tiny vocabulary in tiktoken form (ranks = ids) to f. */
+static void write_tiktoken(FILE *f, const Tokenizer *json_tok)
 {
-    /* the tiny vocabulary in tiktoken form, ranks = ids */
-    FILE *f = fopen(path_in("tiny.model"), "w");
-    REQUIRE(f);
     for (size_t id = 0; id < TINY_BOS; id++) {
         char *b64 = tf_base64_encode(json_tok->pool + json_tok->tok_off[id], json_tok->tok_len[id]);
+        REQUIRE(b64);
         fprintf(f, "%s %zu\n", b64, id);
         free(b64);
     }
+}
+
+static void test_tiktoken(const Tokenizer *json_tok)
+{
+    FILE *f = fopen(path_in("tiny.model"), "w");
+    REQUIRE(f);
+    write_tiktoken(f, json_tok);
     fclose(f);
     TfError err;
     Tokenizer *tok = tokenizer_load(path_in("tiny.model"), &err);
@@ -379,11 +385,7 @@ static void test_tiktoken_blank_lines(const Tokenizer *json_tok)
     }
     FILE *f = fopen(path_in("blank.model"), "w");
     REQUIRE(f);
-    for (size_t id = 0; id < TINY_BOS; id++) {
-        char *b64 = tf_base64_encode(json_tok->pool + json_tok->tok_off[id], json_tok->tok_len[id]);
-        fprintf(f, "%s %zu\n", b64, id);
-        free(b64);
-    }
+    write_tiktoken(f, json_tok);
     static char blank[1 << 20];
     memset(blank, '\n', sizeof blank);
     for (int i = 0; i < 64; i++)

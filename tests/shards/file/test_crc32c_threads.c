@@ -3,14 +3,10 @@
  * so a lazily built table without a once-guard is a data race that
  * ThreadSanitizer reports (this test carries the `tsan` label). The values
  * are checked against the known answer too. */
-#include <pthread.h>
-
 #include "shards.h"
 #include "test.h"
 
 #define THREADS 8
-
-static pthread_barrier_t start;
 
 static void *crc_many(void *arg)
 {
@@ -18,7 +14,6 @@ static void *crc_many(void *arg)
     uint8_t buf[3 * 4096 * 2 + 17];
     for (size_t i = 0; i < sizeof buf; i++)
         buf[i] = (uint8_t)(i * 31 + 7);
-    pthread_barrier_wait(&start);
     for (int i = 0; i < 50; i++) {
         uint32_t hw = shard_crc32c(0, buf, sizeof buf), sw = shard_crc32c_portable(0, buf, sizeof buf);
         uint32_t a = shard_crc32c(0, buf, 100), b = shard_crc32c(0, buf + 100, sizeof buf - 100);
@@ -31,15 +26,9 @@ static void *crc_many(void *arg)
 
 int main(void)
 {
-    pthread_t t[THREADS];
     int bad[THREADS] = {0};
-    REQUIRE(pthread_barrier_init(&start, NULL, THREADS) == 0);
+    test_threads_race(THREADS, crc_many, bad, sizeof bad[0]);
     for (int i = 0; i < THREADS; i++)
-        REQUIRE(pthread_create(&t[i], NULL, crc_many, &bad[i]) == 0);
-    for (int i = 0; i < THREADS; i++) {
-        REQUIRE(pthread_join(t[i], NULL) == 0);
         CHECKF(bad[i] == 0, "thread %d: %d wrong checksums", i, bad[i]);
-    }
-    pthread_barrier_destroy(&start);
     return test_main_end("test_crc32c_threads");
 }
