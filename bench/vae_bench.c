@@ -104,14 +104,14 @@ int main(int argc, char **argv)
         img[i] = (float)((s >> 40) & 0xffff) / 32767.5f - 1.0f;
     }
     double peak = tf_kernels_sgemm_peak(k, 2048, 3);
-    if (vae_encode(vae, k, img, 1, size, size, mean, lv, &err)) { /* warm-up */
+    if (vae_encode(vae, k, img, 1, size, size, mean, lv, NULL, &err)) { /* warm-up */
         fprintf(stderr, "vae_bench: %s\n", err.msg);
         return 1;
     }
     double best = 1e30, best_cpu = 1e30;
     for (int r = 0; r < reps; r++) {
         double t = tf_now(), c0 = cpu_seconds();
-        if (vae_encode(vae, k, img, batch, size, size, mean, lv, &err)) {
+        if (vae_encode(vae, k, img, batch, size, size, mean, lv, NULL, &err)) {
             fprintf(stderr, "vae_bench: %s\n", err.msg);
             return 1;
         }

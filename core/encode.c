@@ -2,6 +2,7 @@
  * file loading and atomic JSON writes. */
 #include "core.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,16 +36,22 @@ char *tf_base64_encode(const void *data, size_t len)
     return out;
 }
 
+/* The decoding table, built once (pthread_once: the first calls may come
+ * from several threads at the same time). */
+static signed char b64_map[256];
+static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
+
+static void b64_map_init(void)
+{
+    memset(b64_map, -1, sizeof b64_map);
+    for (int i = 0; i < 64; i++)
+        b64_map[(unsigned char)B64[i]] = (signed char)i;
+}
+
 unsigned char *tf_base64_decode(const char *text, size_t text_len, size_t *out_len, TfError *err)
 {
-    static signed char map[256];
-    static int ready;
-    if (!ready) { /* benign race: every thread writes the same table */
-        memset(map, -1, sizeof map);
-        for (int i = 0; i < 64; i++)
-            map[(unsigned char)B64[i]] = (signed char)i;
-        ready = 1;
-    }
+    pthread_once(&b64_once, b64_map_init);
+    const signed char *map = b64_map;
     while (text_len && text[text_len - 1] == '=')
         text_len--;
     if (text_len % 4 == 1) {

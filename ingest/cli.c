@@ -2,6 +2,7 @@
  * dataset of Sample records (crop, tokens, VAE latents, provenance). */
 #include "ingest.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -18,7 +19,9 @@ static const char HELP[] =
     "Failed rows are counted by class with their reason (printed, rate-limited)\n"
     "and skipped; the summary and DIR/ingest-stats.json give the counts.\n"
     "Running again on the same DIR resumes: rows whose key is already there are\n"
-    "skipped. Ctrl-C finishes the rows in hand, publishes them, and stops.\n\n"
+    "skipped. Ctrl-C drops the batch in hand, publishes the records finished\n"
+    "before it and exits 130 (within about a second); a second Ctrl-C ends the\n"
+    "process at once. Either way nothing half-written becomes visible.\n\n"
     "Manifests: .tsv, .csv (RFC 4180) or .jsonl, with a header (TSV/CSV). Images\n"
     "are local paths (relative to the manifest's folder) or file:// URLs;\n"
     "fetching http(s) URLs is not built yet. Other columns go to Sample.extra.\n\n"
@@ -28,19 +31,29 @@ static const char HELP[] =
     "  --vae DIR             diffusers AutoencoderKL folder (required)\n"
     "  --url-col NAME        image column (default url)\n"
     "  --caption-col NAME    caption column (default caption)\n"
-    "  --key-col NAME        key column (default: first 24 hex digits of SHA-256 of the image column)\n"
+    "  --key-col NAME        key column (default: a key per row, derived from its line number,\n"
+    "                        image and caption: the same manifest gives the same keys); a\n"
+    "                        key seen on an earlier row is a duplicate_key failure\n"
     "  --size N              crop side in pixels (default 256)\n"
-    "  --threads N           decode/tokenize threads and VAE kernel threads (default: all cores)\n"
+    "  --threads N           decode/tokenize threads and VAE kernel threads (default and 0: all CPUs)\n"
     "  --batch N             VAE batch (default 8, at most 64)\n"
     "  --latent-dtype T      bf16 (default), f16 or f32\n"
     "  --shard-records N     roll shards at N records (default 100000)\n"
     "  --shard-size SIZE     roll shards at SIZE bytes (default 256M)\n"
     "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n"
+    "  --max-failures N      exit 1 when more than N rows failed (the run still finishes)\n"
+    "  --metrics-port N      serve Prometheus metrics on http://ADDR:N/metrics (default 0: off)\n"
+    "  --metrics-addr ADDR   address to bind the metrics endpoint to (default 127.0.0.1)\n"
+    "  --register DIR        register the metrics endpoint in DIR for `transfuse top --discover`\n"
+    "                        (serves on a free port when --metrics-port is 0)\n"
+    "  --max-failure-rate X  exit 1 when more than the fraction X of the rows failed\n"
     "  --tokenizer-regex M   js (default: ids as the transformers.js reference gives) or rust\n"
     "                        (as Hugging Face's Rust tokenizers and tiktoken give; they differ\n"
-    "                        only on rare characters such as U+FEFF; the manifest records which)\n";
-
-static const char *const FAIL_NAMES[] = {"read", "tokenize"};
+    "                        only on rare characters such as U+FEFF; the manifest records which)\n\n"
+    "Exit status: 0 done (failed rows are counted in the stats), 1 done but a failure\n"
+    "limit was passed, 2 bad command line (nothing done), 3 could not run (unreadable\n"
+    "manifest, tokenizer or VAE; an output folder holding other data; a write error),\n"
+    "130 stopped by Ctrl-C or SIGTERM (rerun to resume).\n";
 
 int ingest_main(int argc, char **argv)
 {
@@ -53,89 +66,127 @@ int ingest_main(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},      {"batch", required_argument, 0, 'b'},
         {"latent-dtype", required_argument, 0, 'd'}, {"shard-records", required_argument, 0, 'n'},
         {"shard-size", required_argument, 0, 'S'},   {"no-bos", no_argument, 0, 'B'},
-        {"tokenizer-regex", required_argument, 0, 'R'},
+        {"tokenizer-regex", required_argument, 0, 'R'}, {"max-failures", required_argument, 0, 'F'},
+        {"max-failure-rate", required_argument, 0, 'r'}, {"metrics-port", required_argument, 0, 'P'},
+        {"metrics-addr", required_argument, 0, 'A'}, {"register", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},               {0}};
+    int64_t max_failures = -1;
+    double max_rate = -1;
+    long metrics_port = 0;
+    const char *metrics_addr = NULL, *register_dir = NULL;
     TfError err = {{0}};
+    TfOpts op = {.prog = "transfuse ingest", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     long v;
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = tf_opts_next(&op)) != -1) {
+        const char *arg = op.arg;
         switch (c) {
-        case 'm': o.manifest = optarg; break;
-        case 'o': o.out = optarg; break;
-        case 't': o.tokenizer = optarg; break;
-        case 'v': o.vae = optarg; break;
-        case 'U': o.columns.image = optarg; break;
-        case 'C': o.columns.caption = optarg; break;
-        case 'K': o.columns.key = optarg; break;
+        case 'm': o.manifest = arg; break;
+        case 'o': o.out = arg; break;
+        case 't': o.tokenizer = arg; break;
+        case 'v': o.vae = arg; break;
+        case 'U': o.columns.image = arg; break;
+        case 'C': o.columns.caption = arg; break;
+        case 'K': o.columns.key = arg; break;
         case 's':
-            if (tf_parse_long("--size", optarg, 8, 4096, &v, &err))
+            if (tf_parse_long("--size", arg, 8, 4096, &v, &err))
                 goto usage;
             o.size = (int)v;
             break;
         case 'j':
-            if (tf_parse_long("--threads", optarg, 1, 1024, &v, &err))
+            if (tf_parse_threads("--threads", arg, 1024, &o.threads, &err))
                 goto usage;
-            o.threads = (int)v;
             break;
         case 'b':
-            if (tf_parse_long("--batch", optarg, 1, 64, &v, &err))
+            if (tf_parse_long("--batch", arg, 1, 64, &v, &err))
                 goto usage;
             o.batch = (int)v;
             break;
         case 'd':
-            if (strcmp(optarg, "bf16") && strcmp(optarg, "f16") && strcmp(optarg, "f32")) {
+            if (strcmp(arg, "bf16") && strcmp(arg, "f16") && strcmp(arg, "f32")) {
                 tf_fail(&err, "--latent-dtype must be bf16, f16 or f32");
                 goto usage;
             }
-            o.latent_dtype = optarg;
+            o.latent_dtype = arg;
             break;
         case 'n':
-            if (tf_parse_long("--shard-records", optarg, 1, LONG_MAX, &v, &err))
+            if (tf_parse_long("--shard-records", arg, 1, LONG_MAX, &v, &err))
                 goto usage;
             o.shard_records = (uint64_t)v;
             break;
         case 'S':
-            if (tf_parse_size("--shard-size", optarg, &o.shard_bytes, &err))
+            if (tf_parse_size("--shard-size", arg, &o.shard_bytes, &err))
                 goto usage;
             break;
         case 'B': o.bos = 0; break;
         case 'R':
-            if (strcmp(optarg, "js") && strcmp(optarg, "rust")) {
+            if (strcmp(arg, "js") && strcmp(arg, "rust")) {
                 tf_fail(&err, "--tokenizer-regex must be js or rust");
                 goto usage;
             }
-            o.regex_rust = !strcmp(optarg, "rust");
+            o.regex_rust = !strcmp(arg, "rust");
             break;
-        case 'h': fputs(HELP, stdout); return 0;
-        default: return 2;
+        case 'F':
+            if (tf_parse_long("--max-failures", arg, 0, LONG_MAX, &v, &err))
+                goto usage;
+            max_failures = v;
+            break;
+        case 'r': {
+            char *end;
+            errno = 0;
+            max_rate = strtod(arg, &end);
+            if (errno || end == arg || *end || !(max_rate >= 0 && max_rate <= 1)) {
+                tf_fail(&err, "--max-failure-rate: '%s' is not a fraction in [0, 1]", arg);
+                goto usage;
+            }
+            break;
+        }
+        case 'P':
+            if (tf_parse_long("--metrics-port", arg, 0, 65535, &metrics_port, &err))
+                goto usage;
+            break;
+        case 'A': metrics_addr = arg; break;
+        case 'G': register_dir = arg; break;
+        case 'h': fputs(HELP, stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE;
         }
     }
-    if (optind != argc) {
-        tf_fail(&err, "unexpected argument '%s'", argv[optind]);
+    if (op.first_operand != argc) {
+        tf_fail(&err, "unexpected argument '%s'", argv[op.first_operand]);
         goto usage;
     }
     if (!o.manifest || !o.out || !o.tokenizer || !o.vae) {
         tf_fail(&err, "--manifest, --out, --tokenizer and --vae are required");
         goto usage;
     }
+    o.stop = tf_cli_stop_flag();
+    TfMetricsServer *metrics =
+        tf_metrics_cli_start_registered("ingest", metrics_addr, metrics_port, register_dir, &err);
+    if (!metrics && err.msg[0]) {
+        fprintf(stderr, "transfuse ingest: %s\n", err.msg);
+        return TF_EXIT_FAIL;
+    }
     image_tune_process_malloc(); /* libjpeg's progressive buffers stay on the heap */
     IngestStats st;
-    if (ingest_run(&o, &st, &err)) {
+    int rc = ingest_run(&o, &st, &err);
+    tf_metrics_server_free(metrics);
+    if (rc) {
         fprintf(stderr, "transfuse ingest: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
+    char why[256] = "";
+    int over = !st.stopped && ingest_stats_over_limit(&st, max_failures, max_rate, why, sizeof why);
     json_t *fails = json_object();
-    for (int i = 1; i < IMAGE_STATUS_COUNT; i++)
+    for (int i = 1; i < INGEST_FAIL_CLASSES; i++)
         if (st.failures[i])
-            json_object_set_new(fails, image_status_name((ImageStatus)i), json_integer((json_int_t)st.failures[i]));
-    for (int i = 0; i < INGEST_FAIL_COUNT; i++)
-        if (st.failures[IMAGE_STATUS_COUNT + i])
-            json_object_set_new(fails, FAIL_NAMES[i], json_integer((json_int_t)st.failures[IMAGE_STATUS_COUNT + i]));
-    json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f}", "manifest", o.manifest, "rows",
+            json_object_set_new(fails, ingest_failure_name(i), json_integer((json_int_t)st.failures[i]));
+    json_t *report = json_pack("{s:s,s:I,s:I,s:I,s:I,s:O,s:f,s:f,s:b}", "manifest", o.manifest, "rows",
                                (json_int_t)st.rows, "written", (json_int_t)st.written, "skipped_existing",
                                (json_int_t)st.skipped_existing, "failed", (json_int_t)st.failed, "failures", fails,
-                               "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0);
+                               "seconds", st.seconds, "rows_per_second", st.seconds > 0 ? st.rows / st.seconds : 0.0,
+                               "stopped", st.stopped);
+    if (report && over)
+        json_object_set_new(report, "over_limit", json_string(why));
     char path[4096];
     if (tf_path_join(path, sizeof path, o.out, "ingest-stats.json") == 0 &&
         tf_json_write_file_atomic(path, report, &err))
@@ -154,8 +205,10 @@ int ingest_main(int argc, char **argv)
             st.seconds > 0 ? st.rows / st.seconds : 0.0, o.out);
     json_decref(fails);
     json_decref(report);
-    return 0;
+    if (over)
+        fprintf(stderr, "transfuse ingest: failure limit passed: %s\n", why);
+    return st.stopped ? TF_EXIT_STOPPED : over ? TF_EXIT_CHECK : TF_EXIT_OK;
 usage:
     fprintf(stderr, "transfuse ingest: %s (see transfuse ingest --help)\n", err.msg);
-    return 2;
+    return TF_EXIT_USAGE;
 }

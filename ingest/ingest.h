@@ -23,13 +23,14 @@
 #include <stdint.h>
 
 #include "core.h"
+#include "preprocess.h"
 
 /* ---- manifests ---- */
 
 typedef struct IngestRow {
     char *image;            /* path or URL */
     char *caption;
-    char *key;              /* from the key column, or derived from image */
+    char *key;              /* from the key column, or derived from the row (IngestColumns) */
     char **extra_names;     /* other columns, kept in Sample.extra */
     char **extra_values;
     size_t n_extra;
@@ -44,8 +45,15 @@ typedef struct IngestManifest {
 typedef struct IngestColumns {
     const char *image;      /* default "url" */
     const char *caption;    /* default "caption" */
-    const char *key;        /* NULL: key = first 24 hex digits of SHA-256(image) */
+    const char *key;        /* NULL: the key is derived from the row: the first
+                               INGEST_KEY_HEX hex digits of SHA-256 over the row's
+                               line number, image and caption, so every row has its
+                               own key (the same image with two captions gives two
+                               samples) and the same manifest gives the same keys on
+                               every run */
 } IngestColumns;
+
+#define INGEST_KEY_HEX 24
 
 /* Loads a manifest; the format comes from the extension (.tsv, .csv,
  * .jsonl/.json) and relative image paths are taken relative to the
@@ -71,22 +79,47 @@ typedef struct IngestOptions {
     int bos;                      /* prepend BOS to token ids (default 1) */
     int regex_rust;               /* split pattern as Hugging Face's Rust library runs it
                                      (default 0: as the transformers.js reference) */
+    const TfStopFlag *stop;       /* NULL: never stops; see ingest_run */
 } IngestOptions;
+
+/* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT:
+ * the image could not be read; the caption could not be tokenized; the
+ * row's key is the key of an earlier row of the same manifest (only with a
+ * key column: derived keys are unique per row). */
+enum { INGEST_FAIL_READ = 0, INGEST_FAIL_TOKENIZE, INGEST_FAIL_DUPLICATE_KEY, INGEST_FAIL_COUNT };
+
+#define INGEST_FAIL_CLASSES (IMAGE_STATUS_COUNT + INGEST_FAIL_COUNT)
+
+/* The stable name of failure class `cls` (an ImageStatus other than
+ * IMAGE_OK, or IMAGE_STATUS_COUNT + INGEST_FAIL_*): "truncated", ...,
+ * "read", "tokenize", "duplicate_key". Used in the stats JSON and as the
+ * metrics' reason label. NULL outside the range. */
+const char *ingest_failure_name(int cls);
 
 typedef struct IngestStats {
     uint64_t rows, written, skipped_existing, failed;
-    uint64_t failures[16];        /* by ImageStatus, plus INGEST_FAIL_* below */
+    uint64_t failures[INGEST_FAIL_CLASSES]; /* by class (index 0, IMAGE_OK, stays 0) */
     double seconds;
+    int stopped;                  /* 1 when the run ended on a stop request */
 } IngestStats;
-
-/* Failure classes beyond the image ones, indexed after IMAGE_STATUS_COUNT. */
-enum { INGEST_FAIL_READ = 0, INGEST_FAIL_TOKENIZE, INGEST_FAIL_COUNT };
 
 /* Runs the pipeline. Returns 0 when it ran (whatever the per-row
  * outcomes, which are in *stats), -1 with err filled when it could not
  * (bad options, unreadable model files, an output that holds other data,
- * a write error). */
+ * a write error). When opts->stop is set during the run (it is looked at
+ * between rows and between the VAE's layers, so within about a second) the
+ * batch in hand is dropped, the records finished before it are published,
+ * stats->stopped is set and 0 is returned: a rerun resumes after them. */
 int ingest_run(const IngestOptions *opts, IngestStats *stats, TfError *err);
+
+/* Failure limits, checked on a finished run's stats: more than
+ * max_failures failed rows (< 0: no limit), or a share of failed rows above
+ * max_rate (< 0: no limit). The share is failed / rows, rows counting every
+ * row that reached an outcome in this run (written, already there, failed),
+ * so a rerun that skips the rows done before gets the rate of the whole
+ * manifest. Returns 1 with a sentence in why (of size cap) when a limit was
+ * passed, else 0. */
+int ingest_stats_over_limit(const IngestStats *stats, int64_t max_failures, double max_rate, char *why, size_t cap);
 
 /* `transfuse ingest`. */
 int ingest_main(int argc, char **argv);

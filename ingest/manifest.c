@@ -160,13 +160,28 @@ static char *resolve_image(const char *image, const char *base_dir)
     return out;
 }
 
-static char *derive_key(const char *image)
+/* The default key of a row: the first 24 hex digits of SHA-256 over the
+ * row's line number and its image and caption values as written (before
+ * path resolution), NUL-separated. The line makes two equal rows two
+ * samples (the same URL with two captions is common in web data); the
+ * values make a row whose content changed a new sample. The same manifest
+ * gives the same keys on every run and machine, and a job that knows its
+ * first line (issue 10's plan) can derive them from its slice alone. */
+static char *derive_key(uint64_t line, const char *image, const char *caption)
 {
+    char head[48];
+    int n = snprintf(head, sizeof head, "transfuse-row-v1%c%llu", 0, (unsigned long long)line);
+    TfSha256 *h = tf_sha256_new();
+    if (!h)
+        return NULL;
+    tf_sha256_update(h, head, (size_t)n + 1); /* with the NUL after the line */
+    tf_sha256_update(h, image, strlen(image) + 1);
+    tf_sha256_update(h, caption, strlen(caption));
     unsigned char digest[32];
     char hex[65];
-    tf_sha256(image, strlen(image), digest);
+    tf_sha256_final(h, digest);
     tf_hex(digest, 32, hex);
-    hex[24] = 0;
+    hex[INGEST_KEY_HEX] = 0;
     return strdup(hex);
 }
 
@@ -199,7 +214,7 @@ static int row_fill(IngestRow *r, char **names, char **values, size_t n, const I
         return tf_fail(err, "line %llu: no value in key column '%s'", (unsigned long long)r->line, cols->key);
     r->image = resolve_image(image, base_dir);
     r->caption = strdup(caption);
-    r->key = key ? strdup(key) : derive_key(image);
+    r->key = key ? strdup(key) : derive_key(r->line, image, caption);
     if (!r->image || !r->caption || !r->key)
         return tf_fail(err, "out of memory");
     return 0;

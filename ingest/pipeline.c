@@ -2,13 +2,13 @@
  * worker threads read, hash, decode/crop and tokenize the rows of a chunk
  * in parallel (each with its own cropper and tokenizer session), then the
  * chunk's crops go through the VAE encoder in batches (the kernels use the
- * same threads), and the records are appended in manifest order. A SIGINT
- * or SIGTERM finishes the chunk in hand, publishes the shard, and stops:
- * the next run resumes after it. */
+ * same threads), and the records are appended in manifest order. A stop
+ * request (IngestOptions.stop) is seen between rows and between VAE layers:
+ * the batch in hand is dropped, the records appended before it are
+ * published, and the next run resumes after them. */
 #include "ingest.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,120 +20,90 @@
 #define TAG "ingest"
 #define MAX_IMAGE_BYTES ((size_t)256 << 20)
 
-static volatile sig_atomic_t stop_requested;
+/* ---- metrics (core.h registry; served when the CLI was given --metrics-port) ---- */
 
-static void on_signal(int sig)
+typedef struct IngestMetrics {
+    TfCounter *ok, *skipped, *failed, *failures[INGEST_FAIL_CLASSES];
+    TfCounter *bytes, *encoded;
+    TfHistogram *encode_batch, *prepare;
+    TfGauge *planned, *in_flight, *encode_queue;
+} IngestMetrics;
+
+/* Looks every series up once (they live as long as the process). The names
+ * are the contract with `transfuse top` and the alert rules
+ * (docs/OPERATIONS.md): rows by outcome, failures by reason, bytes, rows in
+ * flight, queue depth, rows planned; the VAE stage as `encode`. A series
+ * the registry refuses is NULL, which every update takes as a no-op. */
+static void metrics_init(IngestMetrics *m)
 {
-    (void)sig;
-    stop_requested = 1;
+    static const char rows_help[] = "Manifest rows that reached an outcome: ok (written), failed, skipped "
+                                    "(already in the dataset)";
+    m->ok = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "ok", NULL);
+    m->failed = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "failed", NULL);
+    m->skipped = tf_counter("transfuse_ingest_rows_total", rows_help, "outcome", "skipped", NULL);
+    for (int c = 1; c < INGEST_FAIL_CLASSES; c++)
+        m->failures[c] = tf_counter("transfuse_ingest_failures_total", "Failed rows by reason", "reason",
+                                    ingest_failure_name(c), NULL);
+    m->bytes = tf_counter("transfuse_ingest_bytes_total", "Bytes of images read", NULL);
+    m->planned = tf_gauge("transfuse_ingest_rows_planned", "Rows in the manifest of the run", NULL);
+    m->in_flight = tf_gauge("transfuse_ingest_in_flight", "Rows taken into the pipeline without an outcome yet", NULL);
+    m->encode_queue = tf_gauge("transfuse_ingest_queue_depth", "Items waiting in a queue of the pipeline", "queue",
+                               "encode", NULL);
+    m->prepare = tf_histogram("transfuse_ingest_prepare_seconds", "Time to read, hash, decode, crop and tokenize "
+                              "one row", TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
+    m->encoded = tf_counter("transfuse_encode_images_total", "Crops encoded by the VAE", NULL);
+    m->encode_batch = tf_histogram("transfuse_encode_batch_seconds", "Time of one VAE encoder batch",
+                                   TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
 }
 
-/* ---- a set of keys already in the dataset ---- */
-
-typedef struct KeySet {
-    char **slots;
-    size_t n, cap; /* cap is a power of two */
-} KeySet;
-
-static uint64_t hash_key(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static int keyset_has(const KeySet *k, const char *key)
-{
-    if (!k->cap)
-        return 0;
-    for (size_t i = hash_key(key) & (k->cap - 1);; i = (i + 1) & (k->cap - 1)) {
-        if (!k->slots[i])
-            return 0;
-        if (!strcmp(k->slots[i], key))
-            return 1;
-    }
-}
-
-static int keyset_add(KeySet *k, const char *key)
-{
-    if (keyset_has(k, key))
-        return 0;
-    if ((k->n + 1) * 2 > k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 1024;
-        char **slots = calloc(cap, sizeof *slots);
-        if (!slots)
-            return -1;
-        for (size_t i = 0; i < k->cap; i++) {
-            if (!k->slots[i])
-                continue;
-            size_t j = hash_key(k->slots[i]) & (cap - 1);
-            while (slots[j])
-                j = (j + 1) & (cap - 1);
-            slots[j] = k->slots[i];
-        }
-        free(k->slots);
-        k->slots = slots;
-        k->cap = cap;
-    }
-    size_t j = hash_key(key) & (k->cap - 1);
-    while (k->slots[j])
-        j = (j + 1) & (k->cap - 1);
-    if (!(k->slots[j] = strdup(key)))
-        return -1;
-    k->n++;
-    return 0;
-}
-
-static void keyset_free(KeySet *k)
-{
-    for (size_t i = 0; i < k->cap; i++)
-        free(k->slots[i]);
-    free(k->slots);
-}
-
-/* Collects the keys of every record already in the dataset at dir. */
-static int keys_load(const char *dir, KeySet *keys, TfError *err)
+/* Collects the keys of every record already in the dataset at dir (none
+ * when it has no manifest yet) through the record source. A damaged
+ * record's row is simply redone. */
+static int keys_load(const char *dir, ShardKeySet *keys, TfError *err)
 {
     char path[4096];
     if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) || access(path, F_OK) != 0)
         return 0;
-    ShardManifest *m = shard_manifest_load(dir, err);
-    if (!m)
+    uint64_t damaged = 0;
+    if (record_source_keys(dir, keys, &damaged, err))
         return -1;
-    ShardArena arena;
-    shard_arena_init(&arena, 1 << 20);
-    int rc = 0;
-    for (size_t i = 0; i < m->n_shards && !rc; i++) {
-        tf_path_join(path, sizeof path, dir, m->shards[i].name);
-        ShardFile *f = shard_file_load(path, err);
-        if (!f) {
-            rc = -1;
-            break;
-        }
-        ShardCursor c;
-        shard_cursor_init(&c, f);
-        const uint8_t *p;
-        size_t len;
-        int r;
-        while ((r = shard_cursor_next(&c, &p, &len, NULL)) != 0) {
-            if (r < 0)
-                continue; /* a damaged record's row is simply redone */
-            shard_arena_reset(&arena);
-            Sample *s = sample_decode(p, len, &arena, NULL);
-            if (s && s->key && keyset_add(keys, s->key)) {
-                rc = tf_fail(err, "out of memory");
-                break;
-            }
-        }
-        shard_file_free(f);
-    }
-    shard_arena_deinit(&arena);
-    shard_manifest_free(m);
-    return rc;
+    if (damaged)
+        tf_log(TF_LOG_WARN, TAG, "%s: %llu damaged record(s) skipped; their rows are done again", dir,
+               (unsigned long long)damaged);
+    return 0;
 }
 
 /* ---- per-row work ---- */
+
+#define PLAN_DO 0
+#define PLAN_SKIP UINT64_MAX
+
+/* Decides before any work what becomes of each row: skipped when its key
+ * is in the dataset already, a duplicate_key failure when an earlier row of
+ * the manifest has its key, else done. Fills plan[0..n_rows). */
+static int rows_plan(const IngestManifest *m, const ShardKeySet *existing, uint64_t *plan, TfError *err)
+{
+    ShardKeySet *seen = shard_keyset_new();
+    if (!seen)
+        return tf_fail(err, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < m->n_rows; i++) {
+        const IngestRow *r = &m->rows[i];
+        size_t klen = strlen(r->key);
+        uint64_t first = 0;
+        int added;
+        if (shard_keyset_has(existing, r->key, klen, NULL)) {
+            plan[i] = PLAN_SKIP;
+        } else if ((added = shard_keyset_add(seen, r->key, klen, r->line, &first)) < 0) {
+            rc = tf_fail(err, "out of memory");
+            break;
+        } else {
+            plan[i] = added ? PLAN_DO : first;
+        }
+    }
+    shard_keyset_free(seen);
+    return rc;
+}
 
 enum { SLOT_PENDING = 0, SLOT_OK, SLOT_FAILED, SLOT_SKIPPED };
 
@@ -160,7 +130,10 @@ typedef struct Chunk {
     size_t n;
     size_t next;             /* next slot to claim */
     pthread_mutex_t lock;
-    const KeySet *existing;
+    const TfStopFlag *stop;  /* workers stop claiming rows when set */
+    IngestMetrics *metrics;
+    const IngestRow *rows;   /* the manifest's rows, for plan[] */
+    const uint64_t *plan;    /* per row: PLAN_DO, PLAN_SKIP, or the line of an earlier row with its key */
     unsigned tok_flags;
 } Chunk;
 
@@ -180,8 +153,16 @@ static unsigned char *read_image(const char *image, size_t *len, TfError *err)
 static void process_slot(Worker *w, Slot *s, const Chunk *c)
 {
     TfError err = {{0}};
-    if (keyset_has(c->existing, s->row->key)) {
+    uint64_t plan = c->plan[s->row - c->rows];
+    if (plan == PLAN_SKIP) {
         s->state = SLOT_SKIPPED;
+        return;
+    }
+    if (plan != PLAN_DO) {
+        s->state = SLOT_FAILED;
+        s->fail_class = IMAGE_STATUS_COUNT + INGEST_FAIL_DUPLICATE_KEY;
+        snprintf(s->why, sizeof s->why, "duplicate_key: key '%.64s' is the key of line %llu already", s->row->key,
+                 (unsigned long long)plan);
         return;
     }
     size_t len = 0;
@@ -192,6 +173,7 @@ static void process_slot(Worker *w, Slot *s, const Chunk *c)
         snprintf(s->why, sizeof s->why, "%s", err.msg);
         return;
     }
+    tf_counter_add(c->metrics->bytes, len);
     tf_sha256(bytes, len, s->sha256);
     ImageStatus st = image_cropper_run(w->cropper, bytes, len, s->rgb, &s->info, &err);
     free(bytes);
@@ -216,13 +198,38 @@ static void *worker_main(void *arg)
     Worker *w = arg;
     Chunk *c = w->chunk;
     for (;;) {
+        if (tf_stop_requested(c->stop))
+            return NULL;
         pthread_mutex_lock(&c->lock);
         size_t i = c->next++;
         pthread_mutex_unlock(&c->lock);
         if (i >= c->n)
             return NULL;
+        double t0 = tf_now();
         process_slot(w, &c->slots[i], c);
+        if (c->slots[i].state != SLOT_SKIPPED)
+            tf_histogram_observe(c->metrics->prepare, tf_now() - t0);
     }
+}
+
+/* Runs worker_main on the calling thread (as workers[0]) and on up to
+ * n - 1 more threads, and waits for all of them. Rows are claimed one at a
+ * time, so a thread that cannot be started only makes the chunk slower:
+ * that is logged, not an error. */
+static void chunk_crop(Worker *workers, int n)
+{
+    int started = 1;
+    for (; started < n; started++) {
+        int e = pthread_create(&workers[started].thread, NULL, worker_main, &workers[started]);
+        if (e) {
+            tf_log(TF_LOG_WARN, TAG, "could not start thread %d of %d (%s); going on with %d", started + 1, n,
+                   strerror(e), started);
+            break;
+        }
+    }
+    worker_main(&workers[0]);
+    for (int t = 1; t < started; t++)
+        pthread_join(workers[t].thread, NULL);
 }
 
 /* ---- records ---- */
@@ -325,14 +332,38 @@ static int append_record(ShardWriter *wr, const Slot *s, const float *mean, cons
 
 /* ---- the run ---- */
 
+int ingest_stats_over_limit(const IngestStats *st, int64_t max_failures, double max_rate, char *why, size_t cap)
+{
+    if (max_failures >= 0 && st->failed > (uint64_t)max_failures) {
+        snprintf(why, cap, "%llu rows failed, more than --max-failures %lld", (unsigned long long)st->failed,
+                 (long long)max_failures);
+        return 1;
+    }
+    double rate = st->rows ? (double)st->failed / (double)st->rows : 0.0;
+    if (max_rate >= 0 && rate > max_rate) {
+        snprintf(why, cap, "%llu of %llu rows failed (%.4g), more than --max-failure-rate %.4g",
+                 (unsigned long long)st->failed, (unsigned long long)st->rows, rate, max_rate);
+        return 1;
+    }
+    return 0;
+}
+
+const char *ingest_failure_name(int cls)
+{
+    static const char *const names[INGEST_FAIL_COUNT] = {"read", "tokenize", "duplicate_key"};
+    if (cls > IMAGE_OK && cls < IMAGE_STATUS_COUNT)
+        return image_status_name((ImageStatus)cls);
+    if (cls >= IMAGE_STATUS_COUNT && cls < INGEST_FAIL_CLASSES)
+        return names[cls - IMAGE_STATUS_COUNT];
+    return NULL;
+}
+
 int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
 {
     memset(stats, 0, sizeof *stats);
     double t0 = tf_now();
     int size = o->size ? o->size : 256, batch = o->batch ? o->batch : 8;
-    int threads = o->threads ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (threads < 1)
-        threads = 1;
+    int threads = o->threads > 0 ? o->threads : tf_cpu_count();
     int proto_dtype;
     TfDtype dtype;
     if (dtype_parse(o->latent_dtype ? o->latent_dtype : "bf16", &proto_dtype, &dtype))
@@ -346,10 +377,11 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     Vae *vae = NULL;
     TfKernels *k = NULL;
     ShardWriter *wr = NULL;
-    KeySet existing = {0};
+    ShardKeySet *existing = shard_keyset_new();
     Worker *workers = NULL;
     Chunk chunk = {0};
     float *images = NULL, *mean = NULL, *logvar = NULL;
+    uint64_t *plan = NULL;
     uint8_t *scratch = NULL;
     int n_workers = 0;
     pthread_mutex_init(&chunk.lock, NULL);
@@ -383,11 +415,21 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     ShardWriterOptions wo = {.max_shard_records = o->shard_records, .max_shard_bytes = o->shard_bytes};
     if (!(wr = shard_writer_open(o->out, &wo, &facts, err)))
         goto done;
-    if (keys_load(o->out, &existing, err))
+    if (!existing) {
+        tf_fail(err, "out of memory");
         goto done;
-    if (existing.n)
+    }
+    if (keys_load(o->out, existing, err))
+        goto done;
+    if (shard_keyset_count(existing))
         tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
-               existing.n);
+               shard_keyset_count(existing));
+    if (!(plan = malloc((m->n_rows ? m->n_rows : 1) * sizeof *plan))) {
+        tf_fail(err, "out of memory");
+        goto done;
+    }
+    if (rows_plan(m, existing, plan, err))
+        goto done;
     if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, err)))
         goto done;
 
@@ -416,35 +458,38 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
             goto done;
         workers[t].chunk = &chunk;
     }
-    chunk.existing = &existing;
+    chunk.rows = m->rows;
+    chunk.plan = plan;
     chunk.tok_flags = o->bos ? TOKENIZER_ADD_BOS : 0;
-
-    struct sigaction sa = {0}, old_int, old_term;
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    stop_requested = 0;
+    chunk.stop = o->stop;
+    IngestMetrics metrics;
+    metrics_init(&metrics);
+    chunk.metrics = &metrics;
 
     TfRateLimit limit = {.burst = 20, .period_s = 10};
     TfProgress prog;
     tf_progress_init(&prog, "ingest", m->n_rows, "rows");
+    tf_gauge_set(metrics.planned, (double)m->n_rows);
     size_t row = 0;
     int failed_write = 0;
-    while (row < m->n_rows && !stop_requested && !failed_write) {
+    while (row < m->n_rows && !tf_stop_requested(o->stop) && !failed_write) {
         chunk.n = m->n_rows - row < chunk_rows ? m->n_rows - row : chunk_rows;
         chunk.next = 0;
         for (size_t i = 0; i < chunk.n; i++) {
             chunk.slots[i].row = &m->rows[row + i];
             chunk.slots[i].state = SLOT_PENDING;
         }
-        for (int t = 0; t < threads; t++)
-            pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
-        for (int t = 0; t < threads; t++)
-            pthread_join(workers[t].thread, NULL);
-        /* Encode the good crops in batches, append records in row order. */
+        size_t outstanding = chunk.n, queued = 0;
+        tf_gauge_set(metrics.in_flight, (double)outstanding);
+        chunk_crop(workers, threads);
+        for (size_t i = 0; i < chunk.n; i++)
+            queued += chunk.slots[i].state == SLOT_OK;
+        tf_gauge_set(metrics.encode_queue, (double)queued);
+        /* Encode the good crops in batches, append records in row order.
+         * On a stop the chunk's rows from the batch in hand on are dropped
+         * (they are redone by the next run). */
         size_t i = 0;
-        while (i < chunk.n && !failed_write) {
+        while (i < chunk.n && !failed_write && !tf_stop_requested(o->stop)) {
             size_t idx[64];
             int b = 0;
             size_t j = i;
@@ -459,18 +504,30 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                         dst[(size_t)ch * plane + p] = s->rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
                 idx[b++] = j;
             }
-            if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, err)) {
+            double tb = tf_now();
+            if (b && vae_encode(vae, k, images, b, size, size, mean, logvar, o->stop, err)) {
+                if (tf_stop_requested(o->stop))
+                    break;
                 failed_write = 1;
                 break;
             }
+            if (b) {
+                tf_histogram_observe(metrics.encode_batch, tf_now() - tb);
+                tf_counter_add(metrics.encoded, (uint64_t)b);
+                tf_log(TF_LOG_DEBUG, TAG, "encoded a batch of %d crop(s) in %.2f s", b, tf_now() - tb);
+            }
             for (size_t q = i; q < j; q++) {
                 Slot *s = &chunk.slots[q];
-                stats->rows++;
                 if (s->state == SLOT_SKIPPED) {
+                    stats->rows++;
                     stats->skipped_existing++;
+                    tf_counter_add(metrics.skipped, 1);
                 } else if (s->state == SLOT_FAILED) {
+                    stats->rows++;
                     stats->failed++;
                     stats->failures[s->fail_class]++;
+                    tf_counter_add(metrics.failed, 1);
+                    tf_counter_add(metrics.failures[s->fail_class], 1);
                     tf_log_limited(&limit, TF_LOG_WARN, TAG, "%s line %llu (%s): %s", o->manifest,
                                    (unsigned long long)s->row->line, s->row->image, s->why);
                 }
@@ -482,20 +539,29 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                     failed_write = 1;
                     break;
                 }
+                stats->rows++;
                 stats->written++;
+                tf_counter_add(metrics.ok, 1);
             }
+            outstanding -= j - i;
+            queued -= (size_t)b;
+            tf_gauge_set(metrics.in_flight, (double)outstanding);
+            tf_gauge_set(metrics.encode_queue, (double)queued);
             i = j;
         }
         row += chunk.n;
         tf_progress_update(&prog, row);
     }
-    tf_progress_finish(&prog, row);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    tf_gauge_set(metrics.in_flight, 0);
+    tf_gauge_set(metrics.encode_queue, 0);
+    tf_progress_finish(&prog, stats->rows);
     if (failed_write)
         goto done;
-    if (stop_requested)
-        tf_log(TF_LOG_WARN, TAG, "stopped by a signal after %zu of %zu rows; run again to resume", row, m->n_rows);
+    if (tf_stop_requested(o->stop)) {
+        stats->stopped = 1;
+        tf_log(TF_LOG_WARN, TAG, "stopped after %llu of %zu rows (%llu written); run again to resume",
+               (unsigned long long)stats->rows, m->n_rows, (unsigned long long)stats->written);
+    }
     if (shard_writer_flush(wr, err))
         goto done;
     rc = 0;
@@ -517,8 +583,9 @@ done:
     free(mean);
     free(logvar);
     free(scratch);
+    free(plan);
     pthread_mutex_destroy(&chunk.lock);
-    keyset_free(&existing);
+    shard_keyset_free(existing);
     tf_kernels_free(k);
     vae_free(vae);
     tokenizer_free(tok);

@@ -121,6 +121,17 @@ const ImageCropOptions *image_cropper_options(const ImageCropper *c);
 ImageStatus image_cropper_run(ImageCropper *c, const void *data, size_t len, uint8_t *rgb,
                               ImageCropInfo *info, TfError *err);
 
+/* The one PNG writer. Encodes width x height 8-bit RGB pixels (HWC, rows
+ * packed: width*3 bytes each) as a PNG with libpng at zlib `level` (0-9;
+ * -1: zlib's default, 6). Returns a malloc'd buffer (caller frees) and its
+ * length in *len, or NULL with err filled. Thread-safe. */
+uint8_t *image_png_encode(const uint8_t *rgb, int width, int height, int level, size_t *len, TfError *err);
+
+/* Encodes at the default level and writes the PNG to `path` atomically (a
+ * temporary name in the same folder, fsync, rename), so a reader never
+ * sees half a file. Returns 0, or -1 with err naming the path. */
+int image_png_write(const char *path, const uint8_t *rgb, int width, int height, TfError *err);
+
 /* libjpeg allocates a progressive JPEG's whole-image coefficient buffer
  * (tens of MB) per image and frees it afterwards. Above glibc's mmap
  * threshold that means a fresh mmap, page faults and kernel zeroing every
@@ -301,9 +312,11 @@ const char *vae_identity(const Vae *vae);
 
 /* Encoder: images (B,3,H,W) in [-1,1] to the posterior's mean and log
  * variance (clamped to [-30,20] as diffusers does), each (B,L,H/f,W/f).
- * Host buffers; runs one image at a time on kernels k. */
+ * Host buffers; runs groups of images through each layer on kernels k.
+ * `stop` (may be NULL) is checked between layers: when it is set the call
+ * returns -1 with "stopped" in err and mean/logvar hold nothing usable. */
 int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, float *mean, float *logvar,
-               TfError *err);
+               const TfStopFlag *stop, TfError *err);
 
 /* Latents for the model: z = (mean + exp(logvar/2) * eps - shift) * scale
  * with eps standard normal drawn from (seed, first_index + b) for image b,

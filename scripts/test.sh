@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs every test that needs no GPU.
 #   scripts/test.sh            warnings-as-errors build in build/, then
-#                              a clang build with sanitizers and short fuzz runs
-#   TF_TEST_QUICK=1 scripts/test.sh   skip the sanitizer/fuzz build
+#                              a clang build with address+undefined sanitizers
+#                              and short fuzz runs (build-san/), then a clang
+#                              ThreadSanitizer build running the threaded
+#                              tests, label tsan (build-tsan/)
+#   TF_TEST_QUICK=1 scripts/test.sh   skip the two sanitizer builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
@@ -20,4 +23,10 @@ if [ "${TF_TEST_QUICK:-0}" != 1 ]; then
   cmake --build build-san -j "$jobs"
   echo "== tests under sanitizers (unit, the CLIs on real inputs), and fuzz runs =="
   (cd build-san && ASAN_OPTIONS=detect_leaks=1 ctest -L "unit|fuzz|sanitize" --output-on-failure -j "$jobs")
+
+  echo "== build (clang, thread sanitizer) =="
+  CC=clang cmake -S . -B build-tsan -G Ninja -DTF_WERROR=ON -DTF_SANITIZE=thread -DTF_CUDA=OFF >/dev/null
+  cmake --build build-tsan -j "$jobs"
+  echo "== threaded tests under ThreadSanitizer (ctest sets TSAN_OPTIONS and OpenMP's Archer tool) =="
+  (cd build-tsan && ctest -L tsan --output-on-failure -j "$jobs")
 fi

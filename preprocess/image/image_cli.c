@@ -6,6 +6,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <getopt.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,7 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <png.h>
 #include <turbojpeg.h>
 
 #include "image_internal.h"
@@ -42,75 +42,71 @@ static const char CROP_OPTIONS_HELP[] =
     "  --no-dct-scaling  decode JPEGs at full size (slower; for comparisons)\n"
     "  --no-prune        keep the AC scans of progressive JPEGs at 1/8 scale\n";
 
+/* Parses the options of crop (bench = 0) or bench (bench = 1) with the
+ * common parser. Returns 0, or TF_EXIT_USAGE after printing why. */
 static int cli_parse(int argc, char **argv, int bench, CliOpts *o)
 {
+    enum { OPT_SIZE = 256, OPT_THREADS, OPT_FILTER, OPT_MIN_SIDE, OPT_MAX_ASPECT, OPT_MAX_PIXELS, OPT_OUT, OPT_REPS,
+           OPT_NO_UPSCALE, OPT_NO_DCT, OPT_NO_PRUNE, OPT_NO_FLOOR };
+    static const struct option crop_opts[] = {
+        {"size", required_argument, 0, OPT_SIZE},           {"threads", required_argument, 0, OPT_THREADS},
+        {"filter", required_argument, 0, OPT_FILTER},       {"min-side", required_argument, 0, OPT_MIN_SIDE},
+        {"max-aspect", required_argument, 0, OPT_MAX_ASPECT}, {"max-pixels", required_argument, 0, OPT_MAX_PIXELS},
+        {"no-upscale", no_argument, 0, OPT_NO_UPSCALE},     {"no-dct-scaling", no_argument, 0, OPT_NO_DCT},
+        {"no-prune", no_argument, 0, OPT_NO_PRUNE},         {"out", required_argument, 0, OPT_OUT},
+        {"help", no_argument, 0, 'h'},                      {0}};
+    static const struct option bench_opts[] = {
+        {"size", required_argument, 0, OPT_SIZE},           {"threads", required_argument, 0, OPT_THREADS},
+        {"filter", required_argument, 0, OPT_FILTER},       {"min-side", required_argument, 0, OPT_MIN_SIDE},
+        {"max-aspect", required_argument, 0, OPT_MAX_ASPECT}, {"max-pixels", required_argument, 0, OPT_MAX_PIXELS},
+        {"no-upscale", no_argument, 0, OPT_NO_UPSCALE},     {"no-dct-scaling", no_argument, 0, OPT_NO_DCT},
+        {"no-prune", no_argument, 0, OPT_NO_PRUNE},         {"reps", required_argument, 0, OPT_REPS},
+        {"no-floor", no_argument, 0, OPT_NO_FLOOR},         {"help", no_argument, 0, 'h'},
+        {0}};
+    const char *prog = bench ? "transfuse preprocess bench" : "transfuse preprocess crop";
     TfError err = {{0}};
     image_crop_options_init(&o->crop);
-    o->threads = bench ? 1 : sysconf(_SC_NPROCESSORS_ONLN);
-    if (o->threads < 1)
-        o->threads = 1;
+    o->threads = bench ? 1 : tf_cpu_count();
     o->reps = 2;
     o->out_dir = NULL;
     o->floor = 1;
-    int i = 1;
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long n;
-        if (!strcmp(a, "--")) {
-            i++;
-            break;
-        }
-        if (a[0] != '-' || !a[1])
-            break;
-        if (!strcmp(a, "--no-upscale")) {
-            o->crop.upscale = 0;
-            continue;
-        }
-        if (!strcmp(a, "--no-dct-scaling")) {
-            o->crop.dct_scaling = 0;
-            continue;
-        }
-        if (!strcmp(a, "--no-prune")) {
-            o->crop.prune_scans = 0;
-            continue;
-        }
-        if (bench && !strcmp(a, "--no-floor")) {
-            o->floor = 0;
-            continue;
-        }
-        int takes = !strcmp(a, "--size") || !strcmp(a, "--threads") || !strcmp(a, "--filter") ||
-                    !strcmp(a, "--min-side") || !strcmp(a, "--max-aspect") || !strcmp(a, "--max-pixels") ||
-                    (!bench && !strcmp(a, "--out")) || (bench && !strcmp(a, "--reps"));
-        if (!takes) {
-            fprintf(stderr, "transfuse preprocess %s: unknown option '%s' (see --help)\n", argv[0], a);
-            return -1;
-        }
-        if (!v) {
-            fprintf(stderr, "transfuse preprocess %s: %s needs a value\n", argv[0], a);
-            return -1;
-        }
-        i++;
-        if (!strcmp(a, "--size")) {
-            if (tf_parse_long(a, v, 1, 16384, &n, &err))
+    TfOpts op = {.prog = prog, .argc = argc, .argv = argv, .shortopts = "h", .longopts = bench ? bench_opts : crop_opts};
+    int c, threads;
+    long n;
+    while ((c = tf_opts_next(&op)) != -1) {
+        const char *v = op.arg;
+        switch (c) {
+        case OPT_NO_UPSCALE: o->crop.upscale = 0; break;
+        case OPT_NO_DCT: o->crop.dct_scaling = 0; break;
+        case OPT_NO_PRUNE: o->crop.prune_scans = 0; break;
+        case OPT_NO_FLOOR: o->floor = 0; break;
+        case OPT_OUT: o->out_dir = v; break;
+        case OPT_SIZE:
+            if (tf_parse_long("--size", v, 1, 16384, &n, &err))
                 goto bad;
             o->crop.size = (int)n;
-        } else if (!strcmp(a, "--threads")) {
-            if (tf_parse_long(a, v, 1, 1024, &o->threads, &err))
+            break;
+        case OPT_THREADS:
+            if (tf_parse_threads("--threads", v, 1024, &threads, &err))
                 goto bad;
-        } else if (!strcmp(a, "--reps")) {
-            if (tf_parse_long(a, v, 1, 1000000, &o->reps, &err))
+            o->threads = threads;
+            break;
+        case OPT_REPS:
+            if (tf_parse_long("--reps", v, 1, 1000000, &o->reps, &err))
                 goto bad;
-        } else if (!strcmp(a, "--min-side")) {
-            if (tf_parse_long(a, v, 0, 1000000, &n, &err))
+            break;
+        case OPT_MIN_SIDE:
+            if (tf_parse_long("--min-side", v, 0, 1000000, &n, &err))
                 goto bad;
             o->crop.min_side = (int)n;
-        } else if (!strcmp(a, "--filter")) {
+            break;
+        case OPT_FILTER:
             if (image_filter_parse(v, &o->crop.filter)) {
                 tf_fail(&err, "--filter: '%s' is not lanczos, bicubic, bilinear or box", v);
                 goto bad;
             }
-        } else if (!strcmp(a, "--max-aspect")) {
+            break;
+        case OPT_MAX_ASPECT: {
             char *end;
             errno = 0;
             double x = strtod(v, &end);
@@ -119,55 +115,59 @@ static int cli_parse(int argc, char **argv, int bench, CliOpts *o)
                 goto bad;
             }
             o->crop.max_aspect = x;
-        } else if (!strcmp(a, "--max-pixels")) {
+            break;
+        }
+        case OPT_MAX_PIXELS: {
             uint64_t px;
-            if (tf_parse_size(a, v, &px, &err))
+            if (tf_parse_size("--max-pixels", v, &px, &err))
                 goto bad;
             if (px == 0) {
                 tf_fail(&err, "--max-pixels must be above 0");
                 goto bad;
             }
             o->crop.max_pixels = px;
-        } else if (!strcmp(a, "--out")) {
-            o->out_dir = v;
+            break;
+        }
+        default: return TF_EXIT_USAGE; /* tf_opts_next said why */
         }
     }
-    o->first_path = i;
-    if (i >= argc) {
-        fprintf(stderr, "transfuse preprocess %s: no input files (see --help)\n", argv[0]);
-        return -1;
+    o->first_path = op.first_operand;
+    if (o->first_path >= argc) {
+        fprintf(stderr, "%s: no input files (see --help)\n", prog);
+        return TF_EXIT_USAGE;
     }
     if (!bench && !o->out_dir) {
-        fprintf(stderr, "transfuse preprocess crop: --out DIR is required (see --help)\n");
-        return -1;
+        fprintf(stderr, "%s: --out DIR is required (see --help)\n", prog);
+        return TF_EXIT_USAGE;
     }
     return 0;
 bad:
-    fprintf(stderr, "transfuse preprocess %s: %s\n", argv[0], err.msg);
-    return -1;
+    fprintf(stderr, "%s: %s (see --help)\n", prog, err.msg);
+    return TF_EXIT_USAGE;
 }
 
-/* A pool of `n` threads each running fn(arg, thread index). Runs inline
- * when n == 1. Returns 0 or -1 when a thread could not start. */
+/* Runs fn on n workers: args[0] on the calling thread, args[1..n) on
+ * threads of their own, then waits for them. The workers take items from
+ * a shared counter, so a thread that cannot be started only makes the run
+ * slower (it is logged): every item is still done. Returns the number of
+ * workers that ran. */
 static int pool_run(int n, void *(*fn)(void *), void *args, size_t arg_size)
 {
-    if (n == 1) {
-        fn(args);
-        return 0;
-    }
-    pthread_t *t = calloc((size_t)n, sizeof *t);
-    if (!t)
-        return -1;
-    int started = 0, rc = 0;
-    for (; started < n; started++)
-        if (pthread_create(&t[started], NULL, fn, (char *)args + (size_t)started * arg_size)) {
-            rc = -1;
+    pthread_t *t = n > 1 ? calloc((size_t)n, sizeof *t) : NULL;
+    int started = 1;
+    for (; t && started < n; started++) {
+        int e = pthread_create(&t[started], NULL, fn, (char *)args + (size_t)started * arg_size);
+        if (e) {
+            tf_log(TF_LOG_WARN, "preprocess", "could not start thread %d of %d (%s); going on with %d", started + 1,
+                   n, strerror(e), started);
             break;
         }
-    for (int i = 0; i < started; i++)
+    }
+    fn(args);
+    for (int i = 1; i < started; i++)
         pthread_join(t[i], NULL);
     free(t);
-    return rc;
+    return started;
 }
 
 /* ---- crop ------------------------------------------------------------------ */
@@ -206,22 +206,6 @@ static void crop_detail_ok(char *out, size_t cap, const ImageCropInfo *in)
         n += snprintf(out + n, cap - (size_t)n, " ac-scans-skipped %d", in->scans_pruned);
     if (in->warnings && n > 0 && (size_t)n < cap)
         snprintf(out + n, cap - (size_t)n, " warnings %d", in->warnings);
-}
-
-static int crop_write_png(const char *path, const uint8_t *rgb, int size, TfError *err)
-{
-    png_image img;
-    memset(&img, 0, sizeof img);
-    img.version = PNG_IMAGE_VERSION;
-    img.width = (png_uint_32)size;
-    img.height = (png_uint_32)size;
-    img.format = PNG_FORMAT_RGB;
-    if (!png_image_write_to_file(&img, path, 0, rgb, 0, NULL)) {
-        tf_fail(err, "%s: %s", path, img.message);
-        png_image_free(&img);
-        return -1;
-    }
-    return 0;
 }
 
 /* Prints every finished result that is next in input order. Call locked. */
@@ -272,7 +256,7 @@ static void *crop_worker(void *arg)
                     char name[1024], out[4096];
                     snprintf(name, sizeof name, "%s.png", base);
                     if (tf_path_join(out, sizeof out, o->out_dir, name) ||
-                        crop_write_png(out, rgb, o->crop.size, &err)) {
+                        image_png_write(out, rgb, o->crop.size, o->crop.size, &err)) {
                         r->status = -1;
                         snprintf(r->detail, sizeof r->detail, "cannot write output: %s", err.msg);
                     } else {
@@ -306,10 +290,11 @@ static void crop_usage(FILE *f)
             "             not_image|no_memory|unreadable <tab> DETAIL\n"
             "where DETAIL is the source format and size, the JPEG scale used and the crop\n"
             "box in source pixels, or the reason for the failure. A summary goes to stderr.\n"
-            "Exits 0 when it ran (whatever each file's outcome), 2 on usage errors.\n\n"
+            "Exits 0 when it ran (whatever each file's outcome), 2 on usage errors (nothing\n"
+            "is written), 3 when the output folder cannot be made.\n\n"
             "options:\n"
             "  --out DIR         folder for the PNGs (created if missing; required)\n"
-            "  --threads N       worker threads (default: the number of CPUs)\n"
+            "  --threads N       worker threads (default and 0: one per CPU)\n"
             "%s",
             CROP_OPTIONS_HELP);
 }
@@ -318,22 +303,23 @@ int image_crop_main(int argc, char **argv)
 {
     if (tf_cli_wants_help(argc, argv)) {
         crop_usage(stdout);
-        return 0;
+        return TF_EXIT_OK;
     }
     CliOpts o;
-    if (cli_parse(argc, argv, 0, &o))
-        return 2;
+    int prc = cli_parse(argc, argv, 0, &o);
+    if (prc)
+        return prc;
     image_tune_process_malloc();
     TfError err = {{0}};
     ImageCropper *probe = image_cropper_new(&o.crop, &err);
     if (!probe) {
         fprintf(stderr, "transfuse preprocess crop: %s\n", err.msg);
-        return 2;
+        return TF_EXIT_USAGE;
     }
     image_cropper_free(probe);
     if (tf_mkdir_p(o.out_dir, &err)) {
         fprintf(stderr, "transfuse preprocess crop: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     CropJob job;
     memset(&job, 0, sizeof job);
@@ -347,7 +333,7 @@ int image_crop_main(int argc, char **argv)
         fprintf(stderr, "transfuse preprocess crop: out of memory\n");
         free(job.results);
         free(workers);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     for (long t = 0; t < nt; t++)
         workers[t].job = &job;
@@ -355,12 +341,10 @@ int image_crop_main(int argc, char **argv)
     pthread_mutex_init(&job.lock, NULL);
     tf_progress_init(&job.progress, "crop", job.n, "files");
     double t0 = tf_now();
-    int rc = pool_run((int)nt, crop_worker, workers, sizeof *workers);
+    nt = pool_run((int)nt, crop_worker, workers, sizeof *workers);
     double dt = tf_now() - t0;
     tf_progress_finish(&job.progress, job.printed);
     pthread_mutex_destroy(&job.lock);
-    if (rc)
-        fprintf(stderr, "transfuse preprocess crop: could not start threads\n");
     fprintf(stderr, "crop: %zu files in %.2f s (%.1f files/s, %ld threads): ok %ld", job.n, dt,
             dt > 0 ? (double)job.n / dt : 0.0, nt, job.counts[IMAGE_OK]);
     for (int s = 1; s <= IMAGE_STATUS_COUNT; s++)
@@ -370,7 +354,7 @@ int image_crop_main(int argc, char **argv)
     fprintf(stderr, "\n");
     free(job.results);
     free(workers);
-    return rc ? 1 : 0;
+    return TF_EXIT_OK;
 }
 
 /* ---- bench ------------------------------------------------------------------ */
@@ -545,8 +529,9 @@ static void bench_usage(FILE *f)
             "per format and over all files: images/s and source megapixels/s. For JPEGs it\n"
             "also times TurboJPEG's plain decode at the same DCT scale (the floor: what\n"
             "decoding alone costs) on one thread. Results on stdout, one line per group.\n\n"
+            "Exits 0 when it ran, 2 on usage errors, 3 when an input cannot be read.\n\n"
             "options:\n"
-            "  --threads N       worker threads (default 1)\n"
+            "  --threads N       worker threads (default 1; 0: one per CPU)\n"
             "  --reps N          passes over the files (default 2)\n"
             "  --no-floor        skip the TurboJPEG floor measurement\n"
             "%s",
@@ -557,11 +542,12 @@ int image_bench_main(int argc, char **argv)
 {
     if (tf_cli_wants_help(argc, argv)) {
         bench_usage(stdout);
-        return 0;
+        return TF_EXIT_OK;
     }
     CliOpts o;
-    if (cli_parse(argc, argv, 1, &o))
-        return 2;
+    int prc = cli_parse(argc, argv, 1, &o);
+    if (prc)
+        return prc;
     image_tune_process_malloc();
     if (o.threads > 1024)
         o.threads = 1024;
@@ -569,11 +555,11 @@ int image_bench_main(int argc, char **argv)
     ImageCropper *probe = image_cropper_new(&o.crop, &err);
     if (!probe) {
         fprintf(stderr, "transfuse preprocess bench: %s\n", err.msg);
-        return 2;
+        return TF_EXIT_USAGE;
     }
     BenchList l = {0};
     BenchFile **group = NULL;
-    int rc = 1;
+    int rc = TF_EXIT_FAIL;
     for (int i = o.first_path; i < argc; i++)
         if (bench_collect(&l, argv[i], 0, &err)) {
             fprintf(stderr, "transfuse preprocess bench: %s\n", err.msg);
@@ -636,7 +622,7 @@ int image_bench_main(int argc, char **argv)
             fflush(stdout);
         }
     }
-    rc = 0;
+    rc = TF_EXIT_OK;
 done:
     image_cropper_free(probe);
     for (size_t i = 0; i < l.n; i++) {

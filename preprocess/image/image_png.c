@@ -1,10 +1,17 @@
-/* image_png.c: PNG decoding through libpng, normalised to 8-bit RGB or
- * RGBA: palette (with tRNS), gray, 16-bit and Adam7-interlaced images all
- * come out the same way. The size limit is applied from IHDR before the
- * pixel buffer exists; libpng's own user limits back it up. Errors arrive
- * by longjmp; everything read after the jump lives in the cropper or in a
- * the cropper.
+/* image_png.c: PNG through libpng, both ways.
+ *
+ * Decoding is normalised to 8-bit RGB or RGBA: palette (with tRNS), gray,
+ * 16-bit and Adam7-interlaced images all come out the same way. The size
+ * limit is applied from IHDR before the pixel buffer exists; libpng's own
+ * user limits back it up. Errors arrive by longjmp; everything read after
+ * the jump lives in the cropper.
+ *
+ * Encoding (the one PNG writer of the code base: crops, decoded VAE
+ * images, crops inside records) goes to a growing memory buffer, with the
+ * compression level chosen by the caller; files are written from it
+ * atomically.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <png.h>
@@ -111,4 +118,113 @@ ImageStatus image_png_decode(ImageCropper *c, const uint8_t *data, size_t len, I
 done:
     png_destroy_read_struct(&png, &pinfo, NULL);
     return st;
+}
+
+/* ---- encoding ---- */
+
+typedef struct PngOut {
+    uint8_t *p;
+    size_t len, cap;
+    int oom;
+    char msg[200];
+} PngOut;
+
+static void png_on_write(png_structp png, png_bytep data, size_t n)
+{
+    PngOut *o = png_get_io_ptr(png);
+    if (n > o->cap - o->len) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap - o->len < n) {
+            if (cap > SIZE_MAX / 2) {
+                o->oom = 1;
+                png_error(png, "out of memory");
+            }
+            cap *= 2;
+        }
+        uint8_t *g = realloc(o->p, cap);
+        if (!g) {
+            o->oom = 1;
+            png_error(png, "out of memory");
+        }
+        o->p = g;
+        o->cap = cap;
+    }
+    memcpy(o->p + o->len, data, n);
+    o->len += n;
+}
+
+static void png_on_flush(png_structp png)
+{
+    (void)png;
+}
+
+static void png_on_write_error(png_structp png, png_const_charp msg)
+{
+    PngOut *o = png_get_error_ptr(png);
+    snprintf(o->msg, sizeof o->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+uint8_t *image_png_encode(const uint8_t *rgb, int width, int height, int level, size_t *len, TfError *err)
+{
+    if (width <= 0 || height <= 0 || width > (1 << 24) || height > (1 << 24)) {
+        tf_fail(err, "png: cannot encode a %dx%d image", width, height);
+        return NULL;
+    }
+    if (level < -1 || level > 9) {
+        tf_fail(err, "png: compression level %d is not in 0..9 (or -1)", level);
+        return NULL;
+    }
+    /* Read after a longjmp: kept outside automatic storage of the jump scope. */
+    PngOut *out = calloc(1, sizeof *out);
+    png_bytep *rows = malloc((size_t)height * sizeof *rows);
+    png_structp png = NULL;
+    png_infop info = NULL;
+    uint8_t *result = NULL;
+    if (!out || !rows) {
+        tf_fail(err, "png: out of memory");
+        goto done;
+    }
+    for (int y = 0; y < height; y++)
+        rows[y] = (png_bytep)(rgb + (size_t)y * (size_t)width * 3);
+    png = png_create_write_struct(PNG_LIBPNG_VER_STRING, out, png_on_write_error, png_on_warning);
+    if (png)
+        info = png_create_info_struct(png);
+    if (!png || !info) {
+        tf_fail(err, "png: out of memory");
+        goto done;
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        tf_fail(err, "png: %s", out->oom ? "out of memory" : out->msg);
+        goto done;
+    }
+    png_set_write_fn(png, out, png_on_write, png_on_flush);
+    if (level >= 0)
+        png_set_compression_level(png, level);
+    png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    png_write_image(png, rows);
+    png_write_end(png, NULL);
+    result = out->p;
+    *len = out->len;
+    out->p = NULL;
+done:
+    png_destroy_write_struct(&png, &info);
+    if (out)
+        free(out->p);
+    free(out);
+    free(rows);
+    return result;
+}
+
+int image_png_write(const char *path, const uint8_t *rgb, int width, int height, TfError *err)
+{
+    size_t len = 0;
+    uint8_t *png = image_png_encode(rgb, width, height, -1, &len, err);
+    if (!png)
+        return tf_fail_context(err, "%s", path);
+    int rc = tf_write_file_atomic(path, png, len, err);
+    free(png);
+    return rc;
 }

@@ -995,10 +995,22 @@ static int load_tiktoken(TokBuild *b, const char *text, size_t len, TfError *err
     Tokenizer *tok = b->tok;
     int rc = -1;
     uint8_t *bytes = NULL;
+    /* The file is untrusted: first count its tokens (non-blank lines), and
+     * refuse more than ids can hold, so what is allocated follows the
+     * tokens, never the line count (a file of newlines allocates nothing). */
     size_t n_lines = 0;
-    for (size_t i = 0; i < len; i++)
-        n_lines += text[i] == '\n';
-    n_lines += len > 0 && text[len - 1] != '\n';
+    for (const char *q = text, *end = text + len; q < end;) {
+        const char *nl = memchr(q, '\n', (size_t)(end - q));
+        const char *le = nl ? nl : end;
+        if (le > q && le[-1] == '\r')
+            le--;
+        n_lines += le > q;
+        q = nl ? nl + 1 : end;
+    }
+    if (n_lines > (size_t)TOK_MAX_ID - LLAMA3_N_SPECIAL) {
+        tf_fail(err, "%zu tokens: more than the %d ids this tokenizer supports", n_lines, TOK_MAX_ID);
+        goto done;
+    }
     /* Meta's loader puts the special tokens right after the base ranks. */
     if (alloc_ids(tok, n_lines + LLAMA3_N_SPECIAL, err))
         goto done;
@@ -1053,18 +1065,12 @@ static int load_tiktoken(TokBuild *b, const char *text, size_t len, TfError *err
         tf_fail(err, "only %zu tokens: not a tiktoken BPE file", count);
         goto done;
     }
-    /* Blank lines were counted as lines; shrink to the real base size. */
     for (size_t id = 0; id < count; id++)
         if (tok->kind[id] != TOK_KIND_MODEL) {
             tf_fail(err, "rank %zu is missing (ranks must be 0..%zu)", id, count - 1);
             goto done;
         }
-    for (size_t id = count; id < n_lines; id++)
-        if (tok->kind[id] != TOK_KIND_NONE) {
-            tf_fail(err, "rank %zu is above the number of tokens (%zu)", id, count);
-            goto done;
-        }
-    tok->n_ids = count + LLAMA3_N_SPECIAL;
+    tok->n_ids = count + LLAMA3_N_SPECIAL; /* count == n_lines: every non-blank line is a token */
     if (build_vocab_hash(tok, err))
         goto done;
 

@@ -41,13 +41,15 @@ static void usage(FILE *out)
             "                      transformers.js runs it; rust as Hugging Face tokenizers\n"
             "                      (Python transformers) and tiktoken do. They differ only on\n"
             "                      U+FEFF, U+0085 and the case folding of 's/'S (e.g. 'ſ)\n"
-            "  --threads N         encode on N threads (default 1; 0 = one per core)\n"
+            "  --threads N         encode on N threads (default 1; 0 = one per CPU)\n"
             "  --identity          print the tokenizer's identity hash and vocabulary size\n"
             "  -h, --help          this help\n\n"
             "The line ending (\\n) is not part of the text; a \\r before it is. Invalid\n"
             "UTF-8 is replaced by U+FFFD (per maximal invalid subpart) before encoding.\n"
             "A line that fails gives an empty output line and a warning; the exit status\n"
-            "is then 1. A summary (lines, bytes, MB/s) goes to stderr at the end.\n");
+            "is then 1. A summary (lines, bytes, MB/s) goes to stderr at the end.\n"
+            "Exit status: 0 every line handled, 1 some lines failed, 2 bad command line,\n"
+            "3 the tokenizer cannot be loaded or stdin/stdout fail.\n");
 }
 
 typedef struct Buf {
@@ -451,62 +453,56 @@ int tokenize_main(int argc, char **argv)
     };
     const char *path = NULL;
     int bos = 0, specials_text = 0, identity = 0;
-    long threads = 1;
+    long threads;
     TokenizerRegex regex = TOKENIZER_REGEX_JS;
     Options opt = {0};
     TfError err;
     if (tf_cli_wants_help(argc, argv)) {
         usage(stdout);
-        return 0;
+        return TF_EXIT_OK;
     }
-    optind = 1;
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    TfOpts op = {.prog = "transfuse tokenize", .argc = argc, .argv = argv, .shortopts = "h", .longopts = longopts};
+    int c, nthreads = 1;
+    while ((c = tf_opts_next(&op)) != -1) {
         switch (c) {
-        case 't': path = optarg; break;
+        case 't': path = op.arg; break;
         case 'b': bos = 1; break;
         case 'd': opt.decode = 1; break;
         case 'j': opt.json = 1; break;
         case 's': specials_text = 1; break;
         case 'i': identity = 1; break;
         case 'r':
-            if (!strcmp(optarg, "js")) {
+            if (!strcmp(op.arg, "js")) {
                 regex = TOKENIZER_REGEX_JS;
-            } else if (!strcmp(optarg, "rust")) {
+            } else if (!strcmp(op.arg, "rust")) {
                 regex = TOKENIZER_REGEX_RUST;
             } else {
-                fprintf(stderr, "transfuse tokenize: --regex must be js or rust, not '%s'\n", optarg);
-                return 2;
+                fprintf(stderr, "transfuse tokenize: --regex must be js or rust, not '%s'\n", op.arg);
+                return TF_EXIT_USAGE;
             }
             break;
         case 'n':
-            if (tf_parse_long("--threads", optarg, 0, MAX_THREADS, &threads, &err)) {
+            if (tf_parse_threads("--threads", op.arg, MAX_THREADS, &nthreads, &err)) {
                 fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
-                return 2;
+                return TF_EXIT_USAGE;
             }
             break;
-        default:
-            fprintf(stderr, "transfuse tokenize: unknown or incomplete option '%s' (see --help)\n",
-                    argv[optind - 1]);
-            return 2;
+        default: return TF_EXIT_USAGE; /* tf_opts_next said why */
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "transfuse tokenize: unexpected argument '%s' (input comes on stdin)\n", argv[optind]);
-        return 2;
+    threads = nthreads;
+    if (op.first_operand < argc) {
+        fprintf(stderr, "transfuse tokenize: unexpected argument '%s' (input comes on stdin)\n",
+                argv[op.first_operand]);
+        return TF_EXIT_USAGE;
     }
     if (!path) {
         fprintf(stderr, "transfuse tokenize: --tokenizer PATH is required (see --help)\n");
-        return 2;
+        return TF_EXIT_USAGE;
     }
     if (opt.decode && (bos || specials_text)) {
         fprintf(stderr, "transfuse tokenize: --bos and --specials-as-text apply to encoding, not --decode\n");
-        return 2;
-    }
-    if (threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+        return TF_EXIT_USAGE;
     }
     opt.flags = (bos ? TOKENIZER_ADD_BOS : 0) | (specials_text ? TOKENIZER_SPECIALS_AS_TEXT : 0);
 
@@ -514,22 +510,22 @@ int tokenize_main(int argc, char **argv)
     Tokenizer *tok = tokenizer_load_regex(path, regex, &err);
     if (!tok) {
         fprintf(stderr, "transfuse tokenize: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     tf_log(TF_LOG_DEBUG, "tokenize", "loaded %s in %.2f s: %zu ids, identity %s", path, tf_now() - t0,
            tokenizer_vocab_size(tok), tokenizer_identity(tok));
     if (identity) {
         printf("%s %zu\n", tokenizer_identity(tok), tokenizer_vocab_size(tok));
         tokenizer_free(tok);
-        return 0;
+        return TF_EXIT_OK;
     }
     if (bos && tokenizer_bos_id(tok) < 0) {
         fprintf(stderr, "transfuse tokenize: --bos: %s defines no BOS token\n", path);
         tokenizer_free(tok);
-        return 2;
+        return TF_EXIT_USAGE;
     }
 
-    int rc = 1;
+    int rc = TF_EXIT_FAIL;
     char *line = NULL;
     size_t line_cap = 0;
     uint64_t bytes = 0;
@@ -595,14 +591,14 @@ int tokenize_main(int argc, char **argv)
         fprintf(stderr, "transfuse tokenize: out of memory\n");
         goto done;
     }
-    rc = 0;
+    rc = TF_EXIT_OK;
     if (ferror(stdin)) {
         fprintf(stderr, "transfuse tokenize: reading stdin failed\n");
-        rc = 1;
+        rc = TF_EXIT_FAIL;
     }
     if (io_error || fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "transfuse tokenize: writing stdout failed\n");
-        rc = 1;
+        rc = TF_EXIT_FAIL;
     }
     size_t failed = 0, tokens = 0;
     uint64_t text_bytes = 0;
@@ -620,8 +616,8 @@ int tokenize_main(int argc, char **argv)
            lines, failed, (unsigned long long)text_bytes, tokens, tf_now() - started_at, work,
            opt.decode ? "decoder" : "encoder", work > 0 ? (double)text_bytes / work / 1e6 : 0.0,
            threads > 1 ? " per thread" : "");
-    if (failed)
-        rc = 1;
+    if (failed && rc == TF_EXIT_OK)
+        rc = TF_EXIT_CHECK; /* done, but some lines could not be handled */
 done:
     if (workers)
         for (long t = 0; t < threads; t++) {

@@ -262,6 +262,7 @@ typedef struct VaeParam {
     int norm;   /* GroupNorm weight/bias (random init differs) */
     float **slot;
     size_t numel;
+    const TfTensorInfo *src; /* the checkpoint tensor it comes from, once checked */
 } VaeParam;
 
 typedef struct VaeTable {
@@ -428,14 +429,19 @@ static void vae_layout(Vae *vae, VaeTable *t, int parts)
     }
 }
 
-/* Allocates the one parameter block and points every slot into it. */
+/* Allocates the one parameter block and points every slot into it. When
+ * loading, call it only after check_param accepted every tensor: the sizes
+ * then come from the checkpoint's bytes, not from what config.json claims. */
 static int table_alloc(Vae *vae, VaeTable *t, TfError *err)
 {
     if (t->failed)
         return tf_fail(err, "out of memory building the tensor table");
     size_t total = 0;
-    for (size_t i = 0; i < t->n; i++)
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->p[i].numel > SIZE_MAX / sizeof(float) - total)
+            return tf_fail(err, "the VAE's parameter count overflows");
         total += t->p[i].numel;
+    }
     vae->params = malloc((total ? total : 1) * sizeof(float));
     if (!vae->params)
         return tf_fail(err, "out of memory for %zu parameters", total);
@@ -534,7 +540,9 @@ done:
 
 /* ---- loading ---- */
 
-static int load_param(const TfSafetensors *st, const VaeParam *p, TfError *err)
+/* Finds the checkpoint tensor of p (current name, else the older one) and
+ * checks its shape; on success p->src is set. Allocates nothing. */
+static int check_param(const TfSafetensors *st, VaeParam *p, TfError *err)
 {
     const TfTensorInfo *ti = tf_safetensors_find(st, p->name);
     if (!ti && p->old_name[0])
@@ -561,6 +569,14 @@ static int load_param(const TfSafetensors *st, const VaeParam *p, TfError *err)
                      (long long)p->shape[i]);
         return tf_fail(err, "%s: tensor '%s' has shape %s), expected %s)", ti->file, ti->name, got, want);
     }
+    p->src = ti;
+    return 0;
+}
+
+/* Converts the checked tensor of p into its slot and checks every value. */
+static int load_param(const VaeParam *p, TfError *err)
+{
+    const TfTensorInfo *ti = p->src;
     if (tf_tensor_to_f32(ti, *p->slot, p->numel, err) != 0)
         return -1;
     const float *x = *p->slot;
@@ -630,11 +646,21 @@ Vae *vae_load(const char *dir, int parts, TfError *err)
     }
     if (!(st = tf_safetensors_open(path, err)))
         goto fail;
+    /* Every tensor the config implies is found and its shape checked before
+     * the parameters are allocated, so their size is what the checkpoint
+     * holds, never what an untrusted config.json claims. */
     vae_layout(vae, &t, parts);
+    if (t.failed) {
+        tf_fail(err, "out of memory building the tensor table");
+        goto fail;
+    }
+    for (size_t i = 0; i < t.n; i++)
+        if (check_param(st, &t.p[i], err) != 0)
+            goto fail;
     if (table_alloc(vae, &t, err) != 0)
         goto fail;
     for (size_t i = 0; i < t.n; i++)
-        if (load_param(st, &t.p[i], err) != 0)
+        if (load_param(&t.p[i], err) != 0)
             goto fail;
     if (vae_hash(vae, cbytes, clen, st) != 0) {
         tf_fail(err, "out of memory hashing the checkpoint");
@@ -717,15 +743,23 @@ static int conv(TfKernels *k, float *y, const float *x, const VaeConv *c, int B,
     return tf_conv2d(k, y, x, c->w, c->b, &s, err);
 }
 
+/* Returns -1 with "stopped" in err when a stop was requested: checked
+ * between layers, the longest of which (a 3x3 convolution at full
+ * resolution over a group of images) takes about a second on one core. */
+static int stop_check(const TfStopFlag *stop, TfError *err)
+{
+    return tf_stop_requested(stop) ? tf_fail(err, "stopped") : 0;
+}
+
 /* x (B,cin,H,W) -> x (B,cout,H,W), using t1 and t2 (each the largest stage);
  * the three buffers may trade places. */
 static int resnet(TfKernels *k, const VaeConfig *cfg, const VaeResnet *r, float **x, float **t1, float **t2, int B,
-                  int H, int W, TfError *err)
+                  int H, int W, const TfStopFlag *stop, TfError *err)
 {
     const size_t HW = (size_t)H * W, BHW = (size_t)B * HW;
     const int cin = r->c1.cin, cout = r->c1.cout;
     if (tf_group_norm(k, *t1, NULL, NULL, *x, r->n1.g, r->n1.b, B, cin, HW, cfg->norm_num_groups, VAE_EPS, 1, err) ||
-        conv(k, *t2, *t1, &r->c1, B, H, W, 0, err))
+        conv(k, *t2, *t1, &r->c1, B, H, W, 0, err) || stop_check(stop, err))
         return -1;
     if (tf_group_norm(k, *t2, NULL, NULL, *t2, r->n2.g, r->n2.b, B, cout, HW, cfg->norm_num_groups, VAE_EPS, 1,
                       err) ||
@@ -763,13 +797,14 @@ static int attention(TfKernels *k, const VaeConfig *cfg, const VaeAttn *a, float
     return tf_add(k, x, x, tmp, (size_t)B * C * T, err);
 }
 
-static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W, TfError *err)
+static int mid(TfKernels *k, const VaeConfig *cfg, const VaeMid *m, VaeWork *w, int B, int H, int W,
+               const TfStopFlag *stop, TfError *err)
 {
-    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, B, H, W, err))
+    if (resnet(k, cfg, &m->r0, &w->a, &w->b, &w->c, B, H, W, stop, err) || stop_check(stop, err))
         return -1;
-    if (m->has_attn && attention(k, cfg, &m->attn, w->a, w->b, w, B, H, W, err))
+    if (m->has_attn && (attention(k, cfg, &m->attn, w->a, w->b, w, B, H, W, err) || stop_check(stop, err)))
         return -1;
-    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, B, H, W, err);
+    return resnet(k, cfg, &m->r1, &w->a, &w->b, &w->c, B, H, W, stop, err);
 }
 
 static size_t encoder_max(const VaeConfig *cfg, int H, int W)
@@ -796,7 +831,7 @@ static int check_geometry(const VaeConfig *cfg, int H, int W, TfError *err)
 }
 
 int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, float *mean, float *logvar,
-               TfError *err)
+               const TfStopFlag *stop, TfError *err)
 {
     const VaeConfig *cfg = &vae->cfg;
     const VaeEncoder *e = &vae->enc;
@@ -820,15 +855,15 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
     for (int b0 = 0; b0 < B; b0 += group) {
         const int n = B - b0 < group ? B - b0 : group;
         int ch = H, cw = W;
-        if (tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW, err) ||
+        if (stop_check(stop, err) || tf_kernels_upload(k, w.b, image + (size_t)b0 * C * HW, (size_t)n * C * HW, err) ||
             conv(k, w.a, w.b, &e->conv_in, n, ch, cw, 0, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block; j++)
-                if (resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, n, ch, cw, err))
+                if (stop_check(stop, err) || resnet(k, cfg, &e->res[i][j], &w.a, &w.b, &w.c, n, ch, cw, stop, err))
                     goto done;
             if (i != nb - 1) {
-                if (conv(k, w.b, w.a, &e->down[i], n, ch, cw, 1, err))
+                if (stop_check(stop, err) || conv(k, w.b, w.a, &e->down[i], n, ch, cw, 1, err))
                     goto done;
                 float *t = w.a;
                 w.a = w.b;
@@ -837,7 +872,7 @@ int vae_encode(Vae *vae, TfKernels *k, const float *image, int B, int H, int W, 
                 cw /= 2;
             }
         }
-        if (mid(k, cfg, &e->mid, &w, n, ch, cw, err))
+        if (stop_check(stop, err) || mid(k, cfg, &e->mid, &w, n, ch, cw, stop, err) || stop_check(stop, err))
             goto done;
         if (tf_group_norm(k, w.b, NULL, NULL, w.a, e->norm_out.g, e->norm_out.b, n, e->norm_out.c, hw,
                           cfg->norm_num_groups, VAE_EPS, 1, err) ||
@@ -928,11 +963,11 @@ int vae_decode(Vae *vae, TfKernels *k, const float *latent, int B, int h, int w,
         }
         if (conv(k, wk.a, wk.b, &d->conv_in, 1, ch, cw, 0, err))
             goto done;
-        if (mid(k, cfg, &d->mid, &wk, 1, ch, cw, err))
+        if (mid(k, cfg, &d->mid, &wk, 1, ch, cw, NULL, err))
             goto done;
         for (int i = 0; i < nb; i++) {
             for (int j = 0; j < cfg->layers_per_block + 1; j++)
-                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, err))
+                if (resnet(k, cfg, &d->res[i][j], &wk.a, &wk.b, &wk.c, 1, ch, cw, NULL, err))
                     goto done;
             if (i != nb - 1) {
                 if (tf_upsample_nearest2x(k, wk.b, wk.a, 1, d->up[i].cin, ch, cw, err))

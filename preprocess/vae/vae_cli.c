@@ -9,6 +9,7 @@
 
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,14 +41,15 @@ static void usage_encode(FILE *out)
             "  latent         (mean + exp(logvar/2)*eps - shift_factor) * scaling_factor\n"
             "  image          the [-1,1] input actually encoded\n"
             "and metadata (vae identity, seed, source files). An image that cannot be read is\n"
-            "reported and skipped; the exit status is then 1.\n\n"
+            "reported and skipped; the exit status is then 1 (3 when none could be read, or\n"
+            "the VAE cannot be loaded; 2 for a bad command line, and nothing is written).\n\n"
             "  --vae DIR        diffusers AutoencoderKL folder (config.json + safetensors)\n"
             "  --out FILE       output .safetensors file (written atomically)\n"
             "  --size N         square input size in pixels (default 256)\n"
             "  --latent MODE    sample (default) or mean: what `latent` holds\n"
             "  --seed S         seed of eps (default 0); image i always gets the same eps\n"
             "  --batch N        images loaded per step (default 8)\n"
-            "  --threads N      threads (default: all CPUs)\n");
+            "  --threads N      threads (default and 0: all CPUs)\n");
 }
 
 static void usage_decode(FILE *out)
@@ -85,43 +87,43 @@ static int cmd_init(int argc, char **argv)
     long seed = 0;
     TfDtype dtype = TF_DTYPE_F32;
     TfError err = {{0}};
+    TfOpts op = {.prog = "transfuse vae init", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = tf_opts_next(&op)) != -1) {
         switch (c) {
-        case 'l': layout = optarg; break;
-        case 'o': out = optarg; break;
+        case 'l': layout = op.arg; break;
+        case 'o': out = op.arg; break;
         case 's':
-            if (tf_parse_long("--seed", optarg, 0, LONG_MAX, &seed, &err)) {
+            if (tf_parse_long("--seed", op.arg, 0, LONG_MAX, &seed, &err)) {
                 fprintf(stderr, "transfuse vae init: %s\n", err.msg);
-                return 2;
+                return TF_EXIT_USAGE;
             }
             break;
         case 'd':
-            if (parse_dtype(optarg, &dtype)) {
+            if (parse_dtype(op.arg, &dtype)) {
                 fprintf(stderr, "transfuse vae init: --dtype must be f32, f16 or bf16\n");
-                return 2;
+                return TF_EXIT_USAGE;
             }
             break;
-        case 'h': usage_init(stdout); return 0;
-        default: usage_init(stderr); return 2;
+        case 'h': usage_init(stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE; /* tf_opts_next said why */
         }
     }
     VaeConfig cfg;
-    if (!layout || !out || optind != argc) {
+    if (!layout || !out || op.first_operand != argc) {
         usage_init(stderr);
-        return 2;
+        return TF_EXIT_USAGE;
     }
     if (vae_config_layout(layout, &cfg, &err)) {
         fprintf(stderr, "transfuse vae init: %s\n", err.msg);
-        return 2;
+        return TF_EXIT_USAGE;
     }
     if (vae_init_write(&cfg, (uint64_t)seed, dtype, out, &err)) {
         fprintf(stderr, "transfuse vae init: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     tf_log(TF_LOG_INFO, TAG, "wrote a random %s checkpoint to %s (random weights: for tests only)", layout, out);
-    return 0;
+    return TF_EXIT_OK;
 }
 
 /* Largest image file `vae encode` reads. */
@@ -154,42 +156,43 @@ static int cmd_encode(int argc, char **argv)
         {"latent", required_argument, 0, 'L'}, {"seed", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
     const char *vae_dir = NULL, *out = NULL, *mode = "sample";
-    long size = 256, seed = 0, batch = 8, threads = 0;
+    long size = 256, seed = 0, batch = 8;
+    int threads = 0;
     TfError err = {{0}};
-    int c, rc = 1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    TfOpts op = {.prog = "transfuse vae encode", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
+    int c, rc = TF_EXIT_FAIL;
+    while ((c = tf_opts_next(&op)) != -1) {
         int bad = 0;
         switch (c) {
-        case 'v': vae_dir = optarg; break;
-        case 'o': out = optarg; break;
-        case 'L': mode = optarg; break;
-        case 'S': bad = tf_parse_long("--size", optarg, 8, 4096, &size, &err); break;
-        case 's': bad = tf_parse_long("--seed", optarg, 0, LONG_MAX, &seed, &err); break;
-        case 'b': bad = tf_parse_long("--batch", optarg, 1, 1024, &batch, &err); break;
-        case 't': bad = tf_parse_long("--threads", optarg, 0, 1024, &threads, &err); break;
-        case 'h': usage_encode(stdout); return 0;
-        default: usage_encode(stderr); return 2;
+        case 'v': vae_dir = op.arg; break;
+        case 'o': out = op.arg; break;
+        case 'L': mode = op.arg; break;
+        case 'S': bad = tf_parse_long("--size", op.arg, 8, 4096, &size, &err); break;
+        case 's': bad = tf_parse_long("--seed", op.arg, 0, LONG_MAX, &seed, &err); break;
+        case 'b': bad = tf_parse_long("--batch", op.arg, 1, 1024, &batch, &err); break;
+        case 't': bad = tf_parse_threads("--threads", op.arg, 1024, &threads, &err); break;
+        case 'h': usage_encode(stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE; /* tf_opts_next said why */
         }
         if (bad) {
             fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
-            return 2;
+            return TF_EXIT_USAGE;
         }
     }
-    if (!vae_dir || !out || optind >= argc) {
+    if (!vae_dir || !out || op.first_operand >= argc) {
         usage_encode(stderr);
-        return 2;
+        return TF_EXIT_USAGE;
     }
     if (strcmp(mode, "sample") && strcmp(mode, "mean")) {
         fprintf(stderr, "transfuse vae encode: --latent must be sample or mean\n");
-        return 2;
+        return TF_EXIT_USAGE;
     }
-    const int nimg = argc - optind;
-    char **paths = argv + optind;
+    const int nimg = argc - op.first_operand;
+    char **paths = argv + op.first_operand;
     Vae *vae = vae_load(vae_dir, VAE_LOAD_ENCODER, &err);
     if (!vae) {
         fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
-        return 1;
+        return TF_EXIT_FAIL;
     }
     const VaeConfig *cfg = vae_config(vae);
     const int f = vae_downsample_factor(cfg), S = (int)size, L = cfg->latent_channels;
@@ -202,11 +205,11 @@ static int cmd_encode(int argc, char **argv)
     ImageCropper *cropper = NULL;
     if (S % f) {
         fprintf(stderr, "transfuse vae encode: --size %d is not a multiple of the VAE's factor %d\n", S, f);
-        rc = 2;
+        rc = TF_EXIT_USAGE;
         goto done;
     }
     const size_t per_img = (size_t)3 * S * S, per_lat = (size_t)L * (S / f) * (S / f);
-    if (!(k = tf_kernels_new(TF_BACKEND_CPU, (int)threads, &err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, &err)))
         goto fail;
     image_tune_process_malloc();
     ImageCropOptions copt;
@@ -243,7 +246,7 @@ static int cmd_encode(int argc, char **argv)
         }
         int nb = done_n - first;
         if (nb && vae_encode(vae, k, images + (size_t)first * per_img, nb, S, S, mean + (size_t)first * per_lat,
-                             logvar + (size_t)first * per_lat, &err))
+                             logvar + (size_t)first * per_lat, NULL, &err))
             goto fail;
         vae_latent_sample(cfg, latent + (size_t)first * per_lat, mean + (size_t)first * per_lat,
                           logvar + (size_t)first * per_lat, nb, per_lat, (uint64_t)seed, (uint64_t)first,
@@ -254,6 +257,7 @@ static int cmd_encode(int argc, char **argv)
     double dt = tf_now() - t0;
     if (!done_n) {
         fprintf(stderr, "transfuse vae encode: none of the %d image(s) could be read\n", nimg);
+        rc = TF_EXIT_FAIL;
         goto done;
     }
     int64_t ish[4] = {done_n, 3, S, S}, lsh[4] = {done_n, L, S / f, S / f};
@@ -283,11 +287,11 @@ static int cmd_encode(int argc, char **argv)
            failed ? "" : "");
     if (failed)
         tf_log(TF_LOG_WARN, TAG, "%d image(s) could not be read and were skipped", failed);
-    rc = failed ? 1 : 0;
+    rc = failed ? TF_EXIT_CHECK : TF_EXIT_OK;
     goto done;
 fail:
     fprintf(stderr, "transfuse vae encode: %s\n", err.msg);
-    rc = 1;
+    rc = TF_EXIT_FAIL;
 done:
     image_cropper_free(cropper);
     free(rgb);
@@ -303,6 +307,25 @@ done:
     return rc;
 }
 
+/* Writes img (3,H,W), values in [-1,1] (clamped), as an 8-bit RGB PNG
+ * through the one PNG writer. */
+static int write_png(const char *path, const float *img, int H, int W, TfError *err)
+{
+    size_t n = (size_t)H * W;
+    unsigned char *px = malloc(n * 3);
+    if (!px)
+        return tf_fail(err, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) {
+            float v = (img[(size_t)c * n + i] + 1.0f) * 127.5f;
+            v = v < 0 ? 0 : v > 255 ? 255 : v;
+            px[i * 3 + c] = (unsigned char)lrintf(v);
+        }
+    int rc = image_png_write(path, px, W, H, err);
+    free(px);
+    return rc;
+}
+
 static int cmd_decode(int argc, char **argv)
 {
     static const struct option opts[] = {{"vae", required_argument, 0, 'v'},     {"out", required_argument, 0, 'o'},
@@ -310,31 +333,31 @@ static int cmd_decode(int argc, char **argv)
                                          {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *vae_dir = NULL, *out = NULL, *tname = "latent", *tensors_out = NULL;
-    long threads = 0;
+    int threads = 0;
     TfError err = {{0}};
-    int c, rc = 1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    TfOpts op = {.prog = "transfuse vae decode", .argc = argc, .argv = argv, .shortopts = "h", .longopts = opts};
+    int c, rc = TF_EXIT_FAIL;
+    while ((c = tf_opts_next(&op)) != -1) {
         switch (c) {
-        case 'v': vae_dir = optarg; break;
-        case 'o': out = optarg; break;
-        case 'n': tname = optarg; break;
-        case 'T': tensors_out = optarg; break;
+        case 'v': vae_dir = op.arg; break;
+        case 'o': out = op.arg; break;
+        case 'n': tname = op.arg; break;
+        case 'T': tensors_out = op.arg; break;
         case 't':
-            if (tf_parse_long("--threads", optarg, 0, 1024, &threads, &err)) {
+            if (tf_parse_threads("--threads", op.arg, 1024, &threads, &err)) {
                 fprintf(stderr, "transfuse vae decode: %s\n", err.msg);
-                return 2;
+                return TF_EXIT_USAGE;
             }
             break;
-        case 'h': usage_decode(stdout); return 0;
-        default: usage_decode(stderr); return 2;
+        case 'h': usage_decode(stdout); return TF_EXIT_OK;
+        default: return TF_EXIT_USAGE; /* tf_opts_next said why */
         }
     }
-    if (!vae_dir || !out || optind != argc - 1) {
+    if (!vae_dir || !out || op.first_operand != argc - 1) {
         usage_decode(stderr);
-        return 2;
+        return TF_EXIT_USAGE;
     }
-    const char *in = argv[optind];
+    const char *in = argv[op.first_operand];
     TfSafetensors *st = NULL;
     Vae *vae = NULL;
     TfKernels *k = NULL;
@@ -370,7 +393,7 @@ static int cmd_decode(int argc, char **argv)
     }
     if (tf_tensor_to_f32(t, lat, t->numel, &err) || tf_mkdir_p(out, &err))
         goto fail;
-    if (!(k = tf_kernels_new(TF_BACKEND_CPU, (int)threads, &err)))
+    if (!(k = tf_kernels_new(TF_BACKEND_CPU, threads, &err)))
         goto fail;
     TfProgress prog;
     tf_progress_init(&prog, "vae decode", (uint64_t)B, "images");
@@ -384,7 +407,7 @@ static int cmd_decode(int argc, char **argv)
             tf_fail(&err, "%s: path too long", out);
             goto fail;
         }
-        if (vae_png_write(path, img + (size_t)b * per_img, h * f, wd * f, &err))
+        if (write_png(path, img + (size_t)b * per_img, h * f, wd * f, &err))
             goto fail;
         tf_progress_update(&prog, (uint64_t)b + 1);
     }
@@ -401,11 +424,11 @@ static int cmd_decode(int argc, char **argv)
             goto fail;
     }
     tf_log(TF_LOG_INFO, TAG, "decoded %d image(s) into %s", B, out);
-    rc = 0;
+    rc = TF_EXIT_OK;
     goto done;
 fail:
     fprintf(stderr, "transfuse vae decode: %s\n", err.msg);
-    rc = 1;
+    rc = TF_EXIT_FAIL;
 done:
     tf_safetensors_writer_free(w);
     free(lat);

@@ -9,12 +9,19 @@
  * known-answer test pins them. */
 #include "shards.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #define POLY 0x82F63B78u
 
+/* Every table of this file is built once, on the first call into any path,
+ * under pthread_once (first calls may come from several threads at once):
+ * the slicing-by-8 tables, the powers of x for combining and, on x86-64,
+ * the CPU check and the three-stream shift tables. */
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+static void tables_init(void);
+
 static uint32_t table[8][256];
-static int table_ready;
 
 static void table_init(void)
 {
@@ -27,7 +34,6 @@ static void table_init(void)
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
             table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
-    table_ready = 1;
 }
 
 static uint32_t crc_portable_raw(uint32_t crc, const uint8_t *p, size_t len)
@@ -53,8 +59,7 @@ static uint32_t crc_portable_raw(uint32_t crc, const uint8_t *p, size_t len)
 
 uint32_t shard_crc32c_portable(uint32_t crc, const void *data, size_t len)
 {
-    if (!table_ready)
-        table_init(); /* idempotent: racing threads write identical tables */
+    pthread_once(&tables_once, tables_init);
     return ~crc_portable_raw(~crc, data, len);
 }
 
@@ -65,7 +70,7 @@ uint32_t shard_crc32c_portable(uint32_t crc, const void *data, size_t len)
  * block size used below, tables give the effect of each state byte. */
 #define STREAM_BYTES 4096u /* each of the three streams' share of a block */
 static uint32_t shift_table[4][256];
-static int shift_ready;
+static int have_hw; /* the CPU has SSE4.2's crc32 */
 
 static uint32_t gf2_shift_zeros(uint32_t crc, size_t n)
 {
@@ -76,14 +81,16 @@ static uint32_t gf2_shift_zeros(uint32_t crc, size_t n)
     return crc;
 }
 
+/* Needs table[0]. */
 static void shift_init(void)
 {
-    if (!table_ready)
-        table_init();
+    __builtin_cpu_init();
+    have_hw = __builtin_cpu_supports("sse4.2");
+    if (!have_hw)
+        return;
     for (int b = 0; b < 4; b++)
         for (uint32_t v = 0; v < 256; v++)
             shift_table[b][v] = gf2_shift_zeros(v << (8 * b), STREAM_BYTES);
-    shift_ready = 1;
 }
 
 static inline uint32_t shift_block(uint32_t crc)
@@ -133,18 +140,16 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw_raw(uint32_t crc, const
 
 uint32_t shard_crc32c(uint32_t crc, const void *data, size_t len)
 {
-    static int have_hw = -1;
-    if (have_hw < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("sse4.2"))
-            shift_init();
-        have_hw = __builtin_cpu_supports("sse4.2");
-    }
+    pthread_once(&tables_once, tables_init);
     if (!have_hw)
         return shard_crc32c_portable(crc, data, len);
     return ~crc_hw_raw(~crc, data, len);
 }
 #else
+static void shift_init(void)
+{
+}
+
 uint32_t shard_crc32c(uint32_t crc, const void *data, size_t len)
 {
     return shard_crc32c_portable(crc, data, len);
@@ -183,18 +188,28 @@ static uint32_t mult_mod_p(uint32_t a, uint32_t b)
     return p;
 }
 
+/* x2n[i] = x^(2^i) modulo P. */
+static uint32_t x2n[32];
+
+static void x2n_init(void)
+{
+    uint32_t p = 1u << 30; /* x^1 */
+    x2n[0] = p;
+    for (int i = 1; i < 32; i++)
+        x2n[i] = p = mult_mod_p(p, p);
+}
+
+static void tables_init(void)
+{
+    table_init();
+    shift_init();
+    x2n_init();
+}
+
 /* x^(n * 2^k) modulo P. */
 static uint32_t x_pow_mod_p(uint64_t n, unsigned k)
 {
-    static uint32_t x2n[32];
-    static int ready;
-    if (!ready) { /* x2n[i] = x^(2^i); racing threads compute equal values */
-        uint32_t p = 1u << 30; /* x^1 */
-        x2n[0] = p;
-        for (int i = 1; i < 32; i++)
-            x2n[i] = p = mult_mod_p(p, p);
-        ready = 1;
-    }
+    pthread_once(&tables_once, tables_init);
     uint32_t p = 1u << 31; /* x^0 */
     while (n) {
         if (n & 1)

@@ -14,6 +14,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -56,7 +57,7 @@ struct KafkaSource {
     pthread_cond_t nonempty, space;
     Item *head, *tail;
     size_t q_records, q_bytes;
-    volatile int quit;
+    atomic_int quit;              /* set by kafka_source_free, read by the fetch thread */
 
     rd_kafka_message_t *current;  /* handed out, destroyed on the next call */
     double last_commit;
@@ -148,7 +149,7 @@ static void *fetch_thread(void *arg)
     KafkaSource *s = arg;
     int paused = 0;
     double full_since = 0;
-    while (!s->quit) {
+    while (!atomic_load(&s->quit)) {
         pthread_mutex_lock(&s->lock);
         int full = s->q_records >= s->opts.queue_records || s->q_bytes >= s->opts.queue_bytes;
         int low = s->q_records <= s->opts.queue_records / 2 && s->q_bytes <= s->opts.queue_bytes / 2;
@@ -606,7 +607,7 @@ void kafka_source_free(KafkaSource *s)
     if (!s)
         return;
     if (s->thread_started) {
-        s->quit = 1;
+        atomic_store(&s->quit, 1);
         pthread_mutex_lock(&s->lock);
         pthread_cond_broadcast(&s->space);
         pthread_mutex_unlock(&s->lock);

@@ -16,14 +16,11 @@ T, TOK, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-failures = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import Checks
 
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+checks = Checks("test_ingest")
+check = checks.check
 
 
 def run(*argv, ok=(0,), **kw):
@@ -144,6 +141,55 @@ p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--v
 s2 = json.load(open(os.path.join(out, "ingest-stats.json")))
 check(s2["written"] == 0 and s2["skipped_existing"] == 8, f"resume stats {s2}")
 
+# Failure limits: the run is done either way and its stats are written; the
+# exit status is 1 when more rows failed than --max-failures allows or the
+# share of failed rows (of the rows seen, 3 of 11 here) is above
+# --max-failure-rate. Also `--opt=value` and `--threads 0` (all CPUs).
+base = ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae]
+for extra, want in ((["--max-failures", "2"], 1), (["--max-failures=3", "--threads", "0"], 0),
+                    (["--max-failure-rate", "0.25"], 1), (["--max-failure-rate=0.3"], 0)):
+    os.unlink(os.path.join(out, "ingest-stats.json"))
+    p = run(*base, *extra, ok=(want,))
+    check(p.returncode == want, f"{extra}: exit {p.returncode}, want {want}")
+    sl = json.load(open(os.path.join(out, "ingest-stats.json")))
+    check(sl["failed"] == 3 and sl["rows"] == 11, f"{extra}: stats written {sl}")
+    check(("failure limit" in p.stderr.decode()) == (want == 1), f"{extra}: limit named: {p.stderr.decode()}")
+p = run("ingest", f"--manifest={manifest}", f"--out={out}", f"--tokenizer={TOK}", f"--vae={vae}", "--batch=2")
+check(p.returncode == 0, "--opt=value: " + p.stderr.decode())
+
+# Keys are unique per row and deterministic: the same image with two captions
+# (and a repeated row) gives three records with three keys, the same keys in
+# another run of the same manifest, and a rerun adds nothing. A key column
+# with a repeated key gives one record and one counted duplicate_key failure.
+dup = os.path.join(WORK, "dup.tsv")
+with open(dup, "w") as f:
+    f.write("url\tcaption\n")
+    f.write(f"{good[0]}\ta cat on a mat\n{good[0]}\ta mat under a cat\n{good[0]}\ta cat on a mat\n")
+    f.write(f"{good[1]}\tanother image\n")
+keys_of = lambda d: [json.loads(l)["key"] for l in run("shards", "cat", d, "--fields", "key").stdout.decode().splitlines()]
+out_dup, out_dup2 = os.path.join(WORK, "ds_dup"), os.path.join(WORK, "ds_dup2")
+for d in (out_dup, out_dup2):
+    check(run("ingest", "--manifest", dup, "--out", d, "--tokenizer", TOK, "--vae", vae).returncode == 0, "dup ingest")
+k1, k2 = keys_of(out_dup), keys_of(out_dup2)
+check(len(k1) == 4 and len(set(k1)) == 4, f"one key per row: {k1}")
+check(k1 == k2, f"keys deterministic across runs: {k1} vs {k2}")
+p = run("shards", "verify", out_dup)
+check(p.returncode == 0, "verify of the duplicate-image dataset: " + p.stdout.decode() + p.stderr.decode())
+run("ingest", "--manifest", dup, "--out", out_dup, "--tokenizer", TOK, "--vae", vae)
+s_dup = json.load(open(os.path.join(out_dup, "ingest-stats.json")))
+check(s_dup["written"] == 0 and s_dup["skipped_existing"] == 4 and len(keys_of(out_dup)) == 4, f"rerun {s_dup}")
+dupk = os.path.join(WORK, "dupkey.tsv")
+with open(dupk, "w") as f:
+    f.write("url\tcaption\tid\n")
+    f.write(f"{good[0]}\tfirst\tsame\n{good[1]}\tsecond\tsame\n{good[2]}\tthird\tother\n")
+out_dupk = os.path.join(WORK, "ds_dupk")
+p = run("ingest", "--manifest", dupk, "--out", out_dupk, "--tokenizer", TOK, "--vae", vae, "--key-col", "id")
+s_dupk = json.load(open(os.path.join(out_dupk, "ingest-stats.json")))
+check(sorted(keys_of(out_dupk)) == ["other", "same"], f"duplicate key column: {keys_of(out_dupk)}")
+check(s_dupk["written"] == 2 and s_dupk["failures"].get("duplicate_key") == 1, f"duplicate key counted: {s_dupk}")
+check("line 3" in p.stderr.decode() and "line 2" in p.stderr.decode(), "duplicate names both lines: " +
+      p.stderr.decode())
+
 # Interrupted run: SIGINT mid-way, then resume; every key exactly once.
 big = os.path.join(WORK, "big.tsv")
 with open(big, "w") as f:
@@ -161,7 +207,7 @@ while time.time() < deadline and proc.poll() is None:
         break
     time.sleep(0.05)
 proc.communicate(timeout=120)
-check(proc.returncode == 0, f"interrupted ingest exit {proc.returncode}")
+check(proc.returncode in (0, 130), f"interrupted ingest exit {proc.returncode}")
 p = run(*args)
 keys = [json.loads(l)["key"] for l in run("shards", "cat", out2, "--fields", "key").stdout.decode().splitlines()]
 check(sorted(keys) == [f"k{k:03d}" for k in range(80)], f"after resume: {len(keys)} keys, {len(set(keys))} distinct")
@@ -180,22 +226,30 @@ check(rows == [{"caption": "from jsonl", "extra": {"width_hint": "640", "tag": "
 bad_csv = os.path.join(WORK, "bad.csv")
 with open(bad_csv, "w") as f:
     f.write('url,caption\n"unterminated,x\n')
-p = run("ingest", "--manifest", bad_csv, "--out", out3, "--tokenizer", TOK, "--vae", vae, ok=(1,))
-check(p.returncode == 1 and "bad.csv" in p.stderr.decode() and "unterminated" in p.stderr.decode(),
+p = run("ingest", "--manifest", bad_csv, "--out", out3, "--tokenizer", TOK, "--vae", vae, ok=(3,))
+check(p.returncode == 3 and "bad.csv" in p.stderr.decode() and "unterminated" in p.stderr.decode(),
       "malformed CSV named: " + p.stderr.decode())
 
-# Usage errors exit 2 before any work; a missing manifest is a clear error.
-for argv in (["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK],
-             ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f8"],
-             ["ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--batch", "0"]):
-    check(run(*argv, ok=(2,)).returncode == 2, f"usage error {argv}")
-p = run("ingest", "--manifest", "/nonexistent.tsv", "--out", out, "--tokenizer", TOK, "--vae", vae, ok=(1,))
-check(p.returncode == 1 and "nonexistent.tsv" in p.stderr.decode(), "missing manifest reported")
+# Usage errors exit 2 before any work (the output folder is not even made);
+# inputs that cannot be used exit 3 (could not run), naming the problem.
+fresh = os.path.join(WORK, "never_made")
+for argv in (["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f8"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--batch", "0"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--bogus"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--max-failure-rate", "2"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--max-failures=-1"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "extra-operand"],
+             ["ingest", "--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", vae, "--threads"]):
+    p = run(*argv, ok=(2,))
+    check(p.returncode == 2 and p.stdout == b"", f"usage error {argv}: exit {p.returncode}")
+    check(not os.path.exists(fresh), f"{argv}: nothing written")
+p = run("ingest", "--manifest", "/nonexistent.tsv", "--out", out, "--tokenizer", TOK, "--vae", vae, ok=(3,))
+check(p.returncode == 3 and "nonexistent.tsv" in p.stderr.decode(), "missing manifest reported")
 # Other tokenizer settings into the same dataset are refused.
 p = run("ingest", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", vae, "--latent-dtype", "f32",
-        ok=(1,))
-check(p.returncode == 1 and "dtype" in p.stderr.decode(), "facts mismatch refused: " + p.stderr.decode())
+        ok=(3,))
+check(p.returncode == 3 and "dtype" in p.stderr.decode(), "facts mismatch refused: " + p.stderr.decode())
 
 shutil.rmtree(WORK, ignore_errors=True)
-print(f"test_ingest: {'FAILED' if failures else 'all checks passed'} ({failures} failures)")
-sys.exit(1 if failures else 0)
+checks.finish()

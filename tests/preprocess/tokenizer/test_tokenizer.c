@@ -5,11 +5,24 @@
  * the identity hash, the tiktoken loader, pattern translation and the
  * files that must be refused. */
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "test.h"
 #include "tiny_tokenizer.h"
 #include "tokenizer_internal.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+#ifndef UNDER_SANITIZER
+#define UNDER_SANITIZER 0
+#endif
 
 static char dir[256];
 
@@ -276,16 +289,22 @@ static void test_regex_rust(const Tokenizer *js_tok)
     tokenizer_free(rs_tok);
 }
 
-static void test_tiktoken(const Tokenizer *json_tok)
+/* Writes the tiny vocabulary in tiktoken form (ranks = ids) to f. */
+static void write_tiktoken(FILE *f, const Tokenizer *json_tok)
 {
-    /* the tiny vocabulary in tiktoken form, ranks = ids */
-    FILE *f = fopen(path_in("tiny.model"), "w");
-    REQUIRE(f);
     for (size_t id = 0; id < TINY_BOS; id++) {
         char *b64 = tf_base64_encode(json_tok->pool + json_tok->tok_off[id], json_tok->tok_len[id]);
+        REQUIRE(b64);
         fprintf(f, "%s %zu\n", b64, id);
         free(b64);
     }
+}
+
+static void test_tiktoken(const Tokenizer *json_tok)
+{
+    FILE *f = fopen(path_in("tiny.model"), "w");
+    REQUIRE(f);
+    write_tiktoken(f, json_tok);
     fclose(f);
     TfError err;
     Tokenizer *tok = tokenizer_load(path_in("tiny.model"), &err);
@@ -352,6 +371,54 @@ done:
     return NULL;
 }
 
+/* The sizes the tiktoken loader allocates come from the tokens it has
+ * validated, not from the file's line count: the tiny vocabulary followed
+ * by 64 Mi blank lines loads in a child whose address space has 256 MiB to
+ * spare (the file itself takes 64 of them). Allocating an id per line (9
+ * bytes each: 576 MiB) fails there. Not under sanitizers, whose shadow
+ * memory does not fit an address-space limit. */
+static void test_tiktoken_blank_lines(const Tokenizer *json_tok)
+{
+    if (UNDER_SANITIZER) {
+        fprintf(stderr, "tiktoken blank lines: skipped under a sanitizer\n");
+        return;
+    }
+    FILE *f = fopen(path_in("blank.model"), "w");
+    REQUIRE(f);
+    write_tiktoken(f, json_tok);
+    static char blank[1 << 20];
+    memset(blank, '\n', sizeof blank);
+    for (int i = 0; i < 64; i++)
+        REQUIRE(fwrite(blank, 1, sizeof blank, f) == sizeof blank);
+    REQUIRE(fclose(f) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        long pages = 0;
+        FILE *st = fopen("/proc/self/statm", "r");
+        if (!st || fscanf(st, "%ld", &pages) != 1)
+            _exit(2);
+        fclose(st);
+        struct rlimit rl;
+        rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)256 << 20);
+        if (setrlimit(RLIMIT_AS, &rl))
+            _exit(2);
+        TfError err;
+        Tokenizer *tok = tokenizer_load(path_in("blank.model"), &err);
+        if (!tok) {
+            fprintf(stderr, "blank.model: %s\n", err.msg);
+            _exit(1);
+        }
+        int ok = tokenizer_vocab_size(tok) == TINY_BOS + 256;
+        tokenizer_free(tok);
+        _exit(ok ? 0 : 3);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "64 Mi blank lines: child status %d", status);
+    unlink(path_in("blank.model"));
+}
+
 static void test_threads(const Tokenizer *tok)
 {
     pthread_t th[3];
@@ -388,6 +455,7 @@ int main(void)
     test_pattern();
     test_regex_rust(tok);
     test_tiktoken(tok);
+    test_tiktoken_blank_lines(tok);
     test_threads(tok);
     test_refused();
     tokenizer_free(tok);

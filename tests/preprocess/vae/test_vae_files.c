@@ -129,6 +129,19 @@ static void test_vae_files(void)
         vae_free(v);
         CHECKF(strstr(err.msg, "config.json") && strstr(err.msg, cfgs[i][1]), "config %zu: %s", i, err.msg);
     }
+    /* A config that asks for far more parameters than the file holds
+     * (about 10^11 here) is refused by the first tensor that does not fit,
+     * before anything is allocated for them. */
+    static const char huge[] =
+        "{\"block_out_channels\":[8192,8192,8192,8192,8192,8192,8192,8192],\"layers_per_block\":8,"
+        "\"norm_num_groups\":32,\"latent_channels\":1024}";
+    REQUIRE(tf_write_file_atomic(path, huge, strlen(huge), &err) == 0);
+    v = vae_load(bad, VAE_LOAD_ENCODER | VAE_LOAD_DECODER, &err);
+    CHECK(v == NULL);
+    vae_free(v);
+    CHECKF(strstr(err.msg, "'encoder.conv_in.weight'") && strstr(err.msg, "shape") && !strstr(err.msg, "memory"),
+           "huge config: %s", err.msg);
+
     /* No weights at all. */
     snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", bad);
     unlink(path);

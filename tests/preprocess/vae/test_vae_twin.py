@@ -121,7 +121,7 @@ def case_cli(tf, work, vae_dir, images):
         (("encode", "--vae", vae_dir, "--out", out, "--latent", "mode", images[0]), 2),
         (("encode", "--vae", vae_dir, "--out", out, "--size", "100", images[0]), 2),
         (("decode", "--vae", vae_dir, "--out", work), 2),
-        (("encode", "--vae", work + "/missing", "--out", out, images[0]), 1),
+        (("encode", "--vae", work + "/missing", "--out", out, images[0]), 3),
     ]
     for args, want in cases:
         r = status(*args)

@@ -15,7 +15,6 @@
 
 typedef struct Chaos {
     TestCluster *c;
-    volatile int stop;
 } Chaos;
 
 /* Moves leaders and takes broker 2 down and up while records flow. */
@@ -53,7 +52,7 @@ int main(void)
     REQUIRE(sink);
     Chaos ch = {.c = &c};
     pthread_t th;
-    pthread_create(&th, NULL, chaos_thread, &ch);
+    REQUIRE(pthread_create(&th, NULL, chaos_thread, &ch) == 0);
     /* Several units of work; each must report complete delivery. */
     for (uint32_t u = 0; u < 6; u++) {
         int rc = test_produce(sink, u * 100, (u + 1) * 100, -1, &err);

@@ -66,7 +66,7 @@ int main(void)
     key_counts_init(&kc, N_RECORDS);
     Reader rd = {.bootstrap = c.bootstrap, .topic = "flow", .kc = &kc};
     pthread_t th;
-    pthread_create(&th, NULL, slow_reader, &rd);
+    REQUIRE(pthread_create(&th, NULL, slow_reader, &rd) == 0);
     KafkaSinkOptions so = {.bootstrap = c.bootstrap, .topic = "flow", .flow_group = "trainer"};
     KafkaSink *sink = kafka_sink_new(&so, &err);
     REQUIRE(sink);

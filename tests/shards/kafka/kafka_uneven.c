@@ -81,7 +81,7 @@ int main(void)
     pthread_t th[WORLD];
     for (int r = 0; r < WORLD; r++) {
         ranks[r] = (Rank){.bootstrap = c.bootstrap, .rank = r, .kc = &kc, .lock = &lock};
-        pthread_create(&th[r], NULL, rank_thread, &ranks[r]);
+        REQUIRE(pthread_create(&th[r], NULL, rank_thread, &ranks[r]) == 0);
     }
     for (int r = 0; r < WORLD; r++)
         pthread_join(th[r], NULL);
