@@ -10,15 +10,13 @@ decode` writes for the same latent, that a VAE of another identity is
 refused, the same sheet from a topic of the embedded broker, and usage
 errors.
 
-usage: test_preview.py TRANSFUSE PREVIEW WORKDIR
-PREVIEW runs preview_main (tests/ops/preview_cli.c) until the binary has
-`transfuse shards preview`; then that is used."""
+usage: test_preview.py TRANSFUSE WORKDIR"""
 import base64, io, json, os, shutil, signal, struct, subprocess, sys, time
 
 import numpy as np
 from PIL import Image
 
-T, PREVIEW, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
+T, WORK = sys.argv[1], sys.argv[2]
 failures = 0
 
 
@@ -37,9 +35,7 @@ def run(argv, ok=(0,), **kw):
     return p
 
 
-composed = subprocess.run([T, "shards", "preview", "--help"], capture_output=True).returncode == 0
-PV = [T, "shards", "preview"] if composed else [PREVIEW]
-print("preview through", " ".join(PV))
+PV = [T, "shards", "preview"]
 
 
 def preview(*args, ok=(0,)):
