@@ -11,6 +11,7 @@
 #include "ops.h"
 #include "preprocess.h"
 #include "shards.h"
+#include "trainer.h"
 
 /* `ingest fetch` goes to the fetcher's command until ingest's own
  * dispatcher lists it (issue 10). */
@@ -40,6 +41,8 @@ static const TfCommand COMMANDS[] = {
     {"broker", "an embedded Kafka broker (librdkafka's mock cluster) for one machine", broker_main},
     {"plot", "loss, learning-rate and throughput curves from trainer and ingest logs (PNG)", plot_main},
     {"top", "a live view of a deployment: ingest, encode, trainer ranks, Kafka lag", top_main},
+    {"llama", "Llama checkpoints in Hugging Face layout: init (random, tiny/1b/8b), info", llama_main},
+    {"eval", "LlamaFusion evaluation: text (per-line loss of the frozen text path)", eval_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
