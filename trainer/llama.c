@@ -299,6 +299,7 @@ int llama_init_checkpoint(TfKernels *k, const LlamaInitOptions *opt, const char 
     snprintf(c.torch_dtype, sizeof c.torch_dtype, "%s",
              dt == TF_DTYPE_F32 ? "float32" : dt == TF_DTYPE_BF16 ? "bfloat16" : "float16");
     uint64_t shard_bytes = opt->shard_bytes ? opt->shard_bytes : 5000000000ull;
+    const float std = opt->std > 0 ? (float)opt->std : 0.02f;
 
     int rc = -1;
     LlamaTensorSpec *t = NULL;
@@ -356,7 +357,7 @@ int llama_init_checkpoint(TfKernels *k, const LlamaInitOptions *opt, const char 
             tf_safetensors_writer_set_metadata(w, "format", "pt", NULL);
         }
         int r = t[i].kind == LLAMA_T_NORM ? tf_fill(k, dev, 1.0f, t[i].numel, err)
-                                          : tf_randn(k, dev, t[i].numel, opt->seed, (uint64_t)i, 0, 0.0f, 0.02f, err);
+                                          : tf_randn(k, dev, t[i].numel, opt->seed, (uint64_t)i, 0, 0.0f, std, err);
         if (r != 0 || tf_kernels_download(k, host, dev, t[i].numel, err) != 0 ||
             tf_safetensors_writer_add_f32(w, t[i].name, dt, t[i].ndim, t[i].shape, host, t[i].numel, err) != 0)
             break;

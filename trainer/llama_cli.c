@@ -16,7 +16,7 @@ static void usage_init(FILE *out)
             "Writes a random-initialised Llama checkpoint in the exact Hugging Face layout:\n"
             "DIR/config.json, DIR/generation_config.json and the weights as model.safetensors,\n"
             "or model-0000k-of-0000n.safetensors + model.safetensors.index.json past --shard-size.\n"
-            "Weights N(0, 0.02) from --seed, norms 1. For tests and demos: random weights know nothing.\n\n"
+            "Weights N(0, --init-std) from --seed, norms 1. For tests and demos: random weights know nothing.\n\n"
             "  --layout L       tiny (D 64, 2 layers, full Llama-3 vocabulary, tied), 1b (Llama-3.2-1B),\n"
             "                   8b (Llama-3-8B)\n"
             "  --out DIR        folder to create or write into\n"
@@ -26,6 +26,8 @@ static void usage_init(FILE *out)
             "  --config-only    write no weights, for tiny as well\n"
             "  --untied         an untied lm_head.weight even where the layout ties it\n"
             "  --shard-size N   shard past N bytes of tensor data (default 5GB; suffixes K M G Ki Mi Gi)\n"
+            "  --init-std X     standard deviation of the weights (default 0.02; tests use more, so\n"
+            "                   attention and RoPE matter)\n"
             "  --threads N      threads (default and 0: all CPUs)\n");
 }
 
@@ -37,6 +39,7 @@ static int init_main(int argc, char **argv)
         {"weights", no_argument, 0, 'w'},      {"config-only", no_argument, 0, 'c'},
         {"untied", no_argument, 0, 'u'},       {"shard-size", required_argument, 0, 'z'},
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {"init-std", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     LlamaInitOptions opt = {.layout = NULL, .weights = -1, .dtype = TF_DTYPE_COUNT};
     const char *out = NULL;
@@ -63,6 +66,15 @@ static int init_main(int argc, char **argv)
                 goto usage;
             }
             break;
+        case 'S': {
+            char *end;
+            opt.std = strtod(o.arg, &end);
+            if (*end || !(opt.std > 0 && opt.std < 100)) {
+                tf_fail(&err, "--init-std: \"%s\" is not a positive number", o.arg);
+                goto usage;
+            }
+            break;
+        }
         case 'w': opt.weights = 1; break;
         case 'c': opt.weights = 0; break;
         case 'u': opt.untied = 1; break;

@@ -76,6 +76,8 @@ struct FusionModel {
     float *rope_cos, *rope_sin; /* (P_rope, HD/2) */
     int rope_positions;
     Arena arena;
+    const float *last_pred; /* the last run's prediction (arena), last_pred_n floats */
+    size_t last_pred_n;
     AdapterActs *aacts; /* adapter.c's saved state, reused across runs */
 };
 

@@ -408,6 +408,8 @@ static int run(FusionModel *m, const FusionBatch *b, int do_backward, float gs, 
     Run r;
     memset(&r, 0, sizeof r);
     arena_reset(m);
+    m->last_pred = NULL;
+    m->last_pred_n = 0;
     FusionLosses tmp;
     if (!out)
         out = &tmp;
@@ -417,6 +419,8 @@ static int run(FusionModel *m, const FusionBatch *b, int do_backward, float gs, 
     int rc = -1;
     if (run_prepare(m, b, &r, err) || forward(m, &r, out, do_backward, gs, &dft, &dpred, logits, err))
         goto out;
+    m->last_pred = r.pred;
+    m->last_pred_n = r.pred ? (size_t)r.K * m->fc.latent_c * m->fc.latent_h * m->fc.latent_w : 0;
     if (do_backward && backward(m, &r, dft, dpred, err))
         goto out;
     rc = tf_kernels_sync(m->k, err);
@@ -474,4 +478,11 @@ int fusion_text_loss(FusionModel *m, const int32_t *tokens, int n, double *loss,
         *loss = l.lm;
     fusion_batch_free(b);
     return rc;
+}
+
+int fusion_prediction(FusionModel *m, float *host, size_t n, TfError *err)
+{
+    if (n != m->last_pred_n)
+        return tf_fail(err, "prediction: the last run predicted %zu values, not %zu", m->last_pred_n, n);
+    return n ? tf_kernels_download(m->k, host, m->last_pred, n, err) : 0;
 }

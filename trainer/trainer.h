@@ -74,12 +74,13 @@ typedef struct LlamaInitOptions {
     TfDtype dtype;          /* F32, BF16 or F16; TF_DTYPE_COUNT = default (tiny F32, else BF16) */
     uint64_t shard_bytes;   /* shard past this many bytes of tensor data; 0 = 5 GB (HF's default) */
     int untied;             /* 1: force untied embeddings (writes lm_head.weight) */
+    double std;             /* weights' standard deviation; 0 = 0.02 (HF's initializer_range) */
 } LlamaInitOptions;
 
 /* Writes a random-initialised checkpoint into out_dir (created): config.json,
  * generation_config.json and, with weights, model.safetensors, or
  * model-0000k-of-0000n.safetensors + model.safetensors.index.json when the
- * data passes shard_bytes. Weights N(0, 0.02) drawn with tf_randn (seed,
+ * data passes shard_bytes. Weights N(0, std) drawn with tf_randn (seed,
  * one stream per tensor), norms 1. Uses `k` to draw. Returns 0 or -1. */
 int llama_init_checkpoint(TfKernels *k, const LlamaInitOptions *opt, const char *out_dir, TfError *err);
 
@@ -251,6 +252,11 @@ int fusion_forward(FusionModel *m, const FusionBatch *b, FusionLosses *out, TfEr
  * 1/k for the mean of k accumulated micro-batches). Frozen text weights
  * get no gradient; gradients flow through text activations. */
 int fusion_forward_backward(FusionModel *m, const FusionBatch *b, float grad_scale, FusionLosses *out, TfError *err);
+
+/* The predicted noise of the last fusion_forward(_backward) call, (n_images,
+ * C, H, W), copied to host memory (nothing when it had no images). Valid
+ * until the next call on the model. */
+int fusion_prediction(FusionModel *m, float *host, size_t n, TfError *err);
 
 /* Text path only, one sequence of n text tokens (causal, positions 0..n-1):
  * logits (n, V) to host memory (fusion_text_logits), or the mean
