@@ -190,10 +190,11 @@ class Twin:
         x = torch.where(textpos[:, None], E[tok.clamp(min=0)], x)
         x = torch.where((tok == boi)[:, None], sp[0].expand(N, -1), x)
         x = torch.where((tok == eoi)[:, None], sp[1].expand(N, -1), x)
-        temb = self.time_embed(slots[:, 2])
-        rows, state = self.adapter_in(x_t, temb)
         iidx = torch.nonzero(img).reshape(-1)  # image positions in order = images in order, patches raster
-        x = x.index_put((iidx,), rows)
+        if K > 0:
+            temb = self.time_embed(slots[:, 2])
+            rows, state = self.adapter_in(x_t, temb)
+            x = x.index_put((iidx,), rows)
         pos = (torch.arange(T)[None, :] - lo).reshape(N)
         inv = rope_inv_freq(self.cfg)
         ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
@@ -235,6 +236,24 @@ class Twin:
         keep = tgt >= 0
         logits = ht[keep] @ head.t()
         lm = F.cross_entropy(logits, tgt[keep]) if keep.any() else torch.zeros((), dtype=self.dt)
+        if K == 0:
+            return lm, torch.zeros((), dtype=self.dt)
         pred = self.adapter_out(hi_[iidx], K, state)
         diff = ((pred - eps) ** 2).reshape(K, -1).mean(1).mean()
         return lm, diff
+
+    def text_loss(self, tokens):
+        """Mean next-token loss of one text-only sequence (what `eval text` prints)."""
+        n = len(tokens)
+        batch = {
+            "tokens": torch.tensor([tokens], dtype=torch.float32),
+            "modality": torch.zeros(1, n),
+            "lo": torch.zeros(1, n),
+            "hi": torch.arange(1, n + 1, dtype=torch.float32)[None],
+            "targets": torch.tensor([tokens[1:] + [-1]], dtype=torch.float32),
+            "images": torch.zeros(0, 3),
+            "x_t": torch.zeros(0),
+            "eps": torch.zeros(0),
+        }
+        with torch.no_grad():
+            return self.losses(batch)[0].item()
