@@ -201,17 +201,22 @@ class Twin:
         cos, sin = torch.cos(ang).float().to(self.dt), torch.sin(ang).float().to(self.dt)
         j = torch.arange(T)
         mask = (j[None, None, :] >= lo[:, :, None]) & (j[None, None, :] < hi[:, :, None])  # (B,T,T)
-        sel = img[:, None]
+        tidx = torch.nonzero(~img).reshape(-1)
 
-        def both(name_t, name_i, fn):
-            return torch.where(sel, fn(self.p[name_i]), fn(self.text[name_t]))
+        def both(name_t, name_i, h, fn):
+            """Each modality's rows through its own weights (rows gathered, as the C model does)."""
+            yt = fn(h[tidx], self.text[name_t])
+            yi = fn(h[iidx], self.p[name_i])
+            out = torch.zeros(N, yt.shape[1], dtype=self.dt)
+            return out.index_put((tidx,), yt).index_put((iidx,), yi)
 
+        lin = self.lin
         for l in range(self.L):
-            pt, pi = f"model.layers.{l}.", f"model.layers.{l}."
-            h = both(pt + "input_layernorm.weight", pi + "input_layernorm_image.weight", lambda w: self.rms(x, w))
-            q = both(pt + "self_attn.q_proj.weight", pi + "self_attn.q_proj_image.weight", lambda w: self.lin(h, w))
-            k = both(pt + "self_attn.k_proj.weight", pi + "self_attn.k_proj_image.weight", lambda w: self.lin(h, w))
-            v = both(pt + "self_attn.v_proj.weight", pi + "self_attn.v_proj_image.weight", lambda w: self.lin(h, w))
+            pt = pi = f"model.layers.{l}."
+            h = both(pt + "input_layernorm.weight", pi + "input_layernorm_image.weight", x, self.rms)
+            q = both(pt + "self_attn.q_proj.weight", pi + "self_attn.q_proj_image.weight", h, lin)
+            k = both(pt + "self_attn.k_proj.weight", pi + "self_attn.k_proj_image.weight", h, lin)
+            v = both(pt + "self_attn.v_proj.weight", pi + "self_attn.v_proj_image.weight", h, lin)
             q = self.rope(q.reshape(N, self.NH, self.HD), pos, cos, sin)
             k = self.rope(k.reshape(N, self.NKV, self.HD), pos, cos, sin)
             v = v.reshape(N, self.NKV, self.HD)
@@ -222,15 +227,12 @@ class Twin:
             s = qb @ kb.transpose(-1, -2) / math.sqrt(self.HD)
             s = s.masked_fill(~mask[:, None], float("-inf"))
             a = (torch.softmax(s, dim=-1) @ vb).transpose(1, 2).reshape(N, self.NH * self.HD)
-            o = both(pt + "self_attn.o_proj.weight", pi + "self_attn.o_proj_image.weight", lambda w: self.lin(a, w))
-            x = x + o
-            h = both(pt + "post_attention_layernorm.weight", pi + "post_attention_layernorm_image.weight",
-                     lambda w: self.rms(x, w))
-            g = both(pt + "mlp.gate_proj.weight", pi + "mlp.gate_proj_image.weight", lambda w: self.lin(h, w))
-            u = both(pt + "mlp.up_proj.weight", pi + "mlp.up_proj_image.weight", lambda w: self.lin(h, w))
+            x = x + both(pt + "self_attn.o_proj.weight", pi + "self_attn.o_proj_image.weight", a, lin)
+            h = both(pt + "post_attention_layernorm.weight", pi + "post_attention_layernorm_image.weight", x, self.rms)
+            g = both(pt + "mlp.gate_proj.weight", pi + "mlp.gate_proj_image.weight", h, lin)
+            u = both(pt + "mlp.up_proj.weight", pi + "mlp.up_proj_image.weight", h, lin)
             m = F.silu(g) * u
-            f = both(pt + "mlp.down_proj.weight", pi + "mlp.down_proj_image.weight", lambda w: self.lin(m, w))
-            x = x + f
+            x = x + both(pt + "mlp.down_proj.weight", pi + "mlp.down_proj_image.weight", m, lin)
         ht = self.rms(x, self.text["model.norm.weight"])
         hi_ = self.rms(x, self.p["model.norm_image.weight"])
         keep = tgt >= 0
