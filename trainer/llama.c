@@ -193,15 +193,34 @@ int llama_config_layout(const char *layout, LlamaConfig *c, TfError *err)
 
 /* ---- the text tensors of a checkpoint ------------------------------------------ */
 
+const char *const LLAMA_LAYER_TENSORS[LLAMA_LAYER_COUNT] = {
+    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+
+void llama_layer_shape(const LlamaConfig *c, int slot, int64_t shape[2], LlamaTensorKind *kind)
+{
+    const int64_t D = c->hidden, Q = (int64_t)c->heads * c->head_dim, KV = (int64_t)c->kv_heads * c->head_dim,
+                  I = c->intermediate;
+    static const LlamaTensorKind kinds[LLAMA_LAYER_COUNT] = {LLAMA_T_NORM, LLAMA_T_ATTN, LLAMA_T_ATTN,
+                                                             LLAMA_T_ATTN, LLAMA_T_ATTN, LLAMA_T_NORM,
+                                                             LLAMA_T_MLP,  LLAMA_T_MLP,  LLAMA_T_MLP};
+    const int64_t rows[LLAMA_LAYER_COUNT] = {D, Q, KV, KV, D, D, I, I, D};
+    const int64_t cols[LLAMA_LAYER_COUNT] = {0, D, D, D, Q, 0, D, D, I};
+    shape[0] = rows[slot];
+    shape[1] = cols[slot];
+    if (kind)
+        *kind = kinds[slot];
+}
+
 size_t llama_text_tensors(const LlamaConfig *c, LlamaTensorSpec *out, size_t cap)
 {
     size_t n = 0;
-    const int64_t D = c->hidden, Q = (int64_t)c->heads * c->head_dim, KV = (int64_t)c->kv_heads * c->head_dim,
-                  I = c->intermediate, V = c->vocab;
-#define ADD(nm, k, r0, r1)                                                                                         \
+    const int64_t D = c->hidden, V = c->vocab;
+    /* one entry: name, kind, shape (r0) or (r0, r1) */
+#define ADD(k, r0, r1, ...)                                                                                        \
     do {                                                                                                           \
         if (n < cap) {                                                                                             \
-            snprintf(out[n].name, sizeof out[n].name, "%s", nm);                                                   \
+            snprintf(out[n].name, sizeof out[n].name, __VA_ARGS__);                                                \
             out[n].kind = (k);                                                                                     \
             out[n].ndim = (r1) ? 2 : 1;                                                                            \
             out[n].shape[0] = (r0);                                                                                \
@@ -210,31 +229,17 @@ size_t llama_text_tensors(const LlamaConfig *c, LlamaTensorSpec *out, size_t cap
         }                                                                                                          \
         n++;                                                                                                       \
     } while (0)
-    char nm[96];
-    ADD("model.embed_tokens.weight", LLAMA_T_EMBED, V, D);
-    for (int l = 0; l < c->layers; l++) {
-        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-        ADD(nm, LLAMA_T_NORM, D, 0);
-        snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_proj.weight", l);
-        ADD(nm, LLAMA_T_ATTN, Q, D);
-        snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_proj.weight", l);
-        ADD(nm, LLAMA_T_ATTN, KV, D);
-        snprintf(nm, sizeof nm, "model.layers.%d.self_attn.v_proj.weight", l);
-        ADD(nm, LLAMA_T_ATTN, KV, D);
-        snprintf(nm, sizeof nm, "model.layers.%d.self_attn.o_proj.weight", l);
-        ADD(nm, LLAMA_T_ATTN, D, Q);
-        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-        ADD(nm, LLAMA_T_NORM, D, 0);
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_proj.weight", l);
-        ADD(nm, LLAMA_T_MLP, I, D);
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.up_proj.weight", l);
-        ADD(nm, LLAMA_T_MLP, I, D);
-        snprintf(nm, sizeof nm, "model.layers.%d.mlp.down_proj.weight", l);
-        ADD(nm, LLAMA_T_MLP, D, I);
-    }
-    ADD("model.norm.weight", LLAMA_T_NORM, D, 0);
+    ADD(LLAMA_T_EMBED, V, D, "model.embed_tokens.weight");
+    for (int l = 0; l < c->layers; l++)
+        for (int s = 0; s < LLAMA_LAYER_COUNT; s++) {
+            int64_t sh[2];
+            LlamaTensorKind kind;
+            llama_layer_shape(c, s, sh, &kind);
+            ADD(kind, sh[0], sh[1], "model.layers.%d.%s.weight", l, LLAMA_LAYER_TENSORS[s]);
+        }
+    ADD(LLAMA_T_NORM, D, 0, "model.norm.weight");
     if (!c->tie_word_embeddings)
-        ADD("lm_head.weight", LLAMA_T_HEAD, V, D);
+        ADD(LLAMA_T_HEAD, V, D, "lm_head.weight");
 #undef ADD
     return n;
 }

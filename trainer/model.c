@@ -129,21 +129,17 @@ int model_add_tensor(FusionModel *m, const char *name, int ndim, const int64_t *
 static int build_table(FusionModel *m, TfError *err)
 {
     const LlamaConfig *c = &m->lc;
-    const int64_t D = c->hidden, Q = (int64_t)c->heads * c->head_dim, KV = (int64_t)c->kv_heads * c->head_dim,
-                  I = c->intermediate;
+    const int64_t D = c->hidden;
     if (!(m->img = calloc((size_t)c->layers * IL_COUNT, sizeof *m->img)))
         return tf_fail(err, "out of memory");
-    static const char *const names[IL_COUNT] = {
-        "input_layernorm_image",   "self_attn.q_proj_image", "self_attn.k_proj_image",
-        "self_attn.v_proj_image",  "self_attn.o_proj_image", "post_attention_layernorm_image",
-        "mlp.gate_proj_image",     "mlp.up_proj_image",      "mlp.down_proj_image"};
-    const int64_t shapes[IL_COUNT][2] = {{D, 0}, {Q, D}, {KV, D}, {KV, D}, {D, Q}, {D, 0}, {I, D}, {I, D}, {D, I}};
     char name[128];
     for (int l = 0; l < c->layers; l++)
         for (int s = 0; s < IL_COUNT; s++) {
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, names[s]);
-            int nd = shapes[s][1] ? 2 : 1;
-            int i = model_add_tensor(m, name, nd, shapes[s], nd == 2, INIT_COPY, err);
+            int64_t sh[2];
+            llama_layer_shape(c, s, sh, NULL);
+            snprintf(name, sizeof name, "model.layers.%d.%s_image.weight", l, LLAMA_LAYER_TENSORS[s]);
+            int nd = sh[1] ? 2 : 1;
+            int i = model_add_tensor(m, name, nd, sh, nd == 2, INIT_COPY, err);
             if (i < 0)
                 return -1;
             m->img[l * IL_COUNT + s] = i;
@@ -281,15 +277,9 @@ static int load_checkpoint(FusionModel *m, const char *dir, TfError *err)
     m->embed = frozen_view(m, off[i++]);
     for (int l = 0; l < m->lc.layers; l++) {
         TextLayer *L = &m->text[l];
-        L->ln1 = frozen_view(m, off[i++]);
-        L->q = frozen_view(m, off[i++]);
-        L->k = frozen_view(m, off[i++]);
-        L->v = frozen_view(m, off[i++]);
-        L->o = frozen_view(m, off[i++]);
-        L->ln2 = frozen_view(m, off[i++]);
-        L->gate = frozen_view(m, off[i++]);
-        L->up = frozen_view(m, off[i++]);
-        L->down = frozen_view(m, off[i++]);
+        TfBuf *slot[IL_COUNT] = {&L->ln1, &L->q, &L->k, &L->v, &L->o, &L->ln2, &L->gate, &L->up, &L->down};
+        for (int s = 0; s < IL_COUNT; s++)
+            *slot[s] = frozen_view(m, off[i++]);
     }
     m->norm = frozen_view(m, off[i++]);
     m->head = m->lc.tie_word_embeddings ? m->embed : frozen_view(m, off[i++]);

@@ -12,8 +12,8 @@ typedef struct TextLayer {
     TfBuf ln1, q, k, v, o, ln2, gate, up, down;
 } TextLayer;
 
-/* Indices into the trainable table. */
-enum { IL_LN1, IL_Q, IL_K, IL_V, IL_O, IL_LN2, IL_GATE, IL_UP, IL_DOWN, IL_COUNT };
+/* Indices into the trainable table: the slots of LLAMA_LAYER_TENSORS. */
+enum { IL_LN1, IL_Q, IL_K, IL_V, IL_O, IL_LN2, IL_GATE, IL_UP, IL_DOWN, IL_COUNT = LLAMA_LAYER_COUNT };
 
 typedef struct ResBlockIdx {
     int cin, cout;

@@ -15,6 +15,13 @@ typedef struct LlamaTensorSpec {
     size_t numel;
 } LlamaTensorSpec;
 
+/* The tensors of one layer, in file order: their name inside
+ * "model.layers.N.<name>.weight" (the image copy: "<name>_image"), and
+ * shape ([out, in], or (D) for norms; shape[1] = 0) by slot. */
+#define LLAMA_LAYER_COUNT 9
+extern const char *const LLAMA_LAYER_TENSORS[LLAMA_LAYER_COUNT];
+void llama_layer_shape(const LlamaConfig *c, int slot, int64_t shape[2], LlamaTensorKind *kind);
+
 /* The text tensors of a checkpoint in file order (embedding, layers, final
  * norm, head when untied) into out[0..cap); returns how many there are
  * (call with cap 0 to count). */
