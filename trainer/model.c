@@ -372,6 +372,7 @@ void fusion_model_free(FusionModel *m)
     if (!m)
         return;
     arena_free(m);
+    adapter_free(m);
     tf_kernels_release(m->k, m->rope_cos);
     tf_kernels_release(m->k, m->rope_sin);
     tf_kernels_release(m->k, m->params);
