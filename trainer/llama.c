@@ -177,6 +177,10 @@ int llama_config_layout(const char *layout, LlamaConfig *c, TfError *err)
         c->hidden = 64, c->layers = 2, c->heads = 4, c->kv_heads = 2, c->head_dim = 16, c->intermediate = 192;
         c->tie_word_embeddings = 1;
         snprintf(c->torch_dtype, sizeof c->torch_dtype, "float32");
+    } else if (!strcmp(layout, "50m")) {
+        c->hidden = 384, c->layers = 4, c->heads = 6, c->kv_heads = 2, c->head_dim = 64, c->intermediate = 1024;
+        c->tie_word_embeddings = 1;
+        snprintf(c->torch_dtype, sizeof c->torch_dtype, "float32");
     } else if (!strcmp(layout, "1b")) {
         c->hidden = 2048, c->layers = 16, c->heads = 32, c->kv_heads = 8, c->head_dim = 64, c->intermediate = 8192;
         c->tie_word_embeddings = 1;
@@ -186,7 +190,7 @@ int llama_config_layout(const char *layout, LlamaConfig *c, TfError *err)
         c->rope_factor = 1.0; /* Llama-3-8B: no scaling (3.1 has factor 8) */
         c->max_position = 8192;
     } else {
-        return tf_fail(err, "unknown layout \"%s\" (tiny, 1b or 8b)", layout);
+        return tf_fail(err, "unknown layout \"%s\" (tiny, 50m, 1b or 8b)", layout);
     }
     return 0;
 }
@@ -296,7 +300,7 @@ int llama_init_checkpoint(TfKernels *k, const LlamaInitOptions *opt, const char 
         return -1;
     if (opt->untied)
         c.tie_word_embeddings = 0;
-    int tiny = !strcmp(opt->layout, "tiny");
+    int tiny = !strcmp(opt->layout, "tiny") || !strcmp(opt->layout, "50m"); /* small: weights and f32 by default */
     int weights = opt->weights < 0 ? tiny : opt->weights;
     TfDtype dt = opt->dtype == TF_DTYPE_COUNT ? (tiny ? TF_DTYPE_F32 : TF_DTYPE_BF16) : opt->dtype;
     if (dt != TF_DTYPE_F32 && dt != TF_DTYPE_BF16 && dt != TF_DTYPE_F16)

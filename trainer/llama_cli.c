@@ -12,18 +12,18 @@
 static void usage_init(FILE *out)
 {
     fprintf(out,
-            "usage: transfuse llama init --layout tiny|1b|8b --out DIR [--seed S] [options]\n\n"
+            "usage: transfuse llama init --layout tiny|50m|1b|8b --out DIR [--seed S] [options]\n\n"
             "Writes a random-initialised Llama checkpoint in the exact Hugging Face layout:\n"
             "DIR/config.json, DIR/generation_config.json and the weights as model.safetensors,\n"
             "or model-0000k-of-0000n.safetensors + model.safetensors.index.json past --shard-size.\n"
             "Weights N(0, --init-std) from --seed, norms 1. For tests and demos: random weights know nothing.\n\n"
-            "  --layout L       tiny (D 64, 2 layers, full Llama-3 vocabulary, tied), 1b (Llama-3.2-1B),\n"
-            "                   8b (Llama-3-8B)\n"
+            "  --layout L       tiny (D 64, 2 layers, full Llama-3 vocabulary, tied), 50m (D 384, 4 layers,\n"
+            "                   tied, 55.5M), 1b (Llama-3.2-1B), 8b (Llama-3-8B)\n"
             "  --out DIR        folder to create or write into\n"
             "  --seed S         random seed (default 0)\n"
-            "  --dtype T        f32, bf16 or f16 (default f32 for tiny, bf16 otherwise)\n"
-            "  --weights        write the weights for 1b and 8b too (default: config only; tiny always)\n"
-            "  --config-only    write no weights, for tiny as well\n"
+            "  --dtype T        f32, bf16 or f16 (default f32 for tiny and 50m, bf16 otherwise)\n"
+            "  --weights        write the weights for 1b and 8b too (default: config only; tiny, 50m always)\n"
+            "  --config-only    write no weights, for tiny and 50m as well\n"
             "  --untied         an untied lm_head.weight even where the layout ties it\n"
             "  --shard-size N   shard past N bytes of tensor data (default 5GB; suffixes K M G Ki Mi Gi)\n"
             "  --init-std X     standard deviation of the weights (default 0.02; tests use more, so\n"
@@ -231,7 +231,7 @@ usage:
 }
 
 static const TfCommand LLAMA_COMMANDS[] = {
-    {"init", "write a random-initialised checkpoint (tiny, 1b, 8b) in Hugging Face layout", init_main},
+    {"init", "write a random-initialised checkpoint (tiny, 50m, 1b, 8b) in Hugging Face layout", init_main},
     {"info", "a checkpoint's config, parameters by group and memory (text and LlamaFusion)", info_main},
 };
 

@@ -566,6 +566,92 @@ void fusion_batch_fill_hi(FusionBatch *b)
     }
 }
 
+int fusion_batch_save(const FusionBatch *b, const char *path, TfError *err)
+{
+    const size_t N = (size_t)b->B * b->T, K = (size_t)b->n_images, L = K * b->latent_numel;
+    TfSafetensorsWriter *w = tf_safetensors_writer_new();
+    float *f = malloc((N * 5 + K * 3 + 1) * sizeof *f);
+    int rc = -1;
+    if (!w || !f) {
+        tf_fail(err, "out of memory");
+        goto out;
+    }
+    float *arr[5] = {f, f + N, f + 2 * N, f + 3 * N, f + 4 * N}, *sl = f + 5 * N;
+    for (size_t n = 0; n < N; n++) {
+        arr[0][n] = (float)b->tokens[n], arr[1][n] = b->modality[n], arr[2][n] = (float)b->lo[n];
+        arr[3][n] = (float)b->hi[n], arr[4][n] = (float)b->targets[n];
+    }
+    for (size_t i = 0; i < K; i++) {
+        sl[3 * i] = (float)b->images[i].row, sl[3 * i + 1] = (float)b->images[i].start;
+        sl[3 * i + 2] = b->timestep[i];
+    }
+    static const char *const names[5] = {"tokens", "modality", "lo", "hi", "targets"};
+    const int64_t sh[2] = {b->B, b->T}, si[2] = {(int64_t)K, 3}, sx[2] = {(int64_t)K, (int64_t)b->latent_numel};
+    for (int i = 0; i < 5; i++)
+        if (tf_safetensors_writer_add_f32(w, names[i], TF_DTYPE_F32, 2, sh, arr[i], N, err))
+            goto out;
+    if (tf_safetensors_writer_add_f32(w, "images", TF_DTYPE_F32, 2, si, sl, K * 3, err) ||
+        tf_safetensors_writer_add_f32(w, "x_t", TF_DTYPE_F32, 2, sx, b->x_t, L, err) ||
+        tf_safetensors_writer_add_f32(w, "eps", TF_DTYPE_F32, 2, sx, b->eps, L, err))
+        goto out;
+    rc = tf_safetensors_writer_write(w, path, err);
+out:
+    tf_safetensors_writer_free(w);
+    free(f);
+    return rc;
+}
+
+FusionBatch *fusion_batch_load(const char *path, TfError *err)
+{
+    TfSafetensors *st = tf_safetensors_open(path, err);
+    FusionBatch *b = NULL;
+    float *f = NULL;
+    if (!st)
+        return NULL;
+    const TfTensorInfo *tt = tf_safetensors_find(st, "tokens"), *ti = tf_safetensors_find(st, "images"),
+                       *tx = tf_safetensors_find(st, "x_t");
+    if (!tt || !ti || !tx || tt->ndim != 2 || ti->ndim != 2 || tx->ndim != 2 || ti->shape[1] != 3 ||
+        tx->shape[0] != ti->shape[0] || tt->shape[0] < 1 || tt->shape[1] < 1 || tt->shape[0] * tt->shape[1] > (1 << 30)) {
+        tf_fail(err, "%s: not a batch file (tokens (B,T), images (K,3), x_t (K,n))", path);
+        goto fail;
+    }
+    const int B = (int)tt->shape[0], T = (int)tt->shape[1], K = (int)ti->shape[0];
+    const size_t N = (size_t)B * T, L = (size_t)tx->shape[1];
+    if (!(b = fusion_batch_new(B, T, K, L)) || !(f = malloc((N > 3 * (size_t)K ? N : 3 * (size_t)K) * sizeof *f))) {
+        tf_fail(err, "out of memory");
+        goto fail;
+    }
+    static const char *const names[5] = {"tokens", "modality", "lo", "hi", "targets"};
+    int32_t *dst[5] = {b->tokens, NULL, b->lo, b->hi, b->targets};
+    for (int i = 0; i < 5; i++) {
+        if (tf_safetensors_read_f32(st, names[i], 2, tt->shape, f, err))
+            goto fail;
+        for (size_t n = 0; n < N; n++) {
+            if (dst[i])
+                dst[i][n] = (int32_t)f[n];
+            else
+                b->modality[n] = (uint8_t)f[n];
+        }
+    }
+    const int64_t sx[2] = {K, (int64_t)L};
+    if (tf_safetensors_read_f32(st, "images", 2, ti->shape, f, err) ||
+        tf_safetensors_read_f32(st, "x_t", 2, sx, b->x_t, err) || tf_safetensors_read_f32(st, "eps", 2, sx, b->eps, err))
+        goto fail;
+    for (int i = 0; i < K; i++) {
+        b->images[i] = (FusionImageSlot){(int)f[3 * i], (int)f[3 * i + 1]};
+        b->timestep[i] = f[3 * i + 2];
+    }
+    b->n_images = K;
+    free(f);
+    tf_safetensors_free(st);
+    return b;
+fail:
+    free(f);
+    fusion_batch_free(b);
+    tf_safetensors_free(st);
+    return NULL;
+}
+
 int fusion_batch_check(const FusionModel *m, const FusionBatch *b, TfError *err)
 {
     const int P = fusion_config_patches(&m->fc);

@@ -58,7 +58,9 @@ int llama_config_load(const char *dir, LlamaConfig *cfg, TfError *err);
 
 /* The config of a named layout: "tiny" (D 64, 2 layers, 4/2 heads of 16,
  * FFN 192, the full Llama-3 vocabulary 128256, llama3 rope scaling, tied
- * embeddings: about 8.3M parameters, nearly all embedding), "1b"
+ * embeddings: about 8.3M parameters, nearly all embedding), "50m" (D 384,
+ * 4 layers, 6/2 heads of 64, FFN 1024, tied: 55.5M, the benchmark's
+ * middle size), "1b"
  * (Llama-3.2-1B) or "8b" (Llama-3-8B). -1 with err for another name. */
 int llama_config_layout(const char *layout, LlamaConfig *cfg, TfError *err);
 
@@ -67,11 +69,11 @@ size_t llama_param_count(const LlamaConfig *cfg);
 
 /* What llama_init_checkpoint writes. Zero-initialise, then set. */
 typedef struct LlamaInitOptions {
-    const char *layout;     /* "tiny", "1b", "8b" */
+    const char *layout;     /* "tiny", "50m", "1b", "8b" */
     uint64_t seed;
     int weights;            /* 1 write weights, 0 config only, -1 (or 0-init + layout tiny) default:
-                               weights for tiny, config only for 1b and 8b */
-    TfDtype dtype;          /* F32, BF16 or F16; TF_DTYPE_COUNT = default (tiny F32, else BF16) */
+                               weights for tiny and 50m, config only for 1b and 8b */
+    TfDtype dtype;          /* F32, BF16 or F16; TF_DTYPE_COUNT = default (tiny, 50m F32, else BF16) */
     uint64_t shard_bytes;   /* shard past this many bytes of tensor data; 0 = 5 GB (HF's default) */
     int untied;             /* 1: force untied embeddings (writes lm_head.weight) */
     double std;             /* weights' standard deviation; 0 = 0.02 (HF's initializer_range) */
@@ -230,6 +232,13 @@ void fusion_batch_free(FusionBatch *b);
 /* Sets hi from modality: i+1 for text, the end of the run of image
  * positions for image positions (lo must be set). */
 void fusion_batch_fill_hi(FusionBatch *b);
+/* Writes a batch to a safetensors file (every array as F32 tensors:
+ * tokens, modality, lo, hi, targets (B,T); images (K,3) = row, start,
+ * timestep; x_t, eps (K, latent_numel)), for the PyTorch twin and to
+ * reproduce a step; fusion_batch_load reads one back (new batch). */
+int fusion_batch_save(const FusionBatch *b, const char *path, TfError *err);
+FusionBatch *fusion_batch_load(const char *path, TfError *err);
+
 /* Checks a batch against a model (shapes, ids < V, the image spans
  * agreeing with modality and images[], lo/hi as described). */
 int fusion_batch_check(const FusionModel *m, const FusionBatch *b, TfError *err);

@@ -153,35 +153,9 @@ static void perturb(FusionModel *m, float scale)
     free(h);
 }
 
-static int write_batch(const FusionBatch *b, const char *path, TfError *err)
+static size_t pred_numel(const FusionBatch *b)
 {
-    TfSafetensorsWriter *w = tf_safetensors_writer_new();
-    size_t N = (size_t)b->B * b->T;
-    float *f = malloc((N * 5 + (size_t)b->n_images * 3) * sizeof *f);
-    REQUIRE(w && f);
-    float *tok = f, *mod = f + N, *lo = f + 2 * N, *hi = f + 3 * N, *tg = f + 4 * N, *sl = f + 5 * N;
-    for (size_t n = 0; n < N; n++) {
-        tok[n] = (float)b->tokens[n], mod[n] = b->modality[n], lo[n] = (float)b->lo[n], hi[n] = (float)b->hi[n];
-        tg[n] = (float)b->targets[n];
-    }
-    for (int i = 0; i < b->n_images; i++) {
-        sl[3 * i] = (float)b->images[i].row, sl[3 * i + 1] = (float)b->images[i].start;
-        sl[3 * i + 2] = b->timestep[i];
-    }
-    const int64_t sh[2] = {b->B, b->T}, si[2] = {b->n_images, 3}, sx[2] = {b->n_images, (int64_t)b->latent_numel};
-    const size_t L = (size_t)b->n_images * b->latent_numel;
-    int rc = tf_safetensors_writer_add_f32(w, "tokens", TF_DTYPE_F32, 2, sh, tok, N, err) ||
-             tf_safetensors_writer_add_f32(w, "modality", TF_DTYPE_F32, 2, sh, mod, N, err) ||
-             tf_safetensors_writer_add_f32(w, "lo", TF_DTYPE_F32, 2, sh, lo, N, err) ||
-             tf_safetensors_writer_add_f32(w, "hi", TF_DTYPE_F32, 2, sh, hi, N, err) ||
-             tf_safetensors_writer_add_f32(w, "targets", TF_DTYPE_F32, 2, sh, tg, N, err) ||
-             tf_safetensors_writer_add_f32(w, "images", TF_DTYPE_F32, 2, si, sl, (size_t)b->n_images * 3, err) ||
-             tf_safetensors_writer_add_f32(w, "x_t", TF_DTYPE_F32, 2, sx, b->x_t, L, err) ||
-             tf_safetensors_writer_add_f32(w, "eps", TF_DTYPE_F32, 2, sx, b->eps, L, err) ||
-             tf_safetensors_writer_write(w, path, err);
-    tf_safetensors_writer_free(w);
-    free(f);
-    return rc ? -1 : 0;
+    return (size_t)b->n_images * b->latent_numel;
 }
 
 static int dump(const char *llama, const char *adapter, const char *out)
@@ -201,7 +175,17 @@ static int dump(const char *llama, const char *adapter, const char *out)
     snprintf(path, sizeof path, "%s/trainable.safetensors", out);
     REQUIRE(fusion_save_trainable(m, path, &err) == 0);
     snprintf(path, sizeof path, "%s/batch.safetensors", out);
-    REQUIRE(write_batch(b, path, &err) == 0);
+    REQUIRE(fusion_batch_save(b, path, &err) == 0);
+    /* the file reads back to the same batch */
+    FusionBatch *rb = fusion_batch_load(path, &err);
+    REQUIRE(rb && rb->B == b->B && rb->T == b->T && rb->n_images == b->n_images);
+    size_t N = (size_t)b->B * b->T;
+    CHECK(!memcmp(rb->tokens, b->tokens, N * 4) && !memcmp(rb->lo, b->lo, N * 4) && !memcmp(rb->hi, b->hi, N * 4) &&
+          !memcmp(rb->targets, b->targets, N * 4) && !memcmp(rb->modality, b->modality, N) &&
+          !memcmp(rb->x_t, b->x_t, pred_numel(b) * 4) && !memcmp(rb->eps, b->eps, pred_numel(b) * 4) &&
+          !memcmp(rb->images, b->images, (size_t)b->n_images * sizeof *b->images) &&
+          !memcmp(rb->timestep, b->timestep, (size_t)b->n_images * 4));
+    fusion_batch_free(rb);
     FusionLosses l;
     if (fusion_forward_backward(m, b, 1.0f, &l, &err) != 0) {
         fprintf(stderr, "forward_backward: %s\n", err.msg);
@@ -235,11 +219,6 @@ static int dump(const char *llama, const char *adapter, const char *out)
 }
 
 /* ---- checks ------------------------------------------------------------------------ */
-
-static size_t pred_numel(const FusionBatch *b)
-{
-    return (size_t)b->n_images * b->latent_numel;
-}
 
 static void check_mask(FusionModel *m, const FusionConfig *fc)
 {
@@ -471,7 +450,7 @@ static void check_configs(const char *llama)
 int main(int argc, char **argv)
 {
     if (argc == 5 && !strcmp(argv[1], "dump"))
-        return dump(argv[2], argv[3], argv[4]);
+        return dump(argv[2], argv[3], argv[4]) || test_main_end("test_trainer_model dump");
     if (argc != 4 || strcmp(argv[1], "check")) {
         fprintf(stderr, "usage: test_trainer_model check LLAMA_DIR TMPDIR | dump LLAMA_DIR unet|linear OUT_DIR\n");
         return 2;
