@@ -90,6 +90,8 @@ static int text_main(int argc, char **argv)
         goto out;
     if (ckpt && fusion_load_trainable(m, wpath, &err))
         goto out;
+    if (fc.train_text)
+        tf_log(TF_LOG_WARN, "eval", "%s trained the text path (train_text): its losses are not the checkpoint's", ckpt);
     ssize_t len;
     while ((len = getline(&line, &cap, stdin)) >= 0) {
         if (len > 0 && line[len - 1] == '\n')

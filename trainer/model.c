@@ -45,10 +45,10 @@ const char *fusion_adapter_name(FusionAdapter a)
 
 json_t *fusion_config_to_json(const FusionConfig *c)
 {
-    return json_pack("{s:s,s:[i,i,i],s:i,s:[i,i],s:i,s:i,s:i,s:I}", "adapter", fusion_adapter_name(c->adapter),
+    return json_pack("{s:s,s:[i,i,i],s:i,s:[i,i],s:i,s:i,s:i,s:I,s:b}", "adapter", fusion_adapter_name(c->adapter),
                      "latent", c->latent_c, c->latent_h, c->latent_w, "patch", c->patch, "unet_channels",
                      c->unet_ch[0], c->unet_ch[1], "unet_groups", c->unet_groups, "boi_id", c->boi_id, "eoi_id",
-                     c->eoi_id, "seed", (json_int_t)c->seed);
+                     c->eoi_id, "seed", (json_int_t)c->seed, "train_text", c->train_text);
 }
 
 int fusion_config_from_json(const json_t *j, FusionConfig *c, TfError *err)
@@ -63,6 +63,8 @@ int fusion_config_from_json(const json_t *j, FusionConfig *c, TfError *err)
                        "seed", &seed) != 0)
         return tf_fail(err, "fusion config: %s", je.text);
     c->seed = (uint64_t)seed;
+    const json_t *tt = json_object_get(j, "train_text");
+    c->train_text = tt && json_is_true(tt);
     return fusion_adapter_parse(ad, &c->adapter, err);
 }
 
@@ -149,7 +151,29 @@ static int build_table(FusionModel *m, TfError *err)
     const int64_t sp[2] = {2, D};
     if ((m->special = model_add_tensor(m, "model.embed_tokens_special.weight", 2, sp, 0, INIT_SPECIAL, err)) < 0)
         return -1;
-    return adapter_layout(m, err);
+    if (adapter_layout(m, err) != 0)
+        return -1;
+    m->norm_text = -1;
+    if (!m->fc.train_text)
+        return 0;
+    if (!(m->txt = calloc((size_t)c->layers * IL_COUNT, sizeof *m->txt)))
+        return tf_fail(err, "out of memory");
+    for (int l = 0; l < c->layers; l++)
+        for (int s = 0; s < IL_COUNT; s++) {
+            int64_t sh[2];
+            llama_layer_shape(c, s, sh, NULL);
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, LLAMA_LAYER_TENSORS[s]);
+            int nd = sh[1] ? 2 : 1;
+            int i = model_add_tensor(m, name, nd, sh, nd == 2, INIT_COPY, err);
+            if (i < 0)
+                return -1;
+            m->t[i].text = 1;
+            m->txt[l * IL_COUNT + s] = i;
+        }
+    if ((m->norm_text = model_add_tensor(m, "model.norm.weight", 1, &D, 0, INIT_COPY, err)) < 0)
+        return -1;
+    m->t[m->norm_text].text = 1;
+    return 0;
 }
 
 static void table_free(FusionModel *m)
@@ -159,6 +183,8 @@ static void table_free(FusionModel *m)
     free(m->t);
     free(m->init);
     free(m->img);
+    free(m->txt);
+    m->txt = NULL;
     m->t = NULL;
     m->init = NULL;
     m->img = NULL;
@@ -179,6 +205,8 @@ int fusion_count(const LlamaConfig *lc, const FusionConfig *fc, FusionCounts *ou
         size_t n = m.t[i].numel;
         if ((int)i == m.special)
             out->special += n;
+        else if (m.t[i].text)
+            out->text += n;
         else if ((int)i <= m.norm_image)
             out->image_layers += n;
         else
@@ -312,6 +340,24 @@ static int init_params(FusionModel *m, TfError *err)
     const FusionTensor *ni = &m->t[m->norm_image];
     if (tf_convert(k, ni->param, TF_DTYPE_F32, m->norm, ni->numel, err) != 0)
         return -1;
+    if (m->txt) {
+        /* the trainable text copy starts as the checkpoint and replaces the
+         * frozen views the forward reads */
+        for (int l = 0; l < c->layers; l++) {
+            TextLayer *L = &m->text[l];
+            TfBuf *slot[IL_COUNT] = {&L->ln1, &L->q, &L->k, &L->v, &L->o, &L->ln2, &L->gate, &L->up, &L->down};
+            for (int s = 0; s < IL_COUNT; s++) {
+                const FusionTensor *t = &m->t[m->txt[l * IL_COUNT + s]];
+                if (tf_convert(k, t->param, TF_DTYPE_F32, *slot[s], t->numel, err) != 0)
+                    return -1;
+                *slot[s] = tf_buf_f32(t->param);
+            }
+        }
+        const FusionTensor *nt = &m->t[m->norm_text];
+        if (tf_convert(k, nt->param, TF_DTYPE_F32, m->norm, nt->numel, err) != 0)
+            return -1;
+        m->norm = tf_buf_f32(nt->param);
+    }
     const size_t D = (size_t)c->hidden;
     const int ids[2] = {m->fc.boi_id, m->fc.eoi_id};
     for (int r = 0; r < 2; r++) {

@@ -71,6 +71,8 @@ struct FusionModel {
     size_t nparams;
     int *img; /* layers x IL_COUNT */
     int norm_image, special;
+    int *txt;      /* with train_text: layers x IL_COUNT indices of the trainable text copy, else NULL */
+    int norm_text; /* with train_text: model.norm.weight's index, else -1 */
     AdapterIdx ad;
     /* run state */
     float *rope_cos, *rope_sin; /* (P_rope, HD/2) */

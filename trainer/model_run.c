@@ -52,9 +52,10 @@ static ModW mod_weights(FusionModel *m, int l, int md)
         const TextLayer *t = &m->text[l];
         w.ln1 = t->ln1, w.q = t->q, w.k = t->k, w.v = t->v, w.o = t->o;
         w.ln2 = t->ln2, w.gate = t->gate, w.up = t->up, w.down = t->down;
-        return w;
+        if (!m->txt)
+            return w; /* frozen: no gradients */
     }
-    const int *ix = m->img + l * IL_COUNT;
+    const int *ix = (md == FUSION_TEXT ? m->txt : m->img) + l * IL_COUNT;
 #define S(f, g, i) (w.f = tf_buf_f32(TP(m, ix[i])), w.g = TG(m, ix[i]))
     S(ln1, gln1, IL_LN1), S(q, gq, IL_Q), S(k, gk, IL_K), S(v, gv, IL_V), S(o, go, IL_O);
     S(ln2, gln2, IL_LN2), S(gate, ggate, IL_GATE), S(up, gup, IL_UP), S(down, gdown, IL_DOWN);
@@ -373,7 +374,7 @@ static int backward(FusionModel *m, Run *r, float *dft, float *dpred, TfError *e
     if (r->K > 0 && (!(dfn[1] = A((size_t)r->n[1] * D)) || adapter_out_backward(m, r->aa, dpred, dfn[1], err)))
         return -1;
     const TfBuf fnorm[2] = {m->norm, tf_buf_f32(TP(m, m->norm_image))};
-    float *gnorm[2] = {NULL, TG(m, m->norm_image)};
+    float *gnorm[2] = {m->norm_text >= 0 ? TG(m, m->norm_text) : NULL, TG(m, m->norm_image)};
     for (int md = 0; md < 2; md++) {
         const int n = r->n[md];
         if (n == 0)

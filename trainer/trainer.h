@@ -106,6 +106,11 @@ typedef struct FusionConfig {
     int unet_groups;
     int boi_id, eoi_id;      /* default 128002, 128003 (Llama-3 reserved special tokens 0 and 1) */
     uint64_t seed;           /* adapter initialisation (default 0) */
+    /* 1: the text copy of every layer and model.norm are trainable too
+     * (fp32 tensors under their Llama names, FusionTensor.text = 1), so a
+     * non-zero text learning rate can move them; the text path is then no
+     * longer frozen. The embedding and the LM head stay frozen. Default 0. */
+    int train_text;
 } FusionConfig;
 
 void fusion_config_default(FusionConfig *cfg);
@@ -147,6 +152,10 @@ const FusionConfig *fusion_config(const FusionModel *m);
  *   model.embed_tokens_special.weight   (2, D): the rows of BOI, EOI
  *   time_embed.linear_{1,2}.{weight,bias}
  *   image_in.*, image_out.*             the adapters (TRAINER.md lists them)
+ * and with train_text the text copy under the Llama names:
+ *   model.layers.N.{input_layernorm,post_attention_layernorm}.weight,
+ *   model.layers.N.self_attn.{q,k,v,o}_proj.weight,
+ *   model.layers.N.mlp.{gate,up,down}_proj.weight, model.norm.weight
  */
 typedef struct FusionTensor {
     const char *name;
@@ -157,6 +166,7 @@ typedef struct FusionTensor {
     float *param;       /* = params + offset */
     float *grad;        /* = grads + offset */
     int decay;          /* 1: weight decay applies (matrices, conv kernels); 0: norms, biases, special rows */
+    int text;           /* 1: a text-path tensor (only with train_text; the text learning-rate group) */
 } FusionTensor;
 
 size_t fusion_param_count(const FusionModel *m);     /* trainable floats */

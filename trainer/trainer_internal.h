@@ -35,7 +35,7 @@ json_t *llama_config_to_json(const LlamaConfig *c);
  * weights read): image copies of the layers (and the image final norm),
  * adapters with the time embedding, the BOI/EOI rows, and the total. */
 typedef struct FusionCounts {
-    size_t image_layers, adapters, special, trainable;
+    size_t image_layers, adapters, special, text, trainable; /* text: with train_text */
 } FusionCounts;
 int fusion_count(const LlamaConfig *lc, const FusionConfig *fc, FusionCounts *out, TfError *err);
 

@@ -91,6 +91,10 @@ class Twin:
         self.L = c["num_hidden_layers"]
         self.tied = c.get("tie_word_embeddings", False)
 
+    def tw(self, name):
+        """A text weight: the trainable copy when the model trains the text path, else the checkpoint's."""
+        return self.p[name] if name in self.p else self.text[name]
+
     # ---- pieces ----
     def rms(self, x, w):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
@@ -205,7 +209,7 @@ class Twin:
 
         def both(name_t, name_i, h, fn):
             """Each modality's rows through its own weights (rows gathered, as the C model does)."""
-            yt = fn(h[tidx], self.text[name_t])
+            yt = fn(h[tidx], self.tw(name_t))
             yi = fn(h[iidx], self.p[name_i])
             out = torch.zeros(N, yt.shape[1], dtype=self.dt)
             return out.index_put((tidx,), yt).index_put((iidx,), yi)
@@ -233,7 +237,7 @@ class Twin:
             u = both(pt + "mlp.up_proj.weight", pi + "mlp.up_proj_image.weight", h, lin)
             m = F.silu(g) * u
             x = x + both(pt + "mlp.down_proj.weight", pi + "mlp.down_proj_image.weight", m, lin)
-        ht = self.rms(x, self.text["model.norm.weight"])
+        ht = self.rms(x, self.tw("model.norm.weight"))
         hi_ = self.rms(x, self.p["model.norm_image.weight"])
         keep = tgt >= 0
         logits = ht[keep] @ head.t()

@@ -4,7 +4,7 @@
  *       the mask (by perturbing inputs), text-only logits bit-identical
  *       after any change of the image weights, save/load of the trainable
  *       tensors, forward == forward_backward losses, batch refusals;
- *   test_trainer_model dump LLAMA_DIR unet|linear OUT_DIR
+ *   test_trainer_model dump LLAMA_DIR unet|linear OUT_DIR [train_text]
  *       writes OUT_DIR/{trainable,batch,result}.safetensors for the PyTorch
  *       twin (test_trainer_twin.py): perturbed trainable weights, a batch
  *       of two rows (two documents, padding, three images, one image
@@ -158,13 +158,14 @@ static size_t pred_numel(const FusionBatch *b)
     return (size_t)b->n_images * b->latent_numel;
 }
 
-static int dump(const char *llama, const char *adapter, const char *out)
+static int dump(const char *llama, const char *adapter, const char *out, int train_text)
 {
     TfError err = {{0}};
     FusionConfig fc;
     FusionAdapter ad;
     REQUIRE(fusion_adapter_parse(adapter, &ad, &err) == 0);
     small_config(&fc, ad);
+    fc.train_text = train_text;
     TfKernels *k = tf_kernels_new(TF_BACKEND_CPU, 2, &err);
     REQUIRE(k);
     FusionModel *m = load(k, llama, &fc);
@@ -449,10 +450,10 @@ static void check_configs(const char *llama)
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && !strcmp(argv[1], "dump"))
-        return dump(argv[2], argv[3], argv[4]) || test_main_end("test_trainer_model dump");
+    if ((argc == 5 || (argc == 6 && !strcmp(argv[5], "train_text"))) && !strcmp(argv[1], "dump"))
+        return dump(argv[2], argv[3], argv[4], argc == 6) || test_main_end("test_trainer_model dump");
     if (argc != 4 || strcmp(argv[1], "check")) {
-        fprintf(stderr, "usage: test_trainer_model check LLAMA_DIR TMPDIR | dump LLAMA_DIR unet|linear OUT_DIR\n");
+        fprintf(stderr, "usage: test_trainer_model check LLAMA_DIR TMPDIR | dump LLAMA_DIR unet|linear OUT_DIR [train_text]\n");
         return 2;
     }
     TfError err = {{0}};
@@ -469,6 +470,31 @@ int main(int argc, char **argv)
         check_text_frozen(m, argv[3]);
         fusion_model_free(m);
     }
+    /* train_text: the text copy is trainable (and so no longer frozen) */
+    FusionConfig fc;
+    small_config(&fc, FUSION_ADAPTER_LINEAR);
+    FusionModel *m0 = load(k, argv[2], &fc);
+    fc.train_text = 1;
+    FusionModel *m1 = load(k, argv[2], &fc);
+    size_t ntext = 0;
+    for (size_t i = 0; i < fusion_tensor_count(m0); i++)
+        CHECK(!fusion_tensor_at(m0, i)->text);
+    for (size_t i = 0; i < fusion_tensor_count(m1); i++)
+        ntext += fusion_tensor_at(m1, i)->text;
+    CHECK(ntext == 2 * 9 + 1 && fusion_tensor_find(m1, "model.layers.1.mlp.down_proj.weight")->text);
+    const int V = fusion_llama_config(m0)->vocab;
+    int32_t toks[6] = {BOS, 5, 77, 1000, 3, 9};
+    float *a = malloc(6 * (size_t)V * sizeof *a), *b = malloc(6 * (size_t)V * sizeof *b);
+    REQUIRE(a && b);
+    REQUIRE(fusion_text_logits(m0, toks, 6, a, &err) == 0 && fusion_text_logits(m1, toks, 6, b, &err) == 0);
+    CHECK(memcmp(a, b, 6 * (size_t)V * sizeof *a) == 0); /* the same start */
+    perturb(m1, 0.05f);
+    REQUIRE(fusion_text_logits(m1, toks, 6, b, &err) == 0);
+    CHECK(memcmp(a, b, 6 * (size_t)V * sizeof *a) != 0); /* and then it moves */
+    free(a);
+    free(b);
+    fusion_model_free(m0);
+    fusion_model_free(m1);
     tf_kernels_free(k);
     return test_main_end("test_trainer_model");
 }

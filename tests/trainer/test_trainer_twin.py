@@ -10,7 +10,9 @@ losses within 1e-5 relative, every trainable gradient within 1e-4 relative
 
 Cases: tied f32 checkpoint with the U-Net adapter; the same with the linear
 adapter; an untied bf16 checkpoint sharded into several files (the twin
-reads the index and checks it covers every shard) with the U-Net adapter.
+reads the index and checks it covers every shard) with the U-Net adapter;
+an untied f32 checkpoint with the linear adapter and the text path trained
+too (train_text: the text copy's gradients checked as well).
 """
 import json
 import os
@@ -48,8 +50,11 @@ def main():
         ("tied_unet", ["--seed", "3"], "unet"),
         ("tied_linear", ["--seed", "4"], "linear"),
         ("untied_sharded_bf16_unet", ["--seed", "5", "--untied", "--dtype", "bf16", "--shard-size", "10M"], "unet"),
+        ("train_text_linear", ["--seed", "6", "--untied"], "linear+text"),
     ]
     for name, init_args, adapter in cases:
+        extra = ["train_text"] if adapter.endswith("+text") else []
+        adapter = adapter.split("+")[0]
         llama = os.path.join(work, name, "llama")
         out = os.path.join(work, name, "dump")
         run([transfuse, "llama", "init", "--layout", "tiny", "--init-std", "0.25", "--out", llama] + init_args)
@@ -73,7 +78,7 @@ def main():
         n_expect = 1 + 2 * 9 + 1 + (1 if "--untied" in init_args else 0)
         c.check(len(tensors) == n_expect, f"{name}: {len(tensors)} tensors, expected {n_expect}")
 
-        r = run([dumper, "dump", llama, adapter, out])
+        r = run([dumper, "dump", llama, adapter, out] + extra)
         print(f"{name}: C {r.stderr.strip()}")
         twin = Twin(llama, os.path.join(out, "trainable.safetensors"))
         batch, _ = st_read(os.path.join(out, "batch.safetensors"))
@@ -89,6 +94,8 @@ def main():
         worst = (0.0, "")
         names = [k for k in res if k.startswith("grad.")]
         c.check(len(names) == len(twin.p), f"{name}: {len(names)} gradients for {len(twin.p)} tensors")
+        n_text = sum(1 for k in twin.p if "_image" not in k and k.startswith("model.") and "special" not in k)
+        c.check(n_text == (2 * 9 + 1 if extra else 0), f"{name}: {n_text} trainable text tensors")
         for k in names:
             p = k[len("grad."):]
             g_c = res[k].double()
