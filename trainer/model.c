@@ -720,9 +720,13 @@ int fusion_batch_check(const FusionModel *m, const FusionBatch *b, TfError *err)
         if (g < prev_end)
             return tf_fail(err, "batch: image %d overlaps or precedes image %d", i, i - 1);
         prev_end = g + P;
-        for (int p = 0; p < P; p++)
+        for (int p = 0; p < P; p++) {
             if (b->modality[g + p] != FUSION_IMAGE)
                 return tf_fail(err, "batch: image %d's position %d is not marked image", i, s->start + p);
+            if (b->hi[g + p] != s->start + P)
+                return tf_fail(err, "batch: mask bound hi %d at image %d's position %d is not the end of its span %d",
+                               b->hi[g + p], i, s->start + p, s->start + P);
+        }
         if (!(b->timestep[i] >= 0.0f && b->timestep[i] < 1000.0f))
             return tf_fail(err, "batch: image %d has timestep %g outside [0, 1000)", i, b->timestep[i]);
     }
@@ -738,6 +742,8 @@ int fusion_batch_check(const FusionModel *m, const FusionBatch *b, TfError *err)
         if (b->targets[n] >= m->lc.vocab || (b->targets[n] >= 0 && b->modality[n] != FUSION_TEXT))
             return tf_fail(err, "batch: target %d at position %zu (targets are text ids at text positions)",
                            b->targets[n], n);
+        if (b->modality[n] == FUSION_TEXT && b->hi[n] != i + 1)
+            return tf_fail(err, "batch: mask bound hi %d at text position %zu is not causal (%d)", b->hi[n], n, i + 1);
         if (b->lo[n] < 0 || b->lo[n] > i || b->hi[n] <= i || b->hi[n] > b->T ||
             (i > 0 && b->hi[n] < b->hi[n - 1]))
             return tf_fail(err, "batch: mask bounds [%d, %d) at row %zu position %d are invalid", b->lo[n],

@@ -249,8 +249,10 @@ void fusion_batch_fill_hi(FusionBatch *b);
 int fusion_batch_save(const FusionBatch *b, const char *path, TfError *err);
 FusionBatch *fusion_batch_load(const char *path, TfError *err);
 
-/* Checks a batch against a model (shapes, ids < V, the image spans
- * agreeing with modality and images[], lo/hi as described). */
+/* Checks a batch against a model: shapes, ids < V, the image spans
+ * agreeing with modality and images[], targets only at text positions,
+ * 0 <= lo <= i, and exactly the Transfusion mask's hi (i+1 for text, the
+ * end of its image's span for an image position). The forward calls it. */
 int fusion_batch_check(const FusionModel *m, const FusionBatch *b, TfError *err);
 
 /* ---- forward and backward ------------------------------------------------------- */
