@@ -12,8 +12,8 @@
  *     trainable BOI/EOI embedding rows; forward and backward of
  *     L = L_LM + 5 L_diffusion over a FusionBatch;
  *   - `transfuse eval text`: per-line mean next-token loss of the text path;
- *   - (the run helper's part: data, optimizer, checkpoints, `transfuse
- *     train`, declared at the end of this header.)
+ *   - data, optimizer, checkpoints and `transfuse train` (trainer/data.c,
+ *     optim.c, checkpoint.c, train.c) build on the model API below.
  *
  * docs/TRAINER.md has the long form: tensor names, adapters, the mask,
  * and the choices where ../shared/reference/MODEL.md leaves one open.
