@@ -569,4 +569,76 @@ int ingest_encode_main(int argc, char **argv);
 
 /* ---- end of the stage API ---- */
 
+/* ---- distributed ingest: jobs for `ingest plan` and `ingest worker` ----
+ *
+ * A job is a transfuse.v1.Job (proto/transfuse.proto): one slice of one
+ * manifest, [start, end) in bytes of its (decompressed) text, with the
+ * line number at start, the manifest's identity (size and mtime as
+ * planned, and the name mixed into derived keys) and the digest of the
+ * stage options the plan was made for. On Kafka: key = job id, value =
+ * the packed message; in files: one JSON object per line (the proto JSON
+ * form of shard_message_to_json). Compressed manifests (gzip, zstd) are
+ * planned by offsets of the decompressed text: a worker decompresses from
+ * byte 0 and skips to its slice (bounded memory, CPU proportional to the
+ * offset), so split big compressed manifests into files, or plan large
+ * jobs. */
+
+typedef Transfuse__V1__Job IngestJob;
+
+#define INGEST_DIGEST_HEX 16
+
+/* The packed message (malloc'd, *len set), or NULL when out of memory. */
+uint8_t *ingest_job_encode(const IngestJob *j, size_t *len);
+/* Unpacks and checks (ingest_job_check). Returns a job to free with
+ * ingest_job_free, or NULL with err filled. */
+IngestJob *ingest_job_decode(const uint8_t *data, size_t len, TfError *err);
+void ingest_job_free(IngestJob *j);
+/* The JSON form (new reference) and its inverse (checked; free with ingest_job_free). */
+json_t *ingest_job_to_json(const IngestJob *j);
+IngestJob *ingest_job_from_json(const json_t *obj, TfError *err);
+
+/* 1 when s is a usable job name ([A-Za-z0-9._-]+, at most 200 bytes). */
+int ingest_job_name_ok(const char *s);
+/* Returns 0 when the job is well-formed (name, manifest, range, first
+ * line), else -1 with err saying what is wrong. */
+int ingest_job_check(const IngestJob *j, TfError *err);
+/* Returns 0 when the manifest the job names is the file that was planned
+ * (same size and mtime), else -1 with err saying to plan again. */
+int ingest_job_check_file(const IngestJob *j, TfError *err);
+
+/* The digest (INGEST_DIGEST_HEX hex digits) of the stage-1 options that
+ * change the records: columns, crop size and format, PNG level, BOS. */
+void ingest_options_digest(const IngestColumns *cols, int crop_size, int crop_format, int png_level, int bos,
+                           char out[INGEST_DIGEST_HEX + 1]);
+
+/* The job-name stem of a manifest (its file name, other characters as
+ * '_') and its identity (the file name as is, as `ingest run` uses it). */
+void ingest_job_name_base(const char *manifest, char *out, size_t cap);
+void ingest_manifest_identity(const char *manifest, char *out, size_t cap);
+
+typedef struct IngestPlanOptions {
+    const char *const *manifests;     /* paths read by the planner */
+    const char *const *manifest_uris; /* what workers open instead (NULL entries: the path), or NULL */
+    size_t n_manifests;
+    ManifestFormat format;            /* MANIFEST_AUTO: from each name */
+    IngestColumns columns;
+    uint64_t job_rows;                /* rows per job (bad rows count), >= 1 */
+    const char *options_digest;       /* ingest_options_digest, or NULL */
+} IngestPlanOptions;
+
+typedef struct IngestPlanStats {
+    uint64_t jobs, rows, bad_rows, bytes; /* bytes: read from the files (compressed bytes) */
+} IngestPlanStats;
+
+/* Streams every manifest once and calls emit for each job in order (ids
+ * NAME.NNNNNN); the job passed lives only during the call. Returns 0, or
+ * -1 with err filled (an unreadable manifest, or emit's error). */
+int ingest_plan(const IngestPlanOptions *opts, int (*emit)(void *ctx, const IngestJob *job, TfError *err), void *ctx,
+                IngestPlanStats *stats, TfError *err);
+
+/* `transfuse ingest plan`. */
+int ingest_plan_main(int argc, char **argv);
+
+/* ---- end of distributed ingest ---- */
+
 #endif
