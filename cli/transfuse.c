@@ -19,6 +19,8 @@ static int ingest_entry(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "fetch"))
         return ingest_fetch_main(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "plan"))
+        return ingest_plan_main(argc - 1, argv + 1);
     return ingest_main(argc, argv);
 }
 

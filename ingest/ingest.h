@@ -24,6 +24,7 @@
 
 #include "core.h"
 #include "preprocess.h"
+#include "shards.h"
 
 /* ---- manifests ---- */
 
@@ -35,6 +36,9 @@ typedef struct IngestRow {
     char **extra_values;
     size_t n_extra;
     uint64_t line;          /* 1-based line of the manifest */
+    uint64_t offset;        /* byte offset of the row in the manifest's (decompressed) text */
+    unsigned char sha256[32]; /* expected SHA-256 of the image bytes (hash column), when has_sha256 */
+    int has_sha256;
 } IngestRow;
 
 typedef struct IngestManifest {
@@ -51,6 +55,9 @@ typedef struct IngestColumns {
                                own key (the same image with two captions gives two
                                samples) and the same manifest gives the same keys on
                                every run */
+    const char *hash;       /* NULL: none; else a column of SHA-256 hex digests of the
+                               image bytes: a download that differs is hash_mismatch
+                               (an empty value: not checked) */
 } IngestColumns;
 
 #define INGEST_KEY_HEX 24
@@ -315,5 +322,323 @@ int fetch_sha256_from_hex(const char *hex, unsigned char out[32]);
 int ingest_fetch_main(int argc, char **argv);
 
 /* ---- end of fetching ---- */
+
+/* ---- the stage API (issue 10): manifest slices -> crops -> latents ----
+ *
+ * Ingest from the web runs in two stages joined by records:
+ *   stage 1, ingest_stage_fetch: one job = one slice of one manifest. Rows
+ *     are read by a streaming ManifestReader, fetched (the fetcher above),
+ *     decoded and center-cropped, their captions tokenized; every row ends
+ *     as exactly one success (a Sample with key, caption, tokens, the crop
+ *     in Sample.image, provenance and extra; no latents) or one classified
+ *     failure (reason = the fetcher's label, "http_404", "timeout", ...,
+ *     or the image decoder's class, "corrupt", "too_small", ..., or
+ *     "tokenize", "bad_row", "duplicate_key").
+ *   stage 2, ingest_stage_encode: Samples read through the record source
+ *     (a crops folder, some of its shards, or a topic), the crop encoded by
+ *     the VAE to latent mean and log-variance, the crop kept or dropped,
+ *     the final record written.
+ * Both write through an IngestSink: a dataset folder and/or a Kafka topic.
+ *
+ * Durability, the contract `ingest worker` builds on: a stage call returns
+ * 0 only after everything it wrote is durable (its shards fsynced, renamed
+ * and in the folder's manifest; every Kafka delivery report successful),
+ * and only then writes its stats file (atomically). So "the stats file of
+ * JOB exists" == "JOB is done"; commit a job's offset after the call
+ * returned 0. Redoing a job (after a crash, a rebalance, or a rerun) never
+ * duplicates a record: rows whose key is already in the sink's folder or
+ * topic are skipped (ShardKeySet, IngestStageCommon.done), and a shard
+ * interrupted by a kill was never published. Two workers running the SAME
+ * job at the same moment can both write it: the consumer group must not
+ * hand one job to two live workers (it does not, short of a session
+ * timeout). */
+
+/* -- streaming manifest reader -- */
+
+typedef enum ManifestFormat {
+    MANIFEST_AUTO = 0,       /* from the name (.tsv/.txt, .csv, .jsonl/.json, each optionally
+                                .gz/.zst); compression is always told by the magic bytes */
+    MANIFEST_TSV,
+    MANIFEST_CSV,            /* RFC 4180 quoting; quoted fields may hold newlines */
+    MANIFEST_JSONL,
+} ManifestFormat;
+
+typedef struct ManifestReaderOptions {
+    const char *path;
+    ManifestFormat format;
+    IngestColumns columns;   /* image/url, caption, key, hash column names */
+    /* The slice [start, end) in bytes of the DECOMPRESSED text: the rows
+     * whose first byte lies in it (start 0 = the beginning, header
+     * included; end 0 = to the end). `start` must be the offset of a row
+     * (IngestRow.offset as a reader gave it, or 0): the planner cuts
+     * jobs at row offsets it read, never at arbitrary bytes. */
+    uint64_t start, end;
+    /* The 1-based line number at `start` (IngestRow.line of that row).
+     * 0: the reader counts it by reading [0, start). A plain file with
+     * first_line given is read from `start` directly (seek); a compressed
+     * one is always decompressed from the beginning (gzip and zstd streams
+     * cannot seek), in bounded memory. */
+    uint64_t first_line;
+    /* Mixed into derived keys (no key column): keys are a function of
+     * (identity, line, image, caption). NULL or "": none, the keys of
+     * `transfuse ingest` (local files). `ingest run` uses the manifest's
+     * file name, so two manifests never share a key by accident. */
+    const char *identity;
+    int resolve_relative;    /* 1: relative image paths are taken relative to the
+                                manifest's folder (local files) */
+} ManifestReaderOptions;
+
+typedef struct ManifestReader ManifestReader;
+
+/* Opens the manifest (reads the header of TSV/CSV, positions at start).
+ * Returns NULL with err naming the file: unreadable, unknown format, a
+ * header without the image or caption column. */
+ManifestReader *manifest_reader_open(const ManifestReaderOptions *opts, TfError *err);
+
+/* What manifest_reader_next returns besides -1 (err filled: a read or
+ * decompression error; the reader cannot go on). */
+#define MANIFEST_END 0
+#define MANIFEST_ROW 1       /* *row filled (the reader owns its strings until the next call) */
+#define MANIFEST_BAD_ROW 2   /* a row that cannot be used (wrong field count, not a JSON
+                                object, no image value...): row->line, row->offset filled,
+                                row->image may be NULL; `why` (of size cap) says what.
+                                Counts as one failure of reason "bad_row"; reading goes on */
+
+/* The next row of the slice. */
+int manifest_reader_next(ManifestReader *r, IngestRow *row, char *why, size_t cap, TfError *err);
+
+/* Byte offset (decompressed) and 1-based line of the next row: what a
+ * planner records as a job's start and first_line after reading N rows. */
+uint64_t manifest_reader_offset(const ManifestReader *r);
+uint64_t manifest_reader_line(const ManifestReader *r);
+/* Bytes read from the file so far (compressed bytes for .gz/.zst). */
+uint64_t manifest_reader_file_bytes(const ManifestReader *r);
+void manifest_reader_free(ManifestReader *r);
+
+/* -- sinks -- */
+
+typedef struct IngestSink {
+    const char *out;              /* dataset folder, or NULL */
+    const char *to;               /* kafka://HOST:PORT/TOPIC (existing topic), or NULL;
+                                     at least one of the two */
+    const char *const *kafka_config; /* extra librdkafka "key=value", NULL-terminated, or NULL */
+    const char *flow_group;       /* KafkaSinkOptions.flow_group (the mock broker), or NULL */
+    uint64_t shard_records;       /* default 100000 */
+    uint64_t shard_bytes;         /* default 256 MiB */
+    int no_fsync;                 /* tests only */
+} IngestSink;
+
+/* -- per-job stats --
+ *
+ * Written as STATS_DIR/JOB.STAGE.json (STAGE "fetch" or "encode"; STATS_DIR
+ * = IngestStageCommon.stats_dir, default OUT/ingest-jobs) once the job's
+ * output is durable:
+ *   {"job", "stage", "manifest", "start", "end", "attempted", "succeeded",
+ *    "skipped" (key already there), "failed", "failures": {REASON: N},
+ *    "bytes" (image bytes fetched), "seconds", "fetch_seconds": {"p50","p99"},
+ *    "rows_per_second", "stopped"}
+ * and for stage 1 beside it STATS_DIR/JOB.failures.jsonl, one line per
+ * failed row {"line","offset","key","url","reason","transient","why"}:
+ * the rows --retry-failed redoes. A stopped job writes no stats file (it
+ * is not done; a rerun resumes it). */
+
+typedef struct IngestJobStats {
+    uint64_t attempted;           /* rows that reached an outcome in this call */
+    uint64_t succeeded, skipped, failed;
+    json_t *failures;             /* {reason: count} (owned; ingest_job_stats_deinit) */
+    uint64_t bytes;               /* image bytes fetched (stage 1) or crop bytes read (stage 2) */
+    double seconds;
+    double fetch_p50_s, fetch_p99_s; /* stage 1: submit to outcome */
+    int stopped;                  /* the stop flag ended the job early: not done */
+} IngestJobStats;
+
+void ingest_job_stats_deinit(IngestJobStats *st);
+
+/* Reads STATS_DIR/JOB.STAGE.json: 1 with *out filled (the JSON; new
+ * reference) when the job is done, 0 when it is not, -1 on a damaged file. */
+int ingest_job_done(const char *stats_dir, const char *job, const char *stage, json_t **out, TfError *err);
+
+/* -- progress and metrics shared by the stages (NULL members: none) -- */
+
+/* Live counters several stage calls (threads of one process) add to, read
+ * by a progress line. The stages also update the process metrics
+ * (transfuse_ingest_*, transfuse_encode_*) themselves. Thread-safe. */
+typedef struct IngestProgress IngestProgress;
+
+typedef struct IngestProgressSnapshot {
+    uint64_t rows, ok, failed, skipped; /* rows at an outcome, by outcome */
+    uint64_t bytes;                     /* image bytes fetched */
+    uint64_t encoded;                   /* crops encoded (stage 2) */
+    int64_t in_flight;                  /* rows taken in without an outcome yet */
+    int64_t fetch_queue, crop_queue, encode_queue; /* items waiting, by queue */
+    uint64_t planned;                   /* rows planned (when known) */
+} IngestProgressSnapshot;
+
+IngestProgress *ingest_progress_new(void);   /* NULL when out of memory */
+void ingest_progress_free(IngestProgress *p);
+void ingest_progress_read(const IngestProgress *p, IngestProgressSnapshot *out);
+void ingest_progress_plan(IngestProgress *p, uint64_t rows); /* adds to `planned` */
+
+/* What both stages take besides their own options. */
+typedef struct IngestStageCommon {
+    const char *job;              /* job name: [A-Za-z0-9._-]+, unique per slice (e.g.
+                                     "laion-part3.000042"); names the stats files and is the
+                                     prefix of the job's shard files */
+    IngestSink sink;
+    const char *stats_dir;        /* default OUT/ingest-jobs (needed when only `to` is set) */
+    const ShardKeySet *done;      /* keys already in the output (skipped), or NULL: read from
+                                     the sink (folder and topic) at the start of the call */
+    int threads;                  /* worker threads (decode/tokenize, or VAE kernels); 0: all CPUs */
+    const TfStopFlag *stop;       /* finish nothing new: the call returns 0 with stats.stopped */
+    IngestProgress *progress;     /* shared live counters, or NULL */
+} IngestStageCommon;
+
+/* -- stage 1 -- */
+
+typedef enum IngestCropFormat {
+    INGEST_CROP_RAW = 0,          /* Sample.image.format "rgb8": size*size*3 bytes, HWC (default:
+                                     see docs/INGEST.md "crop format" for the measurement) */
+    INGEST_CROP_PNG,              /* "png", zlib level crop_png_level (default 1) */
+} IngestCropFormat;
+
+typedef struct IngestFetchOptions {
+    IngestStageCommon common;
+    ManifestReaderOptions manifest;  /* the job's slice */
+    const Tokenizer *tokenizer;      /* loaded once by the caller, shared */
+    unsigned tokenizer_flags;        /* TOKENIZER_ADD_BOS, ... */
+    FetchOptions fetch;              /* fetch_options_init, then change; fetch.stop is set from
+                                        common.stop when NULL */
+    ImageCropOptions crop;           /* image_crop_options_init */
+    IngestCropFormat crop_format;
+    int crop_png_level;
+    /* --retry-failed: only the rows of this set of lines are attempted
+     * (NULL: every row of the slice). The caller builds it from the job's
+     * failures file (ingest_retry_lines). */
+    const ShardKeySet *only_lines;   /* keys: decimal line numbers */
+    size_t max_rows_in_flight;       /* default 4 x fetch.concurrency */
+} IngestFetchOptions;
+
+/* Fills defaults (fetch and crop defaults included). */
+void ingest_fetch_options_init(IngestFetchOptions *o);
+
+/* Runs stage 1 for one job. Returns 0 when the job ran (per-row outcomes
+ * in *stats; the output durable and the stats files written unless
+ * stats->stopped), -1 with err on what stops the job (sink unusable, write
+ * or delivery failure, manifest unreadable): then nothing of it counts as
+ * done, and a redo is safe. */
+int ingest_stage_fetch(const IngestFetchOptions *opts, IngestJobStats *stats, TfError *err);
+
+/* Reads STATS_DIR/JOB.failures.jsonl into `lines` (keys: decimal line
+ * numbers) for the rows to redo: transient failures only, or every
+ * failure with all = 1. Returns the number added, or -1 with err. */
+long ingest_retry_lines(const char *stats_dir, const char *job, int all, ShardKeySet *lines, TfError *err);
+
+/* -- stage 2 -- */
+
+typedef struct IngestEncodeOptions {
+    IngestStageCommon common;
+    const char *from;                /* crops: dataset folder, shard file or kafka://HOST:PORT/TOPIC */
+    const char *from_prefix;         /* folders: only shards whose name starts with this (a stage-1
+                                        job's shards: its job name followed by '-'), or NULL: all */
+    const KafkaSourceOptions *kafka; /* topics: consumer settings (group, partitions, until), or NULL:
+                                        read to the high watermarks seen at the start */
+    Vae *vae;                        /* loaded once by the caller (VAE_LOAD_ENCODER) */
+    TfKernels *kernels;              /* the caller's, sized by common.threads */
+    const char *tokenizer_id;        /* ShardFacts of the output (from the crops' facts when NULL) */
+    int batch;                       /* VAE batch, default 8 */
+    const char *latent_dtype;        /* "bf16" (default), "f16", "f32" */
+    int keep_crop;                   /* 1: keep Sample.image in the final record (default 0) */
+} IngestEncodeOptions;
+
+void ingest_encode_options_init(IngestEncodeOptions *o);
+
+/* Runs stage 2 over its input. Same return contract as ingest_stage_fetch;
+ * a crop that cannot be used (missing, wrong size or format) is one
+ * failure of reason "bad_crop". */
+int ingest_stage_encode(const IngestEncodeOptions *opts, IngestJobStats *stats, TfError *err);
+
+/* The Sample.image of a stage-1 record as (size,size,3) u8 RGB into rgb
+ * (size*size*3 bytes): "rgb8" copied, "png" decoded. Returns 0, or -1 with
+ * err when the image is absent or not of that size. Thread-safe. */
+int ingest_crop_pixels(const Sample *s, int size, uint8_t *rgb, TfError *err);
+
+/* `transfuse ingest run|encode|fetch` and the local `transfuse ingest`. */
+int ingest_dispatch(int argc, char **argv);
+int ingest_run_main(int argc, char **argv);
+int ingest_encode_main(int argc, char **argv);
+
+/* ---- end of the stage API ---- */
+
+/* ---- distributed ingest: jobs for `ingest plan` and `ingest worker` ----
+ *
+ * A job is a transfuse.v1.Job (proto/transfuse.proto): one slice of one
+ * manifest, [start, end) in bytes of its (decompressed) text, with the
+ * line number at start, the manifest's identity (size and mtime as
+ * planned, and the name mixed into derived keys) and the digest of the
+ * stage options the plan was made for. On Kafka: key = job id, value =
+ * the packed message; in files: one JSON object per line (the proto JSON
+ * form of shard_message_to_json). Compressed manifests (gzip, zstd) are
+ * planned by offsets of the decompressed text: a worker decompresses from
+ * byte 0 and skips to its slice (bounded memory, CPU proportional to the
+ * offset), so split big compressed manifests into files, or plan large
+ * jobs. */
+
+typedef Transfuse__V1__Job IngestJob;
+
+#define INGEST_DIGEST_HEX 16
+
+/* The packed message (malloc'd, *len set), or NULL when out of memory. */
+uint8_t *ingest_job_encode(const IngestJob *j, size_t *len);
+/* Unpacks and checks (ingest_job_check). Returns a job to free with
+ * ingest_job_free, or NULL with err filled. */
+IngestJob *ingest_job_decode(const uint8_t *data, size_t len, TfError *err);
+void ingest_job_free(IngestJob *j);
+/* The JSON form (new reference) and its inverse (checked; free with ingest_job_free). */
+json_t *ingest_job_to_json(const IngestJob *j);
+IngestJob *ingest_job_from_json(const json_t *obj, TfError *err);
+
+/* 1 when s is a usable job name ([A-Za-z0-9._-]+, at most 200 bytes). */
+int ingest_job_name_ok(const char *s);
+/* Returns 0 when the job is well-formed (name, manifest, range, first
+ * line), else -1 with err saying what is wrong. */
+int ingest_job_check(const IngestJob *j, TfError *err);
+/* Returns 0 when the manifest the job names is the file that was planned
+ * (same size and mtime), else -1 with err saying to plan again. */
+int ingest_job_check_file(const IngestJob *j, TfError *err);
+
+/* The digest (INGEST_DIGEST_HEX hex digits) of the stage-1 options that
+ * change the records: columns, crop size and format, PNG level, BOS. */
+void ingest_options_digest(const IngestColumns *cols, int crop_size, int crop_format, int png_level, int bos,
+                           char out[INGEST_DIGEST_HEX + 1]);
+
+/* The job-name stem of a manifest (its file name, other characters as
+ * '_') and its identity (the file name as is, as `ingest run` uses it). */
+void ingest_job_name_base(const char *manifest, char *out, size_t cap);
+void ingest_manifest_identity(const char *manifest, char *out, size_t cap);
+
+typedef struct IngestPlanOptions {
+    const char *const *manifests;     /* paths read by the planner */
+    const char *const *manifest_uris; /* what workers open instead (NULL entries: the path), or NULL */
+    size_t n_manifests;
+    ManifestFormat format;            /* MANIFEST_AUTO: from each name */
+    IngestColumns columns;
+    uint64_t job_rows;                /* rows per job (bad rows count), >= 1 */
+    const char *options_digest;       /* ingest_options_digest, or NULL */
+} IngestPlanOptions;
+
+typedef struct IngestPlanStats {
+    uint64_t jobs, rows, bad_rows, bytes; /* bytes: read from the files (compressed bytes) */
+} IngestPlanStats;
+
+/* Streams every manifest once and calls emit for each job in order (ids
+ * NAME.NNNNNN); the job passed lives only during the call. Returns 0, or
+ * -1 with err filled (an unreadable manifest, or emit's error). */
+int ingest_plan(const IngestPlanOptions *opts, int (*emit)(void *ctx, const IngestJob *job, TfError *err), void *ctx,
+                IngestPlanStats *stats, TfError *err);
+
+/* `transfuse ingest plan`. */
+int ingest_plan_main(int argc, char **argv);
+
+/* ---- end of distributed ingest ---- */
 
 #endif

@@ -546,6 +546,82 @@ void kafka_source_stats(const KafkaSource *s, KafkaSourceStats *out);
  * and frees. NULL is a no-op. */
 void kafka_source_free(KafkaSource *s);
 
+/* -- group consumer: work shared by the members of a consumer group --
+ *
+ * For work queues (ingest jobs, ranges of a crops topic), not for trainer
+ * ranks (those use the static KafkaSource). Members subscribe to `topic`
+ * under `group_id`; the group spreads the partitions over the live
+ * members and moves them when one joins, leaves or dies (session timeout).
+ * One record is in hand at a time: after kafka_group_next handed one out,
+ * every assigned partition is paused until the next call. Offsets are
+ * committed only by kafka_group_commit (no auto commit), so a unit of work
+ * counts as done only when the caller committed it after its output was
+ * durable; a member that dies before leaves the record to the next owner
+ * of its partition. A partition starts at the group's committed offset, or
+ * at the beginning when the group never committed one; a committed offset
+ * that was deleted (retention) is an error. */
+
+typedef struct KafkaGroupOptions {
+    const char *bootstrap;
+    const char *topic;
+    const char *group_id;              /* required */
+    const char *const *config;         /* extra "key=value" properties (partition.assignment.strategy...) */
+    int session_timeout_ms;            /* a dead member's partitions move after this; default 6000 */
+    int max_poll_interval_ms;          /* a member that neither calls next nor serve this long is
+                                        * dropped from the group; default 300000 */
+    int no_fetch;                      /* 1: membership only, partitions stay paused (the caller reads
+                                        * the assigned partitions itself, e.g. with a KafkaSource) */
+    /* Called on the thread that calls kafka_group_next/serve/free, inside
+     * the rebalance, before the partitions are given up: finish (and commit
+     * with kafka_group_commit, which works here) or abandon the work in hand
+     * of these partitions. The list is sorted. NULL: nothing to do. */
+    void (*on_revoke)(void *ctx, const int32_t *partitions, size_t n);
+    /* Called after partitions were added to this member. */
+    void (*on_assign)(void *ctx, const int32_t *partitions, size_t n);
+    void *ctx;
+} KafkaGroupOptions;
+
+typedef struct KafkaGroup KafkaGroup;
+
+/* Joins the group (the topic must exist). Returns NULL with err filled.
+ * Membership comes with the first kafka_group_next or serve calls. */
+KafkaGroup *kafka_group_new(const KafkaGroupOptions *opts, TfError *err);
+
+/* The next record of this member's partitions (partition order within a
+ * partition). Returns KAFKA_RECORD with *rec filled (valid until the next
+ * call), KAFKA_IDLE after timeout_ms with nothing, -1 with err filled (a
+ * deleted offset, a missing topic, no permission). */
+int kafka_group_next(KafkaGroup *g, KafkaRecord *rec, int timeout_ms, TfError *err);
+
+/* Keeps the member alive while work is in hand: polls for up to
+ * timeout_ms, runs rebalance callbacks, hands out nothing. Call it at
+ * least every max_poll_interval_ms. Returns 0, or -1 with err filled. */
+int kafka_group_serve(KafkaGroup *g, int timeout_ms, TfError *err);
+
+/* Commits next_offset (the offset after the finished record) of
+ * `partition`, synchronously. Returns 0, or -1 with err filled when the
+ * partition is no longer this member's (the work will be redone by its new
+ * owner) or the commit failed. */
+int kafka_group_commit(KafkaGroup *g, int32_t partition, int64_t next_offset, TfError *err);
+
+/* 1 when `partition` is assigned to this member now. */
+int kafka_group_owns(const KafkaGroup *g, int32_t partition);
+
+/* The partitions assigned now (sorted) and, per partition, its committed
+ * offset when it was assigned (updated by kafka_group_commit). Returns the
+ * count; the arrays stay valid until the next call into the group. */
+size_t kafka_group_assignment(const KafkaGroup *g, const int32_t **partitions, const int64_t **start);
+
+/* Rebalance callbacks seen so far (assignments and revocations). */
+uint64_t kafka_group_rebalances(const KafkaGroup *g);
+
+/* This member's id in the group ("" before joining), copied into out. */
+const char *kafka_group_member_id(KafkaGroup *g, char *out, size_t cap);
+
+/* Leaves the group (on_revoke runs for what is assigned, so the other
+ * members take over at once) and frees. NULL is a no-op. */
+void kafka_group_free(KafkaGroup *g);
+
 /* ---- record source: one reader for both homes --------------------------------------------
  *
  * Every reader of records (the `shards` commands, ingest resume, the

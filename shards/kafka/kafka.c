@@ -121,6 +121,11 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
     tf_log(l >= TF_LOG_WARN ? l : TF_LOG_DEBUG, "rdkafka", "%s: %s: %s", rd_kafka_name(rk), fac, buf);
 }
 
+void kafka_conf_set_logging(rd_kafka_conf_t *conf)
+{
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+}
+
 rd_kafka_t *kafka_handle_new(rd_kafka_type_t type, const char *bootstrap, const char *group,
                              const char *const *config, TfError *err)
 {

@@ -20,6 +20,10 @@ int kafka_conf_apply(rd_kafka_conf_t *conf, const char *const *config, TfError *
 rd_kafka_t *kafka_handle_new(rd_kafka_type_t type, const char *bootstrap, const char *group,
                              const char *const *config, TfError *err);
 
+/* Routes librdkafka's log lines through tf_log (as every handle of
+ * kafka_handle_new does), for handles built on a conf of their own. */
+void kafka_conf_set_logging(rd_kafka_conf_t *conf);
+
 /* Partition count of `topic`, checked to exist (and not auto-created).
  * Fills cluster id (may be "") when cluster_id is not NULL. Returns the
  * count, or -1 with err filled. */
