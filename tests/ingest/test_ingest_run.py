@@ -277,7 +277,24 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
         broker.terminate()
         broker.wait()
 
-# 6. bad command lines: exit 2, nothing done
+# 6. local files (the embedded default): only with --allow-local-files; relative paths from the manifest's folder
+local_dir = os.path.join(WORK, "local")
+os.makedirs(local_dir)
+local = os.path.join(local_dir, "local.tsv")
+with open(local, "w") as f:
+    f.write("url\tcaption\n")
+    f.write(f"../corpus/{photos[1]}\ta relative path\n")
+    f.write(f"file://{os.path.join(corpus, photos[2])}\ta file URL\n")
+out4 = os.path.join(WORK, "out_local")
+p = run("ingest", "run", "--manifest", local, "--out", out4, "--tokenizer", TOK, "--allow-local-files")
+check(p.returncode == 0 and len(records(out4)) == 2, f"local files: {p.stderr.decode()[-400:]}")
+out5 = os.path.join(WORK, "out_nolocal")
+p = run("ingest", "run", "--manifest", local, "--out", out5, "--tokenizer", TOK)
+fl = failure_lines(os.path.join(out5, "ingest-jobs"))
+check(p.returncode == 0 and fl.get(3, {}).get("reason") == "forbidden_scheme" and 2 in fl,
+      f"local files without the flag: {fl}")
+
+# 7. bad command lines: exit 2, nothing done
 fresh = os.path.join(WORK, "fresh")
 for argv in (["--manifest", manifest, "--out", fresh],
              ["--manifest", manifest, "--tokenizer", TOK],
