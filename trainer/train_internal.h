@@ -146,4 +146,40 @@ json_t *train_data_state_json(const TrainData *d);
 const ShardFacts *train_data_facts(const TrainData *d);
 void train_data_stats(const TrainData *d, TrainDataStats *out);
 
+/* ---- checkpoints (checkpoint.c) ---------------------------------------------------
+ *
+ * OUT/step-NNNNNNNN/: model.safetensors (fusion_save_trainable),
+ * optimizer.safetensors (m, v; metadata transfuse.optimizer_step),
+ * state.json (the caller's state: "step" at least), config.json (the run's
+ * config) and the marker COMPLETE, written last. Built in a temporary
+ * folder, fsynced, renamed into place: a step folder without the marker
+ * is ignored. */
+
+#define TRAIN_CHECKPOINT_MARKER "COMPLETE"
+
+/* OUT/step-NNNNNNNN into path. */
+void train_checkpoint_path(const char *out, long step, char *path, size_t cap);
+
+/* Writes the checkpoint of `step` (a complete one of that step is kept
+ * as it is). state must hold "step" = o->step. Returns 0 or -1. */
+int train_checkpoint_write(const char *out, long step, FusionModel *m, const TrainOptim *o, const json_t *state,
+                           const json_t *config, TfError *err);
+
+/* The newest complete checkpoint's step, -1 when there is none, -2 with
+ * err filled when OUT cannot be read. */
+long train_checkpoint_latest(const char *out, TfError *err);
+
+/* Keeps the newest keep_last complete checkpoints and those whose step is
+ * a multiple of keep_every (> 0), removes the others and temporary
+ * folders left by other processes. Returns 0 or -1. */
+int train_checkpoint_prune(const char *out, int keep_last, long keep_every, TfError *err);
+
+/* Loads a checkpoint folder into a model built with its config and an
+ * optimizer of the same size; *state gets state.json (new reference).
+ * Returns 0 or -1. */
+int train_checkpoint_read(const char *dir, FusionModel *m, TrainOptim *o, json_t **state, TfError *err);
+
+/* The config.json of a checkpoint folder (new reference), or NULL. */
+json_t *train_checkpoint_config(const char *dir, TfError *err);
+
 #endif
