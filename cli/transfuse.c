@@ -21,6 +21,8 @@ static int ingest_entry(int argc, char **argv)
         return ingest_fetch_main(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "plan"))
         return ingest_plan_main(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "encode"))
+        return ingest_encode_main(argc - 1, argv + 1);
     return ingest_main(argc, argv);
 }
 
