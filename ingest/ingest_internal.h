@@ -48,10 +48,14 @@ typedef struct IngestOut IngestOut;
 IngestOut *ingest_out_open(const IngestSink *sink, const char *prefix, const ShardFacts *facts,
                            const TfStopFlag *stop, TfError *err);
 
-/* Encodes `s` once and appends it to every output (topic: key = s->key,
- * partition from the key). Returns 0, or -1 with err (then the output is
- * unusable except for ingest_out_free). */
-int ingest_out_append(IngestOut *o, const Sample *s, TfError *err);
+#define INGEST_OUT_FOLDER 1u
+#define INGEST_OUT_TOPIC 2u
+
+/* Encodes `s` once and appends it to the outputs named in `where`
+ * (INGEST_OUT_*: those that lack its key; topic: key = s->key, partition
+ * from the key). Returns 0, or -1 with err (then the output is unusable
+ * except for ingest_out_free). */
+int ingest_out_append(IngestOut *o, const Sample *s, unsigned where, TfError *err);
 
 /* Makes everything appended so far durable: the current shard fsynced,
  * renamed and in the folder's manifest; every delivery report of the
@@ -65,10 +69,12 @@ uint64_t ingest_out_records(const IngestOut *o);
 /* Frees, discarding an unfinished shard (NULL: no-op). */
 void ingest_out_free(IngestOut *o);
 
-/* Adds to keys the keys already in the sink: of the folder's records
- * (only shards whose name starts with folder_prefix, when not NULL) and of
- * the topic's, read to its high watermarks now. Returns 0, or -1 with err. */
-int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKeySet *keys, TfError *err);
+/* The keys already in the sink's outputs: the folder's records (only
+ * shards whose name starts with folder_prefix, when not NULL) into
+ * folder_keys, the topic's, read to its high watermarks now, into
+ * topic_keys (either NULL: not read). Returns 0, or -1 with err. */
+int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKeySet *folder_keys,
+                     ShardKeySet *topic_keys, TfError *err);
 
 /* A RecordSourceOptions.shard_filter reading only shards whose name
  * starts with prefix[0..len) (ctx: an IngestPrefix). */
@@ -81,6 +87,17 @@ int ingest_prefix_filter(void *ctx, const char *name, size_t shard_index);
 /* The stats folder of a stage call: common->stats_dir, else OUT/ingest-jobs
  * (sink.out), into out. Returns 0, or -1 with err when neither is given. */
 int ingest_stats_dir(const IngestStageCommon *common, char *out, size_t cap, TfError *err);
+
+/* ---- stage 2 for `ingest worker` (stage_encode.c) ---- */
+
+/* ingest_stage_encode with the keys each output holds already given by
+ * the caller (done_folder, done_topic; NULL: none; both NULL and
+ * common.done NULL: read from the sink as ingest_stage_encode does), and
+ * the keys this call appended added to `written` (may be NULL), so that a
+ * worker keeps its key sets current without reading its output again;
+ * they are durable only when the call returned 0 without stats->stopped. */
+int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *done_folder,
+                             const ShardKeySet *done_topic, ShardKeySet *written, IngestJobStats *stats, TfError *err);
 
 /* ---- the encode stage's command line, shared by `ingest encode` and
  * `ingest worker --encode` (stage_encode.c) ---- */

@@ -47,7 +47,7 @@ fail:
     return NULL;
 }
 
-int ingest_out_append(IngestOut *o, const Sample *s, TfError *err)
+int ingest_out_append(IngestOut *o, const Sample *s, unsigned where, TfError *err)
 {
     size_t len;
     uint8_t *bytes = sample_encode(s, &len);
@@ -55,9 +55,9 @@ int ingest_out_append(IngestOut *o, const Sample *s, TfError *err)
         return tf_fail(err, "out of memory");
     size_t klen = strlen(s->key);
     int rc = 0;
-    if (o->writer && shard_writer_append(o->writer, bytes, len, s->key, klen, err))
+    if (o->writer && (where & INGEST_OUT_FOLDER) && shard_writer_append(o->writer, bytes, len, s->key, klen, err))
         rc = -1;
-    if (!rc && o->kafka && kafka_sink_send(o->kafka, -1, bytes, len, s->key, klen, err))
+    if (!rc && o->kafka && (where & INGEST_OUT_TOPIC) && kafka_sink_send(o->kafka, -1, bytes, len, s->key, klen, err))
         rc = -1;
     free(bytes);
     if (!rc)
@@ -123,16 +123,17 @@ static int folder_prefix_keys(const char *dir, const char *prefix, ShardKeySet *
     return rc < 0 ? -1 : 0;
 }
 
-int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKeySet *keys, TfError *err)
+int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKeySet *folder_keys,
+                     ShardKeySet *topic_keys, TfError *err)
 {
-    if (sink->out) {
-        int rc = folder_prefix ? folder_prefix_keys(sink->out, folder_prefix, keys, err)
-                               : ingest_folder_keys(sink->out, keys, err);
+    if (sink->out && folder_keys) {
+        int rc = folder_prefix ? folder_prefix_keys(sink->out, folder_prefix, folder_keys, err)
+                               : ingest_folder_keys(sink->out, folder_keys, err);
         if (rc)
-            return tf_fail_context(err, sink->out);
+            return tf_fail_context(err, "%s", sink->out);
     }
-    if (sink->to && record_source_keys(sink->to, keys, NULL, err))
-        return tf_fail_context(err, sink->to);
+    if (sink->to && topic_keys && record_source_keys(sink->to, topic_keys, NULL, err))
+        return tf_fail_context(err, "%s", sink->to);
     return 0;
 }
 

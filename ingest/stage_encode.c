@@ -141,10 +141,13 @@ typedef struct Encoder {
     size_t per;                 /* elements per latent */
     int proto_dtype;
     TfDtype dtype;
-    const ShardKeySet *done;
-    ShardKeySet *own_done, *taken; /* taken: keys handed to the output in this call */
+    const ShardKeySet *done_folder, *done_topic; /* keys each output holds already (NULL: none) */
+    ShardKeySet *own_folder, *own_topic;
+    ShardKeySet *taken;         /* keys taken into a batch in this call */
+    ShardKeySet *written;       /* the caller's: keys appended to the output, or NULL */
     IngestOut *out;
     Slot slots[MAX_BATCH];
+    unsigned where[MAX_BATCH];  /* INGEST_OUT_*: the outputs that lack the slot's key */
     uint8_t *rgb;               /* (S,S,3) */
     float *images, *mean, *logvar; /* (B,3,S,S), (B,L,h,w) x2 */
     uint8_t *scratch;           /* 2 * per * 4 */
@@ -214,10 +217,12 @@ static int batch_finish(Encoder *e, int b, TfError *err)
         s->latent_logvar = &tl;
         if (!o->keep_crop)
             s->image = NULL;
-        int rc = ingest_out_append(e->out, s, err);
+        int rc = ingest_out_append(e->out, s, e->where[i], err);
         s->latent_mean = old_m;
         s->latent_logvar = old_l;
         s->image = old_im;
+        if (!rc && e->written && shard_keyset_add(e->written, s->key, strlen(s->key), 0, NULL) < 0)
+            rc = tf_fail(err, "out of memory");
         sample_free(s);
         if (rc)
             return -1;
@@ -243,8 +248,17 @@ static int crop_side(const Encoder *e, const Sample *s)
 static int record_take(Encoder *e, RecordSource *src, const Record *rec, int b, TfError *err)
 {
     const Sample *s = rec->sample;
-    if (shard_keyset_has(e->done, rec->key, rec->key_len, NULL) ||
-        shard_keyset_has(e->taken, rec->key, rec->key_len, NULL)) {
+    const IngestSink *sink = &e->o->common.sink;
+    unsigned where = 0;
+    if (shard_keyset_has(e->taken, rec->key, rec->key_len, NULL))
+        where = 0;
+    else {
+        if (sink->out && !shard_keyset_has(e->done_folder, rec->key, rec->key_len, NULL))
+            where |= INGEST_OUT_FOLDER;
+        if (sink->to && !shard_keyset_has(e->done_topic, rec->key, rec->key_len, NULL))
+            where |= INGEST_OUT_TOPIC;
+    }
+    if (!where) {
         e->st->skipped++;
         e->st->attempted++;
         return 0;
@@ -264,12 +278,19 @@ static int record_take(Encoder *e, RecordSource *src, const Record *rec, int b, 
     if (shard_keyset_add(e->taken, rec->key, rec->key_len, 0, NULL) < 0 ||
         slot_take(&e->slots[b], rec->payload, rec->len, err))
         return tf_fail(err, "out of memory");
+    e->where[b] = where;
     e->st->bytes += s->image->data.len;
     ingest_crop_to_image(e->rgb, e->size, e->images + (size_t)b * 3 * (size_t)e->size * (size_t)e->size);
     return 1;
 }
 
 int ingest_stage_encode(const IngestEncodeOptions *o, IngestJobStats *stats, TfError *err)
+{
+    return ingest_stage_encode_keys(o, NULL, NULL, NULL, stats, err);
+}
+
+int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *done_folder,
+                             const ShardKeySet *done_topic, ShardKeySet *written, IngestJobStats *stats, TfError *err)
 {
     memset(stats, 0, sizeof *stats);
     double t0 = tf_now();
@@ -291,15 +312,24 @@ int ingest_stage_encode(const IngestEncodeOptions *o, IngestJobStats *stats, TfE
 
     int rc = -1;
     RecordSource *src = NULL;
+    e.written = written;
     if (!(e.taken = shard_keyset_new()))
         goto oom;
-    e.done = o->common.done;
-    if (!e.done) {
-        if (!(e.own_done = shard_keyset_new()))
+    if (o->common.done) {
+        e.done_folder = e.done_topic = o->common.done;
+    } else if (done_folder || done_topic) {
+        e.done_folder = done_folder;
+        e.done_topic = done_topic;
+    } else {
+        /* each output's own keys: a record one output has and the other
+         * lacks (a kill between the two) goes to the other only */
+        if ((o->common.sink.out && !(e.own_folder = shard_keyset_new())) ||
+            (o->common.sink.to && !(e.own_topic = shard_keyset_new())))
             goto oom;
-        if (ingest_sink_keys(&o->common.sink, NULL, e.own_done, err))
+        if (ingest_sink_keys(&o->common.sink, NULL, e.own_folder, e.own_topic, err))
             goto done;
-        e.done = e.own_done;
+        e.done_folder = e.own_folder;
+        e.done_topic = e.own_topic;
     }
     if (!(e.k = o->kernels) && !(e.k = e.own_k = tf_kernels_new(TF_BACKEND_CPU, o->common.threads, err)))
         goto done;
@@ -375,7 +405,8 @@ done:
     free(e.logvar);
     free(e.scratch);
     shard_keyset_free(e.taken);
-    shard_keyset_free(e.own_done);
+    shard_keyset_free(e.own_folder);
+    shard_keyset_free(e.own_topic);
     tf_kernels_free(e.own_k);
     return rc;
 }
