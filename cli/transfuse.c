@@ -23,6 +23,8 @@ static int ingest_entry(int argc, char **argv)
         return ingest_plan_main(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "encode"))
         return ingest_encode_main(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "worker"))
+        return ingest_worker_main(argc - 1, argv + 1);
     return ingest_main(argc, argv);
 }
 

@@ -93,11 +93,14 @@ int ingest_stats_dir(const IngestStageCommon *common, char *out, size_t cap, TfE
 /* ingest_stage_encode with the keys each output holds already given by
  * the caller (done_folder, done_topic; NULL: none; both NULL and
  * common.done NULL: read from the sink as ingest_stage_encode does), and
- * the keys this call appended added to `written` (may be NULL), so that a
- * worker keeps its key sets current without reading its output again;
- * they are durable only when the call returned 0 without stats->stopped. */
+ * the key of every record appended added to each of written[0..n_written)
+ * (which may be the done sets themselves), so that a worker keeps its key
+ * sets current without reading its output again. The keys added are
+ * durable only when the call returned 0 without stats->stopped; otherwise
+ * the caller must drop those sets. */
 int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *done_folder,
-                             const ShardKeySet *done_topic, ShardKeySet *written, IngestJobStats *stats, TfError *err);
+                             const ShardKeySet *done_topic, ShardKeySet *const *written, size_t n_written,
+                             IngestJobStats *stats, TfError *err);
 
 /* ---- the encode stage's command line, shared by `ingest encode` and
  * `ingest worker --encode` (stage_encode.c) ---- */

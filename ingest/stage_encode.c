@@ -144,7 +144,8 @@ typedef struct Encoder {
     const ShardKeySet *done_folder, *done_topic; /* keys each output holds already (NULL: none) */
     ShardKeySet *own_folder, *own_topic;
     ShardKeySet *taken;         /* keys taken into a batch in this call */
-    ShardKeySet *written;       /* the caller's: keys appended to the output, or NULL */
+    ShardKeySet *const *written; /* the caller's: sets to add the keys appended to */
+    size_t n_written;
     IngestOut *out;
     Slot slots[MAX_BATCH];
     unsigned where[MAX_BATCH];  /* INGEST_OUT_*: the outputs that lack the slot's key */
@@ -221,8 +222,9 @@ static int batch_finish(Encoder *e, int b, TfError *err)
         s->latent_mean = old_m;
         s->latent_logvar = old_l;
         s->image = old_im;
-        if (!rc && e->written && shard_keyset_add(e->written, s->key, strlen(s->key), 0, NULL) < 0)
-            rc = tf_fail(err, "out of memory");
+        for (size_t w = 0; !rc && w < e->n_written; w++)
+            if (shard_keyset_add(e->written[w], s->key, strlen(s->key), 0, NULL) < 0)
+                rc = tf_fail(err, "out of memory");
         sample_free(s);
         if (rc)
             return -1;
@@ -286,11 +288,12 @@ static int record_take(Encoder *e, RecordSource *src, const Record *rec, int b, 
 
 int ingest_stage_encode(const IngestEncodeOptions *o, IngestJobStats *stats, TfError *err)
 {
-    return ingest_stage_encode_keys(o, NULL, NULL, NULL, stats, err);
+    return ingest_stage_encode_keys(o, NULL, NULL, NULL, 0, stats, err);
 }
 
 int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *done_folder,
-                             const ShardKeySet *done_topic, ShardKeySet *written, IngestJobStats *stats, TfError *err)
+                             const ShardKeySet *done_topic, ShardKeySet *const *written, size_t n_written,
+                             IngestJobStats *stats, TfError *err)
 {
     memset(stats, 0, sizeof *stats);
     double t0 = tf_now();
@@ -313,6 +316,7 @@ int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *do
     int rc = -1;
     RecordSource *src = NULL;
     e.written = written;
+    e.n_written = n_written;
     if (!(e.taken = shard_keyset_new()))
         goto oom;
     if (o->common.done) {

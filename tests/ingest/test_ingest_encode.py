@@ -11,34 +11,25 @@ on the embedded broker gives every key once; bad flags exit 2.
     test_ingest_encode.py TRANSFUSE WORKDIR
 """
 import base64
-import glob
-import io
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from checks import Checks  # noqa: E402
+from stage1_records import Broker, b64, crop_records, photo_crops, shards_import  # noqa: E402
 
 T, W = sys.argv[1], sys.argv[2]
 c = Checks("test_ingest_encode")
 shutil.rmtree(W, ignore_errors=True)
 os.makedirs(W)
 
-photos = sorted(p for d in ("/usr/share/backgrounds", "/usr/share/wallpapers")
-                for p in glob.glob(f"{d}/**/*", recursive=True)
-                if os.path.splitext(p)[1].lower() in (".jpg", ".jpeg", ".png") and os.path.isfile(p))
-if len(photos) < 4:
-    print("skipped: no wallpaper photos installed (mate-backgrounds, gnome-backgrounds)")
-    sys.exit(77)
-S = 64  # the tiny VAE (factor 8) at 64x64: 8x8 latents, quick on two cores
 
 
 def run(*argv, code=0, **kw):
@@ -47,36 +38,12 @@ def run(*argv, code=0, **kw):
     return p
 
 
-def crop(path):
-    im = Image.open(path).convert("RGB")
-    w, h = im.size
-    side = min(w, h)
-    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    return np.asarray(im.resize((S, S), Image.LANCZOS), dtype=np.uint8)
-
-
-def b64(b):
-    return base64.b64encode(b).decode()
-
-
-crops, records, seen = {}, [], set()
-for p in photos:  # ten photos of distinct content (some wallpapers come in several sizes)
-    rgb = crop(p)
-    if rgb.tobytes() in seen or len(records) == 10:
-        continue
-    seen.add(rgb.tobytes())
-    i = len(records)
-    key = f"k{i:03d}"
-    crops[key] = rgb
-    if i % 3 == 2:
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, "PNG")
-        image = {"format": "png", "width": S, "height": S, "data": b64(buf.getvalue())}
-    else:
-        image = {"format": "rgb8", "width": S, "height": S, "data": b64(rgb.tobytes())}
-    records.append({"key": key, "caption": f"photo {i} {os.path.basename(p)}", "tokens": [128000, 100 + i, 7],
-                    "image": image, "provenance": {"source_url": "file://" + p, "original_width": 9},
-                    "extra": {"n": str(i)}})
+S = 64  # the tiny VAE (factor 8) at 64x64: 8x8 latents, quick on two cores
+photo_crops_found = photo_crops(S, 10)
+if len(photo_crops_found) < 4:
+    print("skipped: no wallpaper photos installed (mate-backgrounds, gnome-backgrounds)")
+    sys.exit(77)
+records, crops = crop_records(photo_crops_found)
 good = len(records)
 bad = [
     {"key": "bad-none", "caption": "no crop"},
@@ -88,13 +55,11 @@ bad = [
     {"key": "bad-side", "caption": "other side", "image": {"format": "rgb8", "width": S * 2, "height": S * 2,
                                                           "data": b64(b"\0" * (S * S * 12))}},
 ]
-facts = {"tokenizer": {"id": "t" * 64, "name": "llama3"}}
-open(f"{W}/facts.json", "w").write(json.dumps(facts))
 
 
 def import_(out, prefix, recs):
-    run("shards", "import", "--out", out, "--prefix", prefix, "--facts", f"{W}/facts.json", "--shard-records", "4",
-        input="".join(json.dumps(r) + "\n" for r in recs).encode())
+    p = shards_import(T, W, out, prefix, recs)
+    c.check(p.returncode == 0, f"shards import: {p.stderr.decode()}")
 
 
 crops_dir = f"{W}/crops"
@@ -179,15 +144,8 @@ c.check(float(np.max(np.abs(got - want_m[6].ravel()))) <= 1e-5 * (1 + float(np.m
         "f32 latents equal vae encode")
 
 # Topic to topic (and a folder) on the embedded broker.
-bs_file = f"{W}/bs"
-broker = subprocess.Popen([T, "broker", "--topic", "crops:2", "--topic", "latents:2", "--bootstrap-file", bs_file],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-try:
-    for _ in range(600):
-        if os.path.exists(bs_file) and open(bs_file).read().strip():
-            break
-        time.sleep(0.05)
-    bs = open(bs_file).read().strip()
+with Broker(T, W, "crops:2", "latents:2") as broker:
+    bs = broker.bootstrap
     run("shards", "publish", crops_dir, "--to", f"kafka://{bs}/crops")
     # the folder first (as if a kill came between the two outputs), then both: each output gets every key once
     run("ingest", "encode", "--from", f"kafka://{bs}/crops", "--out", f"{W}/final3", "--vae", vae, "--threads", "2",
@@ -202,9 +160,6 @@ try:
     p = run("shards", "verify", f"kafka://{bs}/latents")
     keys = [json.loads(l)["key"] for l in run("shards", "cat", f"kafka://{bs}/latents").stdout.decode().splitlines()]
     c.check(sorted(keys) == sorted(r["key"] for r in records), f"topic: every key once: {sorted(keys)}")
-finally:
-    broker.terminate()
-    broker.wait()
 
 # Bad command lines: nothing done.
 run("ingest", "encode", "--out", f"{W}/x", "--vae", vae, code=2)
