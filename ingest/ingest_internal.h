@@ -84,10 +84,6 @@ typedef struct IngestPrefix {
 } IngestPrefix;
 int ingest_prefix_filter(void *ctx, const char *name, size_t shard_index);
 
-/* The stats folder of a stage call: common->stats_dir, else OUT/ingest-jobs
- * (sink.out), into out. Returns 0, or -1 with err when neither is given. */
-int ingest_stats_dir(const IngestStageCommon *common, char *out, size_t cap, TfError *err);
-
 /* ---- stage 2 for `ingest worker` (stage_encode.c) ---- */
 
 /* ingest_stage_encode with the keys each output holds already given by

@@ -136,17 +136,3 @@ int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKey
         return tf_fail_context(err, "%s", sink->to);
     return 0;
 }
-
-int ingest_stats_dir(const IngestStageCommon *common, char *out, size_t cap, TfError *err)
-{
-    if (common->stats_dir) {
-        if ((size_t)snprintf(out, cap, "%s", common->stats_dir) >= cap)
-            return tf_fail(err, "stats folder name too long");
-        return 0;
-    }
-    if (!common->sink.out)
-        return tf_fail(err, "no stats folder: give one, or an output folder (stats go to OUT/ingest-jobs)");
-    if (tf_path_join(out, cap, common->sink.out, "ingest-jobs"))
-        return tf_fail(err, "stats folder name too long");
-    return 0;
-}

@@ -7,10 +7,10 @@
  * twice; the stats file JOB.encode.json is written only once the output
  * is durable. Also `transfuse ingest encode`, the stage on its own. */
 #include "ingest_internal.h"
+#include "stats_internal.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <png.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,58 +26,7 @@ void ingest_encode_options_init(IngestEncodeOptions *o)
     o->latent_dtype = "bf16";
 }
 
-int ingest_crop_pixels(const Sample *s, int size, uint8_t *rgb, TfError *err)
-{
-    const Transfuse__V1__EncodedImage *im = s->image;
-    size_t want = (size_t)size * (size_t)size * 3;
-    if (!im || !im->format || !im->data.len)
-        return tf_fail(err, "the record has no crop (Sample.image)");
-    if (im->width != (uint32_t)size || im->height != (uint32_t)size)
-        return tf_fail(err, "the crop is %ux%u, not %dx%d", im->width, im->height, size, size);
-    if (!strcmp(im->format, "rgb8")) {
-        if (im->data.len != want)
-            return tf_fail(err, "rgb8 crop of %zu bytes, not %zu", im->data.len, want);
-        memcpy(rgb, im->data.data, want);
-        return 0;
-    }
-    if (strcmp(im->format, "png"))
-        return tf_fail(err, "crop format '%.32s' is neither rgb8 nor png", im->format);
-    /* libpng's simplified API: thread-safe, no cropper state needed. */
-    png_image pi;
-    memset(&pi, 0, sizeof pi);
-    pi.version = PNG_IMAGE_VERSION;
-    if (!png_image_begin_read_from_memory(&pi, im->data.data, im->data.len))
-        return tf_fail(err, "png crop: %s", pi.message);
-    if (pi.width != (png_uint_32)size || pi.height != (png_uint_32)size) {
-        png_image_free(&pi);
-        return tf_fail(err, "png crop is %ux%u, not %dx%d", (unsigned)pi.width, (unsigned)pi.height, size, size);
-    }
-    pi.format = PNG_FORMAT_RGB;
-    if (!png_image_finish_read(&pi, NULL, rgb, 0, NULL)) {
-        tf_fail(err, "png crop: %s", pi.message);
-        png_image_free(&pi);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- the stage ---- */
-
-typedef struct EncodeMetrics {
-    TfCounter *encoded;
-    TfHistogram *batch;
-    TfGauge *queue;
-} EncodeMetrics;
-
-/* The series `transfuse top` reads for an encode worker (ops/top_collect.c). */
-static void metrics_init(EncodeMetrics *m)
-{
-    m->encoded = tf_counter("transfuse_encode_images_total", "Crops encoded by the VAE", NULL);
-    m->batch = tf_histogram("transfuse_encode_batch_seconds", "Time of one VAE encoder batch", TF_SECONDS_BUCKETS,
-                            TF_SECONDS_BUCKETS_N, NULL);
-    m->queue = tf_gauge("transfuse_ingest_queue_depth", "Items waiting in a queue of the pipeline", "queue", "encode",
-                        NULL);
-}
 
 /* A record taken into the batch: its bytes (copied: the source's buffer
  * lives only until its next call). */
@@ -100,32 +49,23 @@ static int slot_take(Slot *s, const uint8_t *payload, size_t len, TfError *err)
     return 0;
 }
 
+/* One failed record of `reason`: stats and transfuse_ingest_failures_total.
+ * (Rows are stage 1's to count, in the metrics and in common.progress:
+ * stage 2 adds only what it encodes and what waits for the VAE.) */
 static void fail_count(IngestJobStats *st, const char *reason)
 {
-    json_t *n = json_object_get(st->failures, reason);
-    json_object_set_new(st->failures, reason, json_integer((n ? json_integer_value(n) : 0) + 1));
-    st->failed++;
+    ingest_job_stats_fail(st, reason);
     st->attempted++;
+    ingest_metrics_failure(reason);
 }
 
-/* Writes STATS_DIR/JOB.encode.json atomically. */
-static int stats_write(const IngestEncodeOptions *o, const IngestJobStats *st, TfError *err)
+/* Writes STATS_DIR/JOB.encode.json (the job is done from then on). */
+static int stats_write(const IngestEncodeOptions *o, const char *stats_dir, const IngestJobStats *st, TfError *err)
 {
-    char dir[4096], name[300], path[4400];
-    if (ingest_stats_dir(&o->common, dir, sizeof dir, err) || tf_mkdir_p(dir, err))
-        return -1;
-    snprintf(name, sizeof name, "%s.encode.json", o->common.job);
-    if (tf_path_join(path, sizeof path, dir, name))
-        return tf_fail(err, "stats path too long");
-    json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:O,s:I,s:f,s:f,s:b}", "job", o->common.job, "stage",
-                          "encode", "from", o->from, "attempted", (json_int_t)st->attempted, "succeeded",
-                          (json_int_t)st->succeeded, "skipped", (json_int_t)st->skipped, "failed",
-                          (json_int_t)st->failed, "failures", st->failures, "bytes", (json_int_t)st->bytes, "seconds",
-                          st->seconds, "rows_per_second", st->seconds > 0 ? st->attempted / st->seconds : 0.0,
-                          "stopped", 0);
+    json_t *j = ingest_job_stats_json(o->common.job, "encode", o->from, 0, 0, st);
     if (!j)
         return tf_fail(err, "out of memory");
-    int rc = tf_json_write_file_atomic(path, j, err);
+    int rc = ingest_job_stats_write(stats_dir, o->common.job, "encode", j, err);
     json_decref(j);
     return rc;
 }
@@ -133,7 +73,7 @@ static int stats_write(const IngestEncodeOptions *o, const IngestJobStats *st, T
 typedef struct Encoder {
     const IngestEncodeOptions *o;
     IngestJobStats *st;
-    EncodeMetrics metrics;
+    IngestStageMetrics metrics;
     TfKernels *k;               /* o->kernels or own_k */
     TfKernels *own_k;
     int size;                   /* crop side, from the first crop (0: not known yet) */
@@ -199,12 +139,16 @@ static int batch_finish(Encoder *e, int b, TfError *err)
 {
     const IngestEncodeOptions *o = e->o;
     double t0 = tf_now();
-    tf_gauge_set(e->metrics.queue, (double)b);
-    if (vae_encode(o->vae, e->k, e->images, b, e->size, e->size, e->mean, e->logvar, o->common.stop, err))
+    tf_gauge_set(e->metrics.encode_queue, (double)b);
+    ingest_progress_add(o->common.progress, INGEST_P_ENCODE_QUEUE, b);
+    int rc = vae_encode(o->vae, e->k, e->images, b, e->size, e->size, e->mean, e->logvar, o->common.stop, err);
+    ingest_progress_add(o->common.progress, INGEST_P_ENCODE_QUEUE, -b);
+    tf_gauge_set(e->metrics.encode_queue, 0);
+    if (rc)
         return tf_stop_requested(o->common.stop) ? 1 : -1;
-    tf_histogram_observe(e->metrics.batch, tf_now() - t0);
+    tf_histogram_observe(e->metrics.encode_batch, tf_now() - t0);
     tf_counter_add(e->metrics.encoded, (uint64_t)b);
-    tf_gauge_set(e->metrics.queue, 0);
+    ingest_progress_add(o->common.progress, INGEST_P_ENCODED, b);
     for (int i = 0; i < b; i++) {
         Sample *s = sample_decode(e->slots[i].payload, e->slots[i].len, NULL, err);
         if (!s)
@@ -218,7 +162,7 @@ static int batch_finish(Encoder *e, int b, TfError *err)
         s->latent_logvar = &tl;
         if (!o->keep_crop)
             s->image = NULL;
-        int rc = ingest_out_append(e->out, s, e->where[i], err);
+        rc = ingest_out_append(e->out, s, e->where[i], err);
         s->latent_mean = old_m;
         s->latent_logvar = old_l;
         s->image = old_im;
@@ -309,9 +253,9 @@ int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *do
     char stats_dir[4096];
     if (ingest_stats_dir(&o->common, stats_dir, sizeof stats_dir, err))
         return -1;
-    if (!(stats->failures = json_object()))
-        return tf_fail(err, "out of memory");
-    metrics_init(&e.metrics);
+    if (ingest_job_stats_init(stats, err))
+        return -1;
+    ingest_stage_metrics_init(&e.metrics);
 
     int rc = -1;
     RecordSource *src = NULL;
@@ -390,7 +334,7 @@ int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *do
         rc = 0;
         goto done;
     }
-    if (stats_write(o, stats, err))
+    if (stats_write(o, stats_dir, stats, err))
         goto done;
     rc = 0;
     goto done;
@@ -398,7 +342,7 @@ oom:
     tf_fail(err, "out of memory");
 done:
     stats->seconds = tf_now() - t0;
-    tf_gauge_set(e.metrics.queue, 0);
+    tf_gauge_set(e.metrics.encode_queue, 0);
     record_source_free(src);
     ingest_out_free(e.out);
     for (int i = 0; i < MAX_BATCH; i++)
@@ -633,7 +577,7 @@ int ingest_encode_main(int argc, char **argv)
 fail:
     fprintf(stderr, "transfuse ingest encode: %s\n", err.msg);
 done:
-    json_decref(st.failures);
+    ingest_job_stats_deinit(&st);
     tf_metrics_server_free(metrics);
     ingest_encode_cli_deinit(&cli);
     return status;

@@ -15,6 +15,7 @@
  * SIGINT/SIGTERM: the job in hand stops (not committed), the member leaves
  * the group, exit 130. */
 #include "ingest_internal.h"
+#include "stats_internal.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -25,13 +26,6 @@
 #include <unistd.h>
 
 #define TAG "ingest-worker"
-
-/* Stage 1 lives in stage_fetch.c, which another branch builds: until it is
- * linked in, these are NULL and `--jobs` says stage 1 is not built.
- * TODO(issue 10): drop the weak references once stage_fetch.c is in main. */
-extern int ingest_stage_fetch(const IngestFetchOptions *opts, IngestJobStats *stats, TfError *err)
-    __attribute__((weak));
-extern void ingest_fetch_options_init(IngestFetchOptions *o) __attribute__((weak));
 
 typedef struct Worker {
     int encode;                  /* 1: stage 2 over a crops topic; 0: stage-1 jobs */
@@ -169,8 +163,7 @@ static void job_end(Worker *w, int stop_it)
         else
             w->jobs_done++;
     }
-    json_decref(w->st.failures);
-    w->st.failures = NULL;
+    ingest_job_stats_deinit(&w->st);
     ingest_job_free(w->j);
     w->j = NULL;
 }
@@ -372,12 +365,15 @@ static int fetch_next(Worker *w, TfError *err)
         ingest_job_free(j);
         return -1;
     }
-    char path[4400];
-    snprintf(path, sizeof path, "%s/%s.fetch.json", stats_dir, j->id);
-    if (access(path, F_OK) == 0) {
+    int done = ingest_job_done(stats_dir, j->id, "fetch", NULL, err);
+    if (done < 0) {
+        ingest_job_free(j);
+        return -1;
+    }
+    if (done) {
         /* done before (its stats file is written only once its output is
          * durable): only the commit was missing */
-        tf_log(TF_LOG_INFO, TAG, "job %s is done already (%s): committing it", j->id, path);
+        tf_log(TF_LOG_INFO, TAG, "job %s is done already (%s/%s.fetch.json): committing it", j->id, stats_dir, j->id);
         ingest_job_free(j);
         if (kafka_group_commit(w->g, w->part, w->next_offset, err))
             tf_log(TF_LOG_WARN, TAG, "%s", err->msg);
@@ -595,12 +591,6 @@ int ingest_worker_main(int argc, char **argv)
         if (w->enc.vae_dir || eo->keep_crop) {
             tf_fail(&err, "--vae and --keep-crop are stage-2 options (--encode)");
             goto usage;
-        }
-        if (!ingest_stage_fetch || !ingest_fetch_options_init) {
-            fprintf(stderr, "transfuse ingest worker: stage 1 (ingest_stage_fetch) is not built into this binary "
-                            "yet; --encode works\n");
-            free(w);
-            return TF_EXIT_FAIL;
         }
     }
     w->stop = tf_cli_stop_flag();
