@@ -18,7 +18,7 @@ posterior sampling is in the loop):
 (d) --log writes NaN and infinities as null (a learning rate of 1e30).
 
 usage: test_train_run.py TRANSFUSE TEST_TRAIN_DATA LLAMA_DIR WORKDIR"""
-import base64, json, os, random, shutil, signal, subprocess, sys, time
+import base64, json, os, random, shutil, signal, subprocess, sys, time, urllib.request
 
 T, MAKE, LLAMA, WORK = sys.argv[1:5]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -108,8 +108,8 @@ def same_files(out, what):
             check(x.read() == y.read(), f"{what}: final {f} equal to the bit")
 
 
-def start(out, log):
-    return subprocess.Popen([T, "train", *common, *flags, "--out", W(out), "--log", W(log)],
+def start(out, log, *extra):
+    return subprocess.Popen([T, "train", *common, *flags, "--out", W(out), "--log", W(log), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -129,15 +129,26 @@ def wait_for(proc, cond):
     return cond()
 
 
-# ---- SIGINT at a step boundary, then --resume ----
-proc = start("b", "b.log")
-reached = wait_for(proc, lambda: last_step(W("b.log")) >= 6)
+# ---- SIGINT at a step boundary, then --resume (metrics served and registered meanwhile) ----
+proc = start("b", "b.log", "--register", W("reg"))
+reached = wait_for(proc, lambda: last_step(W("b.log")) >= 3)
+regs = [json.load(open(W("reg", n))) for n in os.listdir(W("reg")) if n.endswith(".json")]
+check(len(regs) == 1 and regs[0].get("command") == "train", f"registered while running: {regs}")
+metrics = ""
+if regs:
+    with urllib.request.urlopen(f"http://127.0.0.1:{regs[0]['port']}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+for series in ("transfuse_train_step{rank=\"0\"}", "transfuse_train_steps_planned{rank=\"0\"} 24",
+               "transfuse_train_loss_diffusion{", "transfuse_train_tokens_total{", "transfuse_train_lr{"):
+    check(series in metrics, f"/metrics has {series}")
+reached = reached and wait_for(proc, lambda: last_step(W("b.log")) >= 6)
 proc.send_signal(signal.SIGINT)
 waited, err = wait_process(proc, 300)
 check(reached and proc.returncode == 130, f"SIGINT: exit {proc.returncode} (130 expected): {err.decode()[-300:]}")
 stopped = last_step(W("b.log"))
 check(os.path.exists(W("b", "step-%08d" % stopped, "COMPLETE")), f"a checkpoint of the stop step {stopped}")
 check(stopped < N, f"stopped before the end (step {stopped})")
+check(not [n for n in os.listdir(W("reg")) if n.endswith(".json")], "registration removed at the stop")
 p = run("train", *common, *flags, "--out", W("b"), "--log", W("b.log"), "--resume")
 check(p.returncode == 0, "resume after SIGINT exit 0")
 check(b"resuming from" in p.stderr, "the resumed run says so")
