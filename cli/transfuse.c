@@ -34,6 +34,7 @@ static const TfCommand COMMANDS[] = {
     {"top", "a live view of a deployment: ingest, encode, trainer ranks, Kafka lag", top_main},
     {"llama", "Llama checkpoints in Hugging Face layout: init (random, tiny/1b/8b), info", llama_main},
     {"eval", "LlamaFusion evaluation: text (per-line loss of the frozen text path)", eval_main},
+    {"train", "train LlamaFusion on a dataset or topic: checkpoints, resume, JSON log", train_main},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -218,7 +218,9 @@ usage:
 static const TfCommand INGEST_COMMANDS[] = {
     {"run", "ingest from the web on one machine: manifests -> jobs -> fetch, crop, tokenize -> records", ingest_run_main},
     {"fetch", "the fetcher on its own: URLs in, one outcome line per URL out", ingest_fetch_main},
+    {"encode", "stage 2 on its own: crops (folder or topic) -> VAE latents -> final records", ingest_encode_main},
     {"plan", "split manifests into jobs (Job messages) for `ingest worker`", ingest_plan_main},
+    {"worker", "a consumer-group member: stage 1 jobs from a topic (--jobs) or stage 2 (--encode)", ingest_worker_main},
     {"local", "local image files to records with latents (also: its options right after `ingest`)", ingest_main},
 };
 

@@ -39,6 +39,18 @@ double train_ddpm_alpha_bar(int t, int T)
     return ab;
 }
 
+void train_ddpm_alpha_bars(double *ab, int T)
+{
+    double prod = 1.0;
+    for (int i = 0; i < T; i++) {
+        double beta = 1.0 - cosine_f((double)(i + 1) / T) / cosine_f((double)i / T);
+        if (beta > 0.999)
+            beta = 0.999;
+        prod *= 1.0 - beta;
+        ab[i] = prod;
+    }
+}
+
 int train_optim_init(TrainOptim *o, TfKernels *k, size_t n, TfError *err)
 {
     *o = (TrainOptim){.k = k, .n = n, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1, .clip = 1.0};

@@ -298,4 +298,7 @@ void fusion_memory(const FusionModel *m, FusionMemory *out);
 /* `transfuse eval text`. */
 int eval_main(int argc, char **argv);
 
+/* `transfuse train` (train.c; docs/TRAINER.md "transfuse train"). */
+int train_main(int argc, char **argv);
+
 #endif

@@ -85,7 +85,14 @@ int shard_facts_check(const ShardFacts *want, const ShardFacts *have, TfError *e
     if (want->latent_rank && have->latent_rank &&
         (want->latent_rank != have->latent_rank ||
          memcmp(want->latent_shape, have->latent_shape, sizeof(uint32_t) * (size_t)want->latent_rank)))
-        return tf_fail(err, "latent shape differs");
+    {
+        char w[64] = "", h[64] = "";
+        for (int i = 0; i < want->latent_rank && i < 4; i++)
+            snprintf(w + strlen(w), sizeof w - strlen(w), "%s%u", i ? "x" : "", want->latent_shape[i]);
+        for (int i = 0; i < have->latent_rank && i < 4; i++)
+            snprintf(h + strlen(h), sizeof h - strlen(h), "%s%u", i ? "x" : "", have->latent_shape[i]);
+        return tf_fail(err, "latent shape differs: expected %s, data has %s", w, h);
+    }
     if (want->latent_scaling && have->latent_scaling && want->latent_scaling != have->latent_scaling)
         return tf_fail(err, "latent scaling differs: expected %g, data has %g", want->latent_scaling,
                        have->latent_scaling);
