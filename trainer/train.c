@@ -23,9 +23,9 @@
 /* ---- the run's config: one table for flags, --config files and checkpoints ---- */
 
 typedef struct RunConfig {
-    char llama[1024], data[1024], val[1024], tokenizer[1024], vae[1024], adapter[16], latent[48];
+    char llama[1024], data[1024], val[1024], tokenizer[1024], vae[1024], adapter[16], latent[48], kafka_group[256];
     long batch, seq, accum, steps, warmup, val_every, checkpoint_every, keep_last, keep_every, patch;
-    double lr_image, lr_text, lr_floor, weight_decay, clip, caption_dropout;
+    double lr_image, lr_text, lr_floor, weight_decay, clip, caption_dropout, latent_scale, latent_shift;
     long seed;
 } RunConfig;
 
@@ -60,6 +60,9 @@ static const ConfigKey KEYS[] = {
     {"adapter", S(adapter), "unet (default) or linear"},
     {"patch", L(patch, 1, 64), "latent pixels per position side (default 2)"},
     {"latent", S(latent), "latent shape C,H,W (default: the dataset's manifest; 4,32,32 for a topic)"},
+    {"latent-scale", D(latent_scale, 0, 1e30), "VAE scaling factor for data that records none (a topic; --vae gives it)"},
+    {"latent-shift", D(latent_shift, -1e30, 1e30), "VAE shift factor with --latent-scale (default 0)"},
+    {"kafka-group", S(kafka_group), "topics: consumer group the position is committed under (default trainer)"},
     {"caption-dropout", D(caption_dropout, 0, 1), "fraction of caption-first samples without caption (default 0.1)"},
     {"tokenizer", S(tokenizer), "refuse data not tokenized by this tokenizer.json / tokenizer.model"},
     {"vae", S(vae), "refuse data not encoded by this VAE folder"},
@@ -77,6 +80,7 @@ static void config_default(RunConfig *c)
                      .keep_last = 3, .patch = 2, .lr_image = 1e-4, .lr_floor = 1.5e-5, .weight_decay = 0.1,
                      .clip = 1.0, .caption_dropout = 0.1};
     snprintf(c->adapter, sizeof c->adapter, "unet");
+    snprintf(c->kafka_group, sizeof c->kafka_group, "trainer");
 }
 
 static const ConfigKey *config_key(const char *name)
@@ -386,8 +390,6 @@ static int run_open(Run *r, long *step0, TfError *err)
                "--lr-text %g: the text path is no longer frozen (train_text): its weights train, text logits "
                "change, and `eval text` on these checkpoints says so",
                r->c.lr_text);
-    if (!(r->config = config_json(&r->c)))
-        return tf_fail(err, "out of memory");
     if (!(r->m = fusion_model_new(r->k, r->c.llama, &fc, err)))
         return -1;
     if (train_optim_init(&r->o, r->k, fusion_param_count(r->m), err) != 0)
@@ -429,8 +431,14 @@ static int run_open(Run *r, long *step0, TfError *err)
         if (!vae)
             goto done;
         snprintf(expect.vae_id, sizeof expect.vae_id, "%s", vae_identity(vae));
+        if (r->c.latent_scale == 0) {
+            r->c.latent_scale = vae_config(vae)->scaling_factor;
+            r->c.latent_shift = vae_config(vae)->shift_factor;
+        }
         vae_free(vae);
     }
+    if (!(r->config = config_json(&r->c)))
+        goto oom;
     TrainDataOptions dopt;
     train_data_options_default(&dopt);
     dopt.path = r->c.data;
@@ -440,6 +448,14 @@ static int run_open(Run *r, long *step0, TfError *err)
     dopt.expect = &expect;
     dopt.state = data_state;
     dopt.stop = tf_cli_stop_flag();
+    dopt.latent_scale = r->c.latent_scale;
+    dopt.latent_shift = r->c.latent_shift;
+    /* a topic: a stream (waits for records), the position committed under
+     * the group for lag and flow control; the checkpoint's position is
+     * what a resume uses. A fresh run starts at the group's committed
+     * offsets, else the beginning (Kafka's way). */
+    KafkaSourceOptions ko = {.group_id = r->c.kafka_group, .until = KAFKA_UNTIL_FOREVER};
+    dopt.kafka = &ko;
     if (!(r->data = train_data_open(r->k, &fc, &lc, &dopt, err)))
         goto done;
     if (!(r->batch = train_data_batch_new(r->data, err)))

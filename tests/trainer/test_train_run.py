@@ -16,6 +16,9 @@ posterior sampling is in the loop):
 (c) bad flags and configs exit 2 before any work (no --out folder made),
     as does an --out holding checkpoints without --resume.
 (d) --log writes NaN and infinities as null (a learning rate of 1e30).
+(e) from a Kafka topic (the embedded broker, one partition so the order
+    is fixed): a SIGINT + --resume run equals the uninterrupted one; a
+    topic, which records no latent scaling, needs --latent-scale.
 
 usage: test_train_run.py TRANSFUSE TEST_TRAIN_DATA LLAMA_DIR WORKDIR"""
 import base64, json, os, random, shutil, signal, subprocess, sys, time, urllib.request
@@ -214,5 +217,42 @@ try:
     check(any(L[s]["loss"] is None for s in L), f"null losses in the log: {[L[s]['loss'] for s in L]}")
 except ValueError as x:
     check(False, f"the log is not strict JSON: {x}")
+
+# ---- (e) a Kafka topic (the embedded broker): resume is bit-exact there too ----------------------
+broker = subprocess.Popen([T, "broker", "--brokers", "1", "--topic", "samples:1", "--bootstrap-file", W("bs")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+try:
+    for _ in range(600):
+        if os.path.exists(W("bs")) and os.path.getsize(W("bs")) > 0 or broker.poll() is not None:
+            break
+        time.sleep(0.05)
+    url = f"kafka://{open(W('bs')).read().strip()}/samples"
+    make("kds", 120, "--latent", "4,8,8", "--dtype", "bf16", "--logvar")
+    p = run("shards", "publish", W("kds"), "--to", url, "--flow-group", "trainer")
+    check(p.returncode == 0, "publish to the topic")
+    kargs = ["--llama", LLAMA, "--data", url, "--threads", "1", "--steps", "8", "--batch", "2", "--seq", "96",
+             "--checkpoint-every", "3", "--lr-image", "2e-3", "--warmup", "2", "--latent", "4,8,8"]
+    scale = ["--latent-scale", "0.18215", "--latent-shift", "0.125"]
+    p = run("train", *kargs, "--out", W("kn"), "--kafka-group", "kn", "--steps", "1", ok=(3,))
+    check(p.returncode == 3 and b"no latent scaling factor" in p.stderr, f"a topic needs the scaling: {p.stderr[-200:]}")
+    p = run("train", *kargs, *scale, "--out", W("ka"), "--kafka-group", "ka", "--log", W("ka.log"))
+    check(p.returncode == 0, "topic: uninterrupted run exit 0")
+    KA = read_log(W("ka.log"))
+    check(sorted(KA) == list(range(1, 9)) and KA[8]["data_position"]["kind"] == "kafka",
+          f"topic: 8 steps, a Kafka position: {KA.get(8, {}).get('data_position')}")
+    proc = subprocess.Popen([T, "train", *kargs, *scale, "--out", W("kb"), "--kafka-group", "kb", "--log", W("kb.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reached = wait_for(proc, lambda: last_step(W("kb.log")) >= 4)
+    proc.send_signal(signal.SIGINT)
+    wait_process(proc, 300)
+    check(reached and proc.returncode == 130, f"topic: SIGINT exit {proc.returncode}")
+    p = run("train", "--out", W("kb"), "--resume", "--log", W("kb.log"), "--threads", "1")
+    check(p.returncode == 0, "topic: resume exit 0")
+    KB = read_log(W("kb.log"))
+    check(KB == KA, f"topic: SIGINT at {last_step(W('kb.log'))} + resume equals the uninterrupted run: "
+          f"{[s for s in KA if KB.get(s) != KA[s]]}")
+finally:
+    broker.terminate()
+    wait_process(broker, 60)
 
 checks.finish()
