@@ -10,14 +10,15 @@ posterior sampling is in the loop):
     lr and data position in the JSON log, the held-out losses, and the
     final weights and optimizer state equal the uninterrupted run's to
     the bit. The uninterrupted run takes its options from --config, the
-    others from flags. keep-last / keep-every leave the right folders.
+    others from flags. The resume ignores a newer step folder without its
+    marker and removes a dead writer's temporary folder. keep-last / keep-every leave the right folders.
 (b) data with another tokenizer (a resumed run; --tokenizer FILE) or
     another latent shape is refused (exit 3), the message naming both.
 (c) bad flags and configs exit 2 before any work (no --out folder made),
     as does an --out holding checkpoints without --resume.
 (d) --log writes NaN and infinities as null (a learning rate of 1e30).
 (e) from a Kafka topic (the embedded broker, one partition so the order
-    is fixed): a SIGINT + --resume run equals the uninterrupted one; a
+    is fixed): a SIGTERM + --resume run equals the uninterrupted one; a
     topic, which records no latent scaling, needs --latent-scale.
 
 usage: test_train_run.py TRANSFUSE TEST_TRAIN_DATA LLAMA_DIR WORKDIR"""
@@ -170,11 +171,19 @@ check(reached and proc.returncode == -signal.SIGKILL, f"killed (rc {proc.returnc
 killed = last_step(W("c.log"))
 complete = sorted(d for d in os.listdir(W("c")) if os.path.exists(W("c", d, "COMPLETE")))
 check(complete and complete[-1] < "step-%08d" % N, f"complete checkpoints before the end: {complete}")
+# an incomplete checkpoint (no marker) newer than all, and a dead writer's temporary folder
+os.makedirs(W("c", "step-%08d" % (N - 1)))
+open(W("c", "step-%08d" % (N - 1), "model.safetensors"), "w").write("not a checkpoint")
+os.makedirs(W("c", ".tmp-step-%08d-999999" % (N - 1)))
 p = run("train", *common, *flags, "--out", W("c"), "--log", W("c.log"), "--resume")
-check(p.returncode == 0, "resume after SIGKILL exit 0")
+check(p.returncode == 0, "resume after SIGKILL exit 0 (the incomplete folder ignored)")
+check(f"resuming from {W('c', complete[-1] if complete else '?')}".encode() in p.stderr,
+      "resumed from the newest complete checkpoint")
 same_as_a(W("c.log"), f"SIGKILL at step {killed} (newest checkpoint {complete[-1] if complete else None}) + resume")
 same_files("c", "SIGKILL + resume")
 check(not [d for d in os.listdir(W("c")) if d.startswith(".tmp")], "no temporary folders left")
+left = sorted(d for d in os.listdir(W("c")) if d.startswith("step-"))
+check(left == sorted(kept + ["step-%08d" % (N - 1)]), f"the same checkpoints kept, the foreign folder left alone: {left}")
 
 # ---- (b) refusals -----------------------------------------------------------------------------
 make("other_tok", 5, "--latent", "4,8,8", "--tokenizer-id", "tok-zzz")
@@ -243,13 +252,13 @@ try:
     proc = subprocess.Popen([T, "train", *kargs, *scale, "--out", W("kb"), "--kafka-group", "kb", "--log", W("kb.log")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reached = wait_for(proc, lambda: last_step(W("kb.log")) >= 4)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     wait_process(proc, 300)
-    check(reached and proc.returncode == 130, f"topic: SIGINT exit {proc.returncode}")
+    check(reached and proc.returncode == 130, f"topic: SIGTERM exit {proc.returncode}")
     p = run("train", "--out", W("kb"), "--resume", "--log", W("kb.log"), "--threads", "1")
     check(p.returncode == 0, "topic: resume exit 0")
     KB = read_log(W("kb.log"))
-    check(KB == KA, f"topic: SIGINT at {last_step(W('kb.log'))} + resume equals the uninterrupted run: "
+    check(KB == KA, f"topic: SIGTERM at {last_step(W('kb.log'))} + resume equals the uninterrupted run: "
           f"{[s for s in KA if KB.get(s) != KA[s]]}")
 finally:
     broker.terminate()
