@@ -199,6 +199,39 @@ static json_t *facts_json(const ShardFacts *f)
                      f->latent_scaling, "latent_shift", f->latent_shift, "latent_dtype", f->latent_dtype);
 }
 
+/* The latent shape (--latent, else the dataset's manifest, else 4,32,32)
+ * written into c->latent, and the checks of the shapes that need no
+ * work: the adapter's name, the patch dividing the latent, a sequence
+ * that holds one image. Returns 0, or -1 with err filled (a usage error). */
+static int resolve_shape(RunConfig *c, TfError *err)
+{
+    int latent[3] = {4, 32, 32};
+    FusionAdapter ad;
+    if (fusion_adapter_parse(c->adapter, &ad, err) != 0)
+        return -1;
+    if (c->latent[0]) {
+        if (parse_latent(c->latent, latent, err) != 0)
+            return -1;
+    } else if (!kafka_url_is(c->data)) {
+        ShardManifest *man = shard_manifest_load(c->data, NULL);
+        if (man && man->facts.latent_rank == 3)
+            for (int i = 0; i < 3; i++)
+                latent[i] = (int)man->facts.latent_shape[i];
+        shard_manifest_free(man);
+    }
+    snprintf(c->latent, sizeof c->latent, "%d,%d,%d", latent[0], latent[1], latent[2]);
+    if (latent[1] % c->patch || latent[2] % c->patch || (ad == FUSION_ADAPTER_UNET && c->patch != 1 && c->patch != 2 &&
+                                                        c->patch != 4))
+        return tf_fail(err, "--patch %ld does not divide the latent %dx%dx%d%s", c->patch, latent[0], latent[1],
+                       latent[2], ad == FUSION_ADAPTER_UNET ? " (the U-Net takes 1, 2 or 4)" : "");
+    const long P = (long)(latent[1] / c->patch) * (latent[2] / c->patch);
+    if (c->seq < P + 4)
+        return tf_fail(err, "--seq %ld cannot hold one image: %ld positions with BOS, BOI, EOI and EOS (latent %s, "
+                            "patch %ld)",
+                       c->seq, P + 4, c->latent, c->patch);
+    return 0;
+}
+
 /* Keeps the lines of a --log file up to step `last` (a resumed run
  * rewrites what follows), atomically. */
 static int log_truncate(const char *path, long last, TfError *err)
@@ -366,18 +399,8 @@ static int run_open(Run *r, long *step0, TfError *err)
         return -1;
     if (llama_config_load(r->c.llama, &lc, err) != 0)
         return -1;
-    if (r->c.latent[0]) {
-        if (parse_latent(r->c.latent, latent, err) != 0)
-            return -1;
-    } else if (!kafka_url_is(r->c.data)) {
-        TfError e2 = {{0}};
-        ShardManifest *man = shard_manifest_load(r->c.data, &e2);
-        if (man && man->facts.latent_rank == 3)
-            for (int i = 0; i < 3; i++)
-                latent[i] = (int)man->facts.latent_shape[i];
-        shard_manifest_free(man);
-    }
-    snprintf(r->c.latent, sizeof r->c.latent, "%d,%d,%d", latent[0], latent[1], latent[2]);
+    if (parse_latent(r->c.latent, latent, err) != 0) /* resolved by resolve_shape */
+        return -1;
     fusion_config_default(&fc);
     if (fusion_adapter_parse(r->c.adapter, &fc.adapter, err) != 0)
         return -1;
@@ -785,9 +808,7 @@ int train_main(int argc, char **argv)
         tf_fail(&err, "--llama and --data are required");
         goto usage;
     }
-    FusionAdapter ad;
-    int lat[3];
-    if (fusion_adapter_parse(r.c.adapter, &ad, &err) != 0 || (r.c.latent[0] && parse_latent(r.c.latent, lat, &err)))
+    if (resolve_shape(&r.c, &err) != 0)
         goto usage;
     if (r.c.val[0] && r.c.val_every == 0)
         r.c.val_every = 100;

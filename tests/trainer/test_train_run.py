@@ -207,7 +207,7 @@ bad_cfg = W("bad.json")
 with open(bad_cfg, "w") as f:
     json.dump({"batch": 2, "no-such-option": 1}, f)
 for argv in (["--batch", "0"], ["--bogus"], ["--lr-image", "abc"], ["--latent", "4,8"], ["--adapter", "conv"],
-             ["--config", bad_cfg], ["--seq", "x"], ["extra-operand"]):
+             ["--config", bad_cfg], ["--seq", "x"], ["extra-operand"], ["--seq", "19"], ["--patch", "3"]):
     p = run("train", *common, "--out", W("bad"), *argv, ok=(2,))
     check(p.returncode == 2 and not os.path.exists(W("bad")), f"{argv}: exit {p.returncode}, no output")
 p = run("train", "--data", W("ds"), "--out", W("bad"), ok=(2,))
