@@ -12,8 +12,8 @@ posterior sampling is in the loop):
     the bit. The uninterrupted run takes its options from --config, the
     others from flags. The resume ignores a newer step folder without its
     marker and removes a dead writer's temporary folder. keep-last / keep-every leave the right folders.
-(b) data with another tokenizer (a resumed run; --tokenizer FILE) or
-    another latent shape is refused (exit 3), the message naming both.
+(b) data with another tokenizer (a resumed run; --tokenizer FILE), VAE
+    (a resumed run) or latent shape is refused (exit 3), the message naming both.
 (c) bad flags and configs exit 2 before any work (no --out folder made),
     as does an --out holding checkpoints without --resume.
 (d) --log writes NaN and infinities as null (a learning rate of 1e30).
@@ -191,6 +191,11 @@ p = run("train", "--out", W("a"), "--resume", "--data", W("other_tok"), "--steps
         ok=(3,))
 e = p.stderr.decode()
 check(p.returncode == 3 and "tok-test" in e and "tok-zzz" in e, f"resumed run refuses another tokenizer: {e}")
+make("other_vae", 5, "--latent", "4,8,8", "--vae-id", "vae-zzz")
+p = run("train", "--out", W("a"), "--resume", "--data", W("other_vae"), "--steps", str(N + 2), "--threads", "1",
+        ok=(3,))
+e = p.stderr.decode()
+check(p.returncode == 3 and "vae-test" in e and "vae-zzz" in e, f"resumed run refuses another VAE: {e}")
 p = run("train", *common, "--out", W("r1"), "--latent", "4,16,16", "--steps", "1", ok=(3,))
 e = p.stderr.decode()
 check(p.returncode == 3 and "4x16x16" in e and "4x8x8" in e, f"another latent shape refused: {e}")
