@@ -66,7 +66,7 @@ static const ConfigKey KEYS[] = {
     {"caption-dropout", D(caption_dropout, 0, 1), "fraction of caption-first samples without caption (default 0.1)"},
     {"tokenizer", S(tokenizer), "refuse data not tokenized by this tokenizer.json / tokenizer.model"},
     {"vae", S(vae), "refuse data not encoded by this VAE folder"},
-    {"val", S(val), "held-out data: its first batch, fixed draws, evaluated every --val-every steps"},
+    {"val", S(val), "held-out dataset folder: its first batch, fixed draws, evaluated every --val-every steps"},
     {"val-every", L(val_every, 0, 1e12), "steps between held-out evaluations, also at 0 and the last (default 100)"},
     {"checkpoint-every", L(checkpoint_every, 0, 1e12), "steps between checkpoints (default 1000; 0: end and stop only)"},
     {"keep-last", L(keep_last, 1, 1e9), "checkpoints kept, newest first (default 3)"},
@@ -355,15 +355,10 @@ static int checkpoint(Run *r, long step, TfError *err)
     return rc;
 }
 
-static int val_losses(Run *r, FusionLosses *l, TfError *err)
-{
-    return fusion_forward(r->m, r->val_batch, l, err);
-}
-
 static int log_val(Run *r, long step, json_t *line, TfError *err)
 {
     FusionLosses l;
-    if (val_losses(r, &l, err) != 0)
+    if (fusion_forward(r->m, r->val_batch, &l, err) != 0)
         return -1;
     json_object_set_new(line, "val_loss_diffusion", num(l.diffusion));
     json_object_set_new(line, "val_loss_lm", num(l.lm));
@@ -454,7 +449,7 @@ static int run_open(Run *r, long *step0, TfError *err)
         if (!vae)
             goto done;
         snprintf(expect.vae_id, sizeof expect.vae_id, "%s", vae_identity(vae));
-        if (r->c.latent_scale == 0) {
+        if (r->c.latent_scale == 0 && kafka_url_is(r->c.data)) { /* a folder's manifest has its own */
             r->c.latent_scale = vae_config(vae)->scaling_factor;
             r->c.latent_shift = vae_config(vae)->shift_factor;
         }
@@ -810,6 +805,10 @@ int train_main(int argc, char **argv)
     }
     if (resolve_shape(&r.c, &err) != 0)
         goto usage;
+    if (kafka_url_is(r.c.val)) {
+        tf_fail(&err, "--val takes a dataset folder or shard file (its first batch is the held-out batch), not a topic");
+        goto usage;
+    }
     if (r.c.val[0] && r.c.val_every == 0)
         r.c.val_every = 100;
     if (ck) {
