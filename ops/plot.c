@@ -1,6 +1,6 @@
 /* plot.c: `transfuse plot LOG... --out FILE.png`. Reads trainer logs (the
  * JSON lines of `transfuse train --log`: step, loss_lm, loss_diffusion, lr,
- * grad_norm, tokens_per_s, holdout_* now and then) and ingest progress logs
+ * grad_norm, tokens_per_s, val_loss_* now and then) and ingest progress logs
  * (one line per second with cumulative t, rows, ok, failed,
  * failed_by_reason, bytes: the format in docs/OPERATIONS.md), and draws
  * them with Debian's gnuplot (pngcairo): loss curves raw and smoothed,
@@ -63,7 +63,7 @@ static void plot_usage(FILE *out)
             "usage: transfuse plot LOG... --out FILE.png [--smooth W] [--size WxH] [--title T]\n"
             "                      [--labels A,B,...]\n\n"
             "Draws trainer logs (`transfuse train --log`: loss curves LM and diffusion, raw\n"
-            "and smoothed, with holdout losses as points; learning rate; tokens/s, all over\n"
+            "and smoothed, with held-out (--val) losses as points; learning rate; tokens/s, all over\n"
             "steps) and ingest progress logs (`transfuse ingest --progress-log`: rows/s and\n"
             "MB/s, and the failure mix by reason, over time) into one PNG with gnuplot.\n"
             "Each LOG is one run; several runs share the panels, one colour each. Lines\n"
@@ -211,10 +211,10 @@ static int run_line(Run *r, const json_t *o)
         v = field(o, "grad_norm", &has);
         if (has)
             rc |= series_add(&r->gnorm, step, v);
-        v = field(o, "holdout_loss_lm", &has);
+        v = field(o, "val_loss_lm", &has);
         if (has)
             rc |= series_add(&r->hold_lm, step, v);
-        v = field(o, "holdout_loss_diffusion", &has);
+        v = field(o, "val_loss_diffusion", &has);
         if (has)
             rc |= series_add(&r->hold_diff, step, v);
     } else if (has_t && has_rows && isfinite(t)) {

@@ -153,8 +153,11 @@ static void on_assign(KafkaGroup *g, rd_kafka_topic_partition_list_t *l)
             g->committed[j] = g->committed[j - 1];
             g->committed[j - 1] = to;
         }
-    if (g->holding || g->opts.no_fetch)
-        list_pause(g, l, 1);
+    /* Say the pause state of every new partition: librdkafka keeps a
+     * partition's application pause across an unassign, so a partition
+     * paused by kafka_group_serve before a rebalance would otherwise come
+     * back paused with nothing left to resume it. */
+    list_pause(g, l, g->holding || g->opts.no_fetch || g->n_pending > 0);
     tf_log(TF_LOG_INFO, GROUP_TAG, "group %s: assigned %d partition(s) of %s, %zu in all", g->group, l->cnt, g->topic,
            g->n);
     if (g->opts.on_assign) {

@@ -40,13 +40,13 @@ logs = []
 for name, scale in (("base", 1.0), ("wide", 1.4)):
     path = os.path.join(WORK, f"{name}.jsonl")
     with open(path, "w") as f:
-        f.write(json.dumps({"step": 0, "holdout_loss_lm": 6 * scale, "holdout_loss_diffusion": 1.1}) + "\n")
+        f.write(json.dumps({"step": 0, "val_loss_lm": 6 * scale, "val_loss_diffusion": 1.1}) + "\n")
         for s in range(1, 201):
             d = {"step": s, "loss_lm": 2 + 4 * scale * math.exp(-s / 50) + rnd.gauss(0, 0.1),
                  "loss_diffusion": 0.3 + scale * math.exp(-s / 70) + rnd.gauss(0, 0.03),
                  "lr": 3e-4 * min(1, s / 20), "grad_norm": 1.0, "tokens_per_s": 10000 * scale + rnd.gauss(0, 200)}
             if s % 50 == 0:
-                d["holdout_loss_lm"] = d["loss_lm"]
+                d["val_loss_lm"] = d["loss_lm"]
             line = json.dumps(d)
             if name == "wide" and s == 120:
                 line = line.replace(json.dumps(d["loss_diffusion"]), "NaN")  # as Python's json writes it

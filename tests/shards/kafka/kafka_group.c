@@ -15,10 +15,21 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define N_JOBS 48u
 #define PARTS 4
+/* A member that makes no progress for this long fails the test instead of
+ * hanging it (the whole test takes about 40 s). */
+#define STALL_S 120
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void produce_jobs(const char *bs, const char *topic)
 {
@@ -40,6 +51,7 @@ typedef struct Shared {
     KeyCounts done;
     uint32_t total;
     int go;                  /* both members have partitions */
+    int failed;              /* a member gave up: the other stops too */
     size_t parts_of[2];
 } Shared;
 
@@ -63,7 +75,13 @@ static void *member_run(void *arg)
         return NULL;
     }
     /* Wait until both members hold partitions, so both get work. */
+    double since = now_s();
     for (;;) {
+        if (now_s() - since > STALL_S) {
+            fprintf(stderr, "member %d: the group never gave both members partitions\n", m->id);
+            m->failed = 1;
+            break;
+        }
         if (kafka_group_serve(g, 100, &err)) {
             fprintf(stderr, "member %d: %s\n", m->id, err.msg);
             m->failed = 1;
@@ -79,12 +97,24 @@ static void *member_run(void *arg)
         if (go)
             break;
     }
+    uint32_t seen = 0;
+    since = now_s();
     while (!m->failed) {
         pthread_mutex_lock(&m->sh->lock);
-        int all = m->sh->total == N_JOBS;
+        uint32_t total = m->sh->total;
+        int other_failed = m->sh->failed;
         pthread_mutex_unlock(&m->sh->lock);
-        if (all)
+        if (total == N_JOBS || other_failed)
             break;
+        if (total != seen) {
+            seen = total;
+            since = now_s();
+        } else if (now_s() - since > STALL_S) {
+            fprintf(stderr, "member %d: no record committed for %d s, %u of %u done\n", m->id, STALL_S, total,
+                    N_JOBS);
+            m->failed = 1;
+            break;
+        }
         KafkaRecord r;
         int rc = kafka_group_next(g, &r, 200, &err);
         if (rc < 0) {
@@ -106,6 +136,11 @@ static void *member_run(void *arg)
         m->sh->total++;
         pthread_mutex_unlock(&m->sh->lock);
         m->committed++;
+    }
+    if (m->failed) {
+        pthread_mutex_lock(&m->sh->lock);
+        m->sh->failed = 1;
+        pthread_mutex_unlock(&m->sh->lock);
     }
     kafka_group_free(g);
     return NULL;
