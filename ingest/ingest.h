@@ -639,6 +639,10 @@ int ingest_plan(const IngestPlanOptions *opts, int (*emit)(void *ctx, const Inge
 /* `transfuse ingest plan`. */
 int ingest_plan_main(int argc, char **argv);
 
+/* `transfuse ingest worker`: a consumer-group member running stage-1 jobs
+ * (--jobs) or stage-2 chunks of a crops topic (--encode); see worker.c. */
+int ingest_worker_main(int argc, char **argv);
+
 /* ---- end of distributed ingest ---- */
 
 #endif

@@ -431,7 +431,9 @@ static void in_flight_add(Run *r, int64_t d)
     ingest_progress_add(r->o->common.progress, INGEST_P_IN_FLIGHT, d);
 }
 
-/* Writes a finished item to the sinks that lack it, or records its failure; frees it. */
+/* Writes a finished item to the sinks that lack it, or records its failure;
+ * frees it. Returns 0, 1 when a stop ended a wait to send it (no outcome:
+ * the row is not done), or -1 with err (a write or send error). */
 static int item_finish(Run *r, Item *it, TfError *err)
 {
     int rc = 0;
@@ -443,7 +445,7 @@ static int item_finish(Run *r, Item *it, TfError *err)
         if (it->to_folder && shard_writer_append(r->wr, it->payload, it->len, it->row.key, klen, err))
             rc = -1;
         else if (it->to_topic && kafka_sink_send(r->ks, -1, it->payload, it->len, it->row.key, klen, err))
-            rc = -1;
+            rc = tf_stop_requested(r->o->common.stop) ? 1 : -1; /* a stop ended a flow-control wait */
         else
             outcome_ok(r);
     }
@@ -870,7 +872,7 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
             Item *it = done_list;
             done_list = it->next;
             it->next = NULL;
-            if (!failed && item_finish(&r, it, err))
+            if (!failed && item_finish(&r, it, err) < 0)
                 failed = 1;
             else if (failed) {
                 in_flight_add(&r, -1);

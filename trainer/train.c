@@ -50,8 +50,8 @@ static const ConfigKey KEYS[] = {
     {"batch", L(batch, 1, 1 << 20), "rows per micro-batch (default 1)"},
     {"seq", L(seq, 8, 1 << 24), "positions per row, T (default 1024)"},
     {"accum", L(accum, 1, 1 << 20), "micro-batches per step, gradient accumulation (default 1)"},
-    {"lr-image", D(lr_image, 0, 10), "peak learning rate of the image weights (default 1e-4)"},
-    {"lr-text", D(lr_text, 0, 10), "peak learning rate of the text weights (default 0: frozen)"},
+    {"lr-image", D(lr_image, 0, 1e30), "peak learning rate of the image weights (default 1e-4)"},
+    {"lr-text", D(lr_text, 0, 1e30), "peak learning rate of the text weights (default 0: frozen)"},
     {"warmup", L(warmup, 0, 1e12), "linear warmup steps (default 4000)"},
     {"lr-floor", D(lr_floor, 0, 10), "learning rate at the last step, after cosine decay (default 1.5e-5)"},
     {"weight-decay", D(weight_decay, 0, 10), "AdamW weight decay, not on norms, biases, special rows (default 0.1)"},
@@ -64,7 +64,7 @@ static const ConfigKey KEYS[] = {
     {"tokenizer", S(tokenizer), "refuse data not tokenized by this tokenizer.json / tokenizer.model"},
     {"vae", S(vae), "refuse data not encoded by this VAE folder"},
     {"val", S(val), "held-out data: its first batch, fixed draws, evaluated every --val-every steps"},
-    {"val-every", L(val_every, 0, 1e12), "steps between held-out evaluations (default 0: with --val, 100)"},
+    {"val-every", L(val_every, 0, 1e12), "steps between held-out evaluations, also at 0 and the last (default 100)"},
     {"checkpoint-every", L(checkpoint_every, 0, 1e12), "steps between checkpoints (default 1000; 0: end and stop only)"},
     {"keep-last", L(keep_last, 1, 1e9), "checkpoints kept, newest first (default 3)"},
     {"keep-every", L(keep_every, 0, 1e12), "also keep checkpoints of steps that are multiples of N (default 0: none)"},
@@ -281,7 +281,21 @@ typedef struct Run {
     TfGauge *g_step, *g_planned, *g_lm, *g_diff, *g_norm, *g_lr, *g_pos;
     TfCounter *c_tokens, *c_samples;
     int tty;
+    int facts_pending; /* a topic's facts come with its first record */
+    ShardFacts expect;
 } Run;
+
+/* The facts the checkpoint records: the data's, completed by the configured ones. */
+static int update_facts(Run *r)
+{
+    ShardFacts f = *train_data_facts(r->data);
+    if (r->expect.tokenizer_id[0] && !f.tokenizer_id[0])
+        snprintf(f.tokenizer_id, sizeof f.tokenizer_id, "%s", r->expect.tokenizer_id);
+    if (r->expect.vae_id[0] && !f.vae_id[0])
+        snprintf(f.vae_id, sizeof f.vae_id, "%s", r->expect.vae_id);
+    json_decref(r->facts);
+    return (r->facts = facts_json(&f)) ? 0 : -1;
+}
 
 static json_t *run_state(const Run *r, long step)
 {
@@ -454,15 +468,12 @@ static int run_open(Run *r, long *step0, TfError *err)
     }
     if (!(r->data_state = data_state ? json_deep_copy(data_state) : train_data_state_json(r->data)))
         goto oom;
+    r->expect = expect;
     if (!(r->facts = state ? json_deep_copy(json_object_get(state, "facts")) : NULL)) {
-        /* the data's facts: a folder's now, a topic's after its first record (set below) */
-        ShardFacts f = *train_data_facts(r->data);
-        if (expect.tokenizer_id[0] && !f.tokenizer_id[0])
-            snprintf(f.tokenizer_id, sizeof f.tokenizer_id, "%s", expect.tokenizer_id);
-        if (expect.vae_id[0] && !f.vae_id[0])
-            snprintf(f.vae_id, sizeof f.vae_id, "%s", expect.vae_id);
-        if (!(r->facts = facts_json(&f)))
+        /* the data's facts: a folder's now, a topic's after its first record */
+        if (update_facts(r) != 0)
             goto oom;
+        r->facts_pending = kafka_url_is(r->c.data);
     }
     if (r->log_path) {
         if (r->resume ? log_truncate(r->log_path, *step0, err) != 0 : 0)
@@ -570,6 +581,11 @@ static int run_loop(Run *r, long step, TfError *err)
         if (train_optim_step(&r->o, r->params, r->n_params, fusion_grads(r->m), &norm, &lr, err) != 0)
             return TF_EXIT_FAIL;
         step = r->o.step;
+        if (r->facts_pending) {
+            if (update_facts(r) != 0)
+                return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
+            r->facts_pending = 0;
+        }
         json_decref(r->data_state);
         if (!(r->data_state = train_data_state_json(r->data)))
             return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
@@ -586,7 +602,7 @@ static int run_loop(Run *r, long step, TfError *err)
             return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
         if (r->o.text.peak != 0)
             json_object_set_new(line, "lr_text", num(train_lr_at(&r->o.text, step)));
-        if (r->val_batch && r->c.val_every > 0 && step % r->c.val_every == 0 && log_val(r, step, line, err) != 0) {
+        if (r->val_batch && r->c.val_every > 0 && (step % r->c.val_every == 0 || step == r->c.steps) && log_val(r, step, line, err) != 0) {
             json_decref(line);
             return TF_EXIT_FAIL;
         }
