@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
 jobs=$(nproc)
+# The tests run side by side (ctest -j) and each uses every CPU: OpenMP
+# threads that spin while waiting then take the CPUs from one another (a
+# trainer step measured 22x slower on a loaded 2-core machine). Passive
+# waiting costs little here (docs/PERFORMANCE.md, "OpenMP wait policy").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 echo "== build (gcc, -Werror) =="
 cmake -S . -B build -G Ninja -DTF_WERROR=ON >/dev/null
