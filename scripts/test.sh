@@ -27,7 +27,7 @@ if [ "${TF_TEST_QUICK:-0}" != 1 ]; then
   CC=clang cmake -S . -B build-san -G Ninja -DTF_WERROR=ON -DTF_SANITIZE=ON -DTF_FUZZ=ON -DTF_CUDA=OFF >/dev/null
   cmake --build build-san -j "$jobs"
   echo "== tests under sanitizers (unit, the CLIs on real inputs), and fuzz runs =="
-  (cd build-san && ASAN_OPTIONS=detect_leaks=1 ctest -L "unit|fuzz|sanitize" --output-on-failure -j "$jobs")
+  (cd build-san && ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$PWD/../tests/lsan.supp ctest -L "unit|fuzz|sanitize" --output-on-failure -j "$jobs")
 
   echo "== build (clang, thread sanitizer) =="
   CC=clang cmake -S . -B build-tsan -G Ninja -DTF_WERROR=ON -DTF_SANITIZE=thread -DTF_CUDA=OFF >/dev/null
