@@ -1,14 +1,17 @@
 /* run.c: `transfuse ingest run`: ingest from the web on one machine, no
  * broker. The manifests are planned into jobs (ingest_plan: slices of
  * --job-size rows, the same jobs `ingest plan` gives), N local workers take
- * jobs from a shared list and run stage 1 (ingest_stage_fetch) on each;
- * the main thread draws the progress line and serves nothing else. A job
- * whose stats file exists is done and skipped on a rerun; --retry-failed
- * redoes the failed rows of done jobs. SIGINT/SIGTERM: the jobs in hand
- * stop (their finished records published, no stats file), exit 130, and a
- * rerun resumes them. */
-#include "stats_internal.h"
+ * jobs from a shared list and run on each stage 1 (ingest_stage_fetch:
+ * crops into the crops folder) and then stage 2 (ingest_stage_encode: the
+ * job's crops to latents, into the output); the main thread draws the
+ * progress line. A job whose JOB.encode.json exists is done and skipped on
+ * a rerun (one with only JOB.fetch.json gets stage 2 only); --retry-failed
+ * redoes the failed rows of done jobs and encodes what they add.
+ * SIGINT/SIGTERM: the jobs in hand stop (their finished records published,
+ * no stats file for the stage stopped), exit 130, and a rerun resumes them. */
 #include "fetch/fetch_internal.h"
+#include "ingest_internal.h"
+#include "stats_internal.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -25,6 +28,7 @@ typedef struct RunJob {
     char *id, *manifest, *identity;
     uint64_t start, end, first_line, rows;
     ShardKeySet *only_lines;     /* --retry-failed: the lines to redo */
+    int fetch;                   /* stage 1 to run (else its crops are there: stage 2 only) */
 } RunJob;
 
 typedef struct RunJobs {
@@ -78,6 +82,7 @@ static void jobs_free(RunJobs *js)
 
 typedef struct RunShared {
     const IngestFetchOptions *base; /* everything but the job's own fields */
+    const IngestEncodeOptions *enc; /* stage 2, likewise (kernels: each worker's own) */
     RunJob **todo;
     size_t n_todo, next;
     pthread_mutex_t lock;
@@ -85,59 +90,143 @@ typedef struct RunShared {
     int running;                    /* workers not finished */
     /* totals over the jobs run (under lock) */
     uint64_t attempted, succeeded, skipped, failed, bytes, jobs_done, jobs_stopped, jobs_failed;
-    json_t *failures;               /* {reason: n} */
+    uint64_t encoded, enc_skipped, enc_failed;
+    json_t *failures;               /* {reason: n}, both stages */
     char first_error[512];
 } RunShared;
+
+/* Adds a stage call's failures to the totals (under sh->lock). */
+static void failures_add(RunShared *sh, const json_t *failures)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)failures, k, v)
+    {
+        json_t *have = json_object_get(sh->failures, k);
+        json_object_set_new(sh->failures, k, json_integer((have ? json_integer_value(have) : 0) + json_integer_value(v)));
+    }
+}
+
+/* A stage call that could not run: counted, the first error kept. */
+static void job_failed(RunShared *sh, const char *job, const char *stage, const char *msg)
+{
+    pthread_mutex_lock(&sh->lock);
+    sh->jobs_failed++;
+    if (!sh->first_error[0])
+        snprintf(sh->first_error, sizeof sh->first_error, "job %s (%s): %s", job, stage, msg);
+    pthread_mutex_unlock(&sh->lock);
+    tf_log(TF_LOG_ERROR, TAG, "job %s (%s): %s (not done; a rerun redoes it)", job, stage, msg);
+}
+
+/* Stage 2 of one job: its crops (shards JOB-* of the crops folder) to
+ * latents. Keys already in the output: the job's own shards there, and the
+ * topic's. Returns 1 done, 0 stopped, -1 failed (logged). */
+static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
+{
+    IngestEncodeOptions eo = *sh->enc;
+    char prefix[256];
+    snprintf(prefix, sizeof prefix, "%s-", j->id);
+    eo.common.job = j->id;
+    eo.from_prefix = prefix;
+    eo.kernels = k;
+    ShardKeySet *fk = eo.common.sink.out ? shard_keyset_new() : NULL, *tk = eo.common.sink.to ? shard_keyset_new() : NULL;
+    IngestJobStats st;
+    TfError err = {{0}};
+    int rc = -1;
+    memset(&st, 0, sizeof st);
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/%s", eo.from, SHARD_MANIFEST_NAME);
+    if ((eo.common.sink.out && !fk) || (eo.common.sink.to && !tk)) {
+        tf_fail(&err, "out of memory");
+    } else if (access(mpath, F_OK) != 0) {
+        /* no crops published at all (every row so far failed): nothing to
+         * encode, and the job is done */
+        json_t *js = NULL;
+        if (!ingest_job_stats_init(&st, &err) &&
+            (js = ingest_job_stats_json(j->id, "encode", eo.from, 0, 0, &st)) &&
+            !ingest_job_stats_write(eo.common.stats_dir, j->id, "encode", js, &err))
+            rc = 0;
+        else if (!js)
+            tf_fail(&err, "out of memory");
+        json_decref(js);
+    } else if (!ingest_sink_keys(&eo.common.sink, prefix, fk, tk, &err))
+        rc = ingest_stage_encode_keys(&eo, fk, tk, NULL, 0, &st, &err);
+    shard_keyset_free(fk);
+    shard_keyset_free(tk);
+    if (rc) {
+        job_failed(sh, j->id, "encode", err.msg);
+        ingest_job_stats_deinit(&st);
+        return -1;
+    }
+    pthread_mutex_lock(&sh->lock);
+    sh->encoded += st.succeeded;
+    sh->enc_skipped += st.skipped;
+    sh->enc_failed += st.failed;
+    failures_add(sh, st.failures);
+    if (st.stopped)
+        sh->jobs_stopped++;
+    else
+        sh->jobs_done++;
+    pthread_mutex_unlock(&sh->lock);
+    int done = !st.stopped;
+    ingest_job_stats_deinit(&st);
+    return done;
+}
 
 static void *run_worker(void *arg)
 {
     RunShared *sh = arg;
     const TfStopFlag *stop = sh->base->common.stop;
-    for (;;) {
+    TfError kerr = {{0}};
+    TfKernels *k = tf_kernels_new(TF_BACKEND_CPU, sh->enc->common.threads, &kerr);
+    if (!k)
+        job_failed(sh, "-", "encode", kerr.msg);
+    for (; k;) {
         pthread_mutex_lock(&sh->lock);
         RunJob *j = !tf_stop_requested(stop) && sh->next < sh->n_todo ? sh->todo[sh->next++] : NULL;
         pthread_mutex_unlock(&sh->lock);
         if (!j)
             break;
-        IngestFetchOptions o = *sh->base;
-        o.common.job = j->id;
-        o.manifest.path = j->manifest;
-        o.manifest.identity = j->identity;
-        o.manifest.start = j->start;
-        o.manifest.end = j->end;
-        o.manifest.first_line = j->first_line;
-        o.only_lines = j->only_lines;
-        IngestJobStats st;
-        TfError err = {{0}};
-        int rc = ingest_stage_fetch(&o, &st, &err);
-        pthread_mutex_lock(&sh->lock);
-        if (rc) {
-            sh->jobs_failed++;
-            if (!sh->first_error[0])
-                snprintf(sh->first_error, sizeof sh->first_error, "job %s: %s", j->id, err.msg);
-            tf_log(TF_LOG_ERROR, TAG, "job %s: %s (not done; a rerun redoes it)", j->id, err.msg);
-        } else {
-            sh->attempted += st.attempted;
-            sh->succeeded += st.succeeded;
-            sh->skipped += st.skipped;
-            sh->failed += st.failed;
-            sh->bytes += st.bytes;
-            const char *k;
-            json_t *v;
-            json_object_foreach(st.failures, k, v)
-            {
-                json_t *have = json_object_get(sh->failures, k);
-                json_object_set_new(sh->failures, k,
-                                    json_integer((have ? json_integer_value(have) : 0) + json_integer_value(v)));
+        if (j->fetch) {
+            IngestFetchOptions o = *sh->base;
+            o.common.job = j->id;
+            o.manifest.path = j->manifest;
+            o.manifest.identity = j->identity;
+            o.manifest.start = j->start;
+            o.manifest.end = j->end;
+            o.manifest.first_line = j->first_line;
+            o.only_lines = j->only_lines;
+            IngestJobStats st;
+            TfError err = {{0}};
+            int rc = ingest_stage_fetch(&o, &st, &err);
+            int stopped = !rc && st.stopped;
+            if (rc) {
+                job_failed(sh, j->id, "fetch", err.msg);
+            } else {
+                pthread_mutex_lock(&sh->lock);
+                sh->attempted += st.attempted;
+                sh->succeeded += st.succeeded;
+                sh->skipped += st.skipped;
+                sh->failed += st.failed;
+                sh->bytes += st.bytes;
+                failures_add(sh, st.failures);
+                if (stopped)
+                    sh->jobs_stopped++;
+                pthread_mutex_unlock(&sh->lock);
             }
-            if (st.stopped)
-                sh->jobs_stopped++;
-            else
-                sh->jobs_done++;
+            ingest_job_stats_deinit(&st);
+            if (rc || stopped)
+                continue;
         }
-        pthread_mutex_unlock(&sh->lock);
-        ingest_job_stats_deinit(&st);
+        if (!tf_stop_requested(stop))
+            run_encode(sh, j, k);
+        else {
+            pthread_mutex_lock(&sh->lock);
+            sh->jobs_stopped++; /* its crops are there; stage 2 runs on the rerun */
+            pthread_mutex_unlock(&sh->lock);
+        }
     }
+    tf_kernels_free(k);
     pthread_mutex_lock(&sh->lock);
     sh->running--;
     pthread_cond_broadcast(&sh->finished_cv);
@@ -149,36 +238,46 @@ static void *run_worker(void *arg)
 
 static const char RUN_HELP[] =
     "usage: transfuse ingest run --manifest F [--manifest F...] (--out DIR | --to kafka://HOST:PORT/TOPIC)\n"
-    "                            --tokenizer FILE [options]\n\n"
-    "Ingest from the web on one machine, without a broker: the manifests (TSV, CSV,\n"
-    "JSON lines; gzip or zstd told by magic bytes) are planned into jobs of\n"
-    "--job-size rows (the jobs `ingest plan` makes), and --workers local workers run\n"
-    "stage 1 on them: fetch (libcurl, many transfers in flight), decode and centre-crop,\n"
-    "tokenize, and write Samples with the crop, tokens and provenance (no latents yet:\n"
-    "stage 2, the VAE encode, is not in this build) to shards JOB-NNNNNN.tfrecord in\n"
-    "DIR and/or to the topic. Every row ends as one record or one failure with its\n"
-    "reason; per job, DIR/ingest-jobs/JOB.fetch.json (counts, failures by reason,\n"
-    "bytes, latencies) and JOB.failures.jsonl (one line per failed row) are written\n"
-    "once its output is durable: a job with a stats file is done and skipped when the\n"
-    "command runs again. `transfuse shards stat DIR` shows the failure table.\n"
+    "                            --tokenizer FILE --vae DIR [options]\n\n"
+    "Ingest from the web on one machine, without a broker, in the two stages of\n"
+    "`ingest worker`: the manifests (TSV, CSV, JSON lines; gzip or zstd told by magic\n"
+    "bytes) are planned into jobs of --job-size rows (the jobs `ingest plan` makes),\n"
+    "and --workers local workers run each job through stage 1 (fetch with libcurl,\n"
+    "many transfers in flight; decode and centre-crop; tokenize: Samples with the crop,\n"
+    "tokens and provenance into shards JOB-NNNNNN.tfrecord of the crops folder) and\n"
+    "then stage 2 (the job's crops through the VAE encoder: the final records, with\n"
+    "latent mean and log-variance, into DIR and/or the topic). Every row ends as one\n"
+    "record or one failure with its reason. Per job, DIR/ingest-jobs/JOB.fetch.json\n"
+    "(counts, failures by reason, bytes, latencies), JOB.failures.jsonl (one line per\n"
+    "failed row) and JOB.encode.json are written once each stage's output is durable:\n"
+    "a job with both is done and skipped when the command runs again. `transfuse\n"
+    "shards stat DIR` shows the records and the failure table.\n"
     "Ctrl-C or SIGTERM: the jobs in hand stop, the records they finished are kept,\n"
     "exit 130; running again resumes (rows whose key is there are skipped).\n\n"
     "  --manifest F          a manifest; repeatable (keys depend on its file name and rows)\n"
-    "  --out DIR             dataset folder for the records and the stats\n"
-    "  --to kafka://HOST:PORT/TOPIC   an existing topic for the records (with or without --out)\n"
+    "  --out DIR             dataset folder for the final records and the stats\n"
+    "  --to kafka://HOST:PORT/TOPIC   an existing topic for the final records (with or\n"
+    "                        without --out)\n"
+    "  --crops DIR           the stage-1 records (crops), a folder (default DIR/crops;\n"
+    "                        required with --to alone)\n"
     "  --stats-dir DIR       where the job stats go (default DIR/ingest-jobs; required with\n"
     "                        --to alone)\n"
     "  --tokenizer FILE      tokenizer.json or tokenizer.model (required)\n"
+    "  --vae DIR             diffusers AutoencoderKL folder (required)\n"
     "  --job-size N          rows per job (default 10000)\n"
     "  --workers N           jobs run at once (default 1)\n"
-    "  --threads N           decode/crop threads per worker (default: the CPUs / --workers)\n"
+    "  --threads N           decode/crop threads and VAE kernel threads per worker\n"
+    "                        (default: the CPUs / --workers)\n"
     "  --url-col NAME, --caption-col NAME, --key-col NAME, --hash-col NAME\n"
     "                        manifest columns (defaults url, caption; none; none)\n"
-    "  --size N              crop side (default 256)\n"
-    "  --crop-format F       raw (default: rgb8 bytes) or png\n"
+    "  --size N              crop side (default 256; a multiple of the VAE's factor)\n"
+    "  --crop-format F       the crops' format: raw (default: rgb8 bytes) or png\n"
     "  --png-level N         zlib level of png crops (default 1)\n"
+    "  --keep-crop           keep the crop in the final records (default: latents only)\n"
+    "  --batch N             VAE batch (default 8)\n"
+    "  --latent-dtype T      bf16 (default), f16 or f32\n"
     "  --no-bos              do not prepend <|begin_of_text|> to the token ids\n"
-    "  --tokenizer-regex M   js (default) or rust (see `transfuse ingest --help`)\n"
+    "  --tokenizer-regex M   js (default) or rust (see `transfuse ingest local --help`)\n"
     "  --max-in-flight N     rows between read and outcome per worker (default 4 x --concurrency)\n"
     "  --retry-failed        redo the failed rows of done jobs: transient failures (dns,\n"
     "                        connect, timeout, network, truncated, 408, 429, 5xx); the\n"
@@ -198,8 +297,9 @@ static const char RUN_HELP[] =
     "  (--allow-local-files: file:// URLs and local paths, relative ones from the manifest's\n"
     "  folder: the embedded default)\n\n"
     "Exit status: 0 done, 1 done but a failure limit was passed, 2 bad command line,\n"
-    "3 a job could not run (unreadable manifest or tokenizer, output holding other data,\n"
-    "a write or delivery error; the other jobs still run), 130 stopped (rerun to resume).\n";
+    "3 a job could not run (unreadable manifest, tokenizer or VAE, output holding other\n"
+    "data, a write or delivery error; the other jobs still run), 130 stopped (rerun to\n"
+    "resume).\n";
 
 /* Parses a fraction in [0, 1]. */
 static int parse_fraction(const char *flag, const char *text, double *out, TfError *err)
@@ -237,9 +337,14 @@ int ingest_run_main(int argc, char **argv)
         {"max-failures", required_argument, 0, 'F'},  {"max-failure-rate", required_argument, 0, 'x'},
         {"metrics-port", required_argument, 0, 'P'},  {"metrics-addr", required_argument, 0, 'A'},
         {"register", required_argument, 0, 'G'},      {"help", no_argument, 0, 'h'},
+        {"crops", required_argument, 0, 'Z'},         {"batch", required_argument, 0, 'b'},
+        {"latent-dtype", required_argument, 0, 'l'},  {"keep-crop", no_argument, 0, 'e'},
         {0}};
     IngestFetchOptions o;
     ingest_fetch_options_init(&o);
+    IngestEncodeOptions eo;
+    ingest_encode_options_init(&eo);
+    const char *vae_dir = NULL, *crops = NULL;
     FetchCliArgs fa = {0};
     TfError err = {{0}};
     struct option *longopts = fetch_cli_longopts(own);
@@ -272,10 +377,15 @@ int ingest_run_main(int argc, char **argv)
             break;
         case 'D': o.common.stats_dir = arg; break;
         case 'k': tokenizer = arg; break;
-        case 'v':
-            bad = tf_fail(&err, "--vae: stage 2 (the VAE encode) is not in this build yet; run stage 1 without "
-                                "--vae (records carry the crops)");
+        case 'v': vae_dir = arg; break;
+        case 'Z': crops = arg; break;
+        case 'b': bad = tf_parse_long("--batch", arg, 1, 64, &v, &err); eo.batch = (int)v; break;
+        case 'l':
+            if (strcmp(arg, "bf16") && strcmp(arg, "f16") && strcmp(arg, "f32"))
+                bad = tf_fail(&err, "--latent-dtype must be bf16, f16 or f32");
+            eo.latent_dtype = arg;
             break;
+        case 'e': eo.keep_crop = 1; break;
         case 'n': bad = tf_parse_long("--job-size", arg, 1, (long)1 << 40, &job_size, &err); break;
         case 'w': bad = tf_parse_long("--workers", arg, 1, 256, &workers, &err); break;
         case 'j': bad = tf_parse_threads("--threads", arg, 1024, &threads, &err); break;
@@ -334,12 +444,12 @@ int ingest_run_main(int argc, char **argv)
         tf_fail(&err, "unexpected operand %s", argv[op.first_operand]);
         goto usage;
     }
-    if (!n_man || !tokenizer || (!o.common.sink.out && !o.common.sink.to)) {
-        tf_fail(&err, "--manifest, --tokenizer and --out or --to are required");
+    if (!n_man || !tokenizer || !vae_dir || (!o.common.sink.out && !o.common.sink.to)) {
+        tf_fail(&err, "--manifest, --tokenizer, --vae and --out or --to are required");
         goto usage;
     }
-    if (!o.common.sink.out && !o.common.stats_dir) {
-        tf_fail(&err, "--to without --out needs --stats-dir (where the job stats go)");
+    if (!o.common.sink.out && (!o.common.stats_dir || !crops)) {
+        tf_fail(&err, "--to without --out needs --stats-dir and --crops (where the job stats and the crops go)");
         goto usage;
     }
     if (retry_all && !retry) {
@@ -348,20 +458,39 @@ int ingest_run_main(int argc, char **argv)
     }
     fetch_cli_args_apply(&fa, &o.fetch);
     o.common.sink.kafka_config = n_cfg ? config : NULL;
+    /* stage 2 writes the output; stage 1 the crops folder */
+    eo.common.sink = o.common.sink;
+    char crops_dir[4096], stats_dir[4096];
+    if (!crops && tf_path_join(crops_dir, sizeof crops_dir, o.common.sink.out, "crops")) {
+        tf_fail(&err, "--out path too long");
+        goto usage;
+    }
+    if (crops)
+        snprintf(crops_dir, sizeof crops_dir, "%s", crops);
+    if (ingest_stats_dir(&o.common, stats_dir, sizeof stats_dir, &err))
+        goto usage;
+    o.common.stats_dir = eo.common.stats_dir = stats_dir;
+    memset(&o.common.sink, 0, sizeof o.common.sink);
+    o.common.sink.out = crops_dir;
+    o.common.sink.shard_records = eo.common.sink.shard_records;
+    o.common.sink.shard_bytes = eo.common.sink.shard_bytes;
+    eo.from = crops_dir;
     o.manifest.resolve_relative = o.fetch.allow_file;
     o.common.threads = threads ? threads : (int)(tf_cpu_count() / workers > 0 ? tf_cpu_count() / workers : 1);
+    eo.common.threads = o.common.threads;
     TfStopFlag *stop = tf_cli_stop_flag();
-    o.common.stop = stop;
+    o.common.stop = eo.common.stop = stop;
 
     /* from here on, failures are run failures */
     status = TF_EXIT_FAIL;
     RunJobs jobs = {0};
-    RunShared sh = {.base = &o};
+    RunShared sh = {.base = &o, .enc = &eo};
     pthread_mutex_init(&sh.lock, NULL);
     pthread_cond_init(&sh.finished_cv, NULL);
     pthread_t *tids = NULL;
     int started = 0;
     Tokenizer *tok = NULL;
+    Vae *vae = NULL;
     TfMetricsServer *ms = NULL;
     IngestProgress *prog = ingest_progress_new();
     sh.failures = json_object();
@@ -369,10 +498,18 @@ int ingest_run_main(int argc, char **argv)
         tf_fail(&err, "out of memory");
         goto fail;
     }
-    o.common.progress = prog;
+    o.common.progress = eo.common.progress = prog;
     if (!(tok = tokenizer_load_regex(tokenizer, regex_rust ? TOKENIZER_REGEX_RUST : TOKENIZER_REGEX_JS, &err)))
         goto fail;
     o.tokenizer = tok;
+    if (!(vae = vae_load(vae_dir, VAE_LOAD_ENCODER, &err)))
+        goto fail;
+    eo.vae = vae;
+    int factor = vae_downsample_factor(vae_config(vae));
+    if (o.crop.size % factor) {
+        tf_fail(&err, "--size %d is not a multiple of the VAE's downsampling factor %d", o.crop.size, factor);
+        goto fail;
+    }
     IngestFetchOptions probe = o; /* bad fetch options fail before any work */
     probe.fetch.stop = stop;
     Fetcher *f = fetcher_new(&probe.fetch, &err);
@@ -391,10 +528,7 @@ int ingest_run_main(int argc, char **argv)
     IngestPlanStats ps;
     if (ingest_plan(&po, job_collect, &jobs, &ps, &err))
         goto fail;
-    char stats_dir[4096];
-    if (ingest_stats_dir(&o.common, stats_dir, sizeof stats_dir, &err))
-        goto fail;
-    /* which jobs to run: not done, or done with failed rows to retry */
+    /* which jobs to run: not done (stage 1 and 2, or stage 2 only), or done with failed rows to retry */
     sh.todo = calloc(jobs.n ? jobs.n : 1, sizeof *sh.todo);
     if (!sh.todo) {
         tf_fail(&err, "out of memory");
@@ -403,33 +537,38 @@ int ingest_run_main(int argc, char **argv)
     uint64_t planned = 0, done_before = 0, retrying = 0;
     for (size_t i = 0; i < jobs.n; i++) {
         RunJob *j = &jobs.v[i];
-        int d = ingest_job_done(stats_dir, j->id, "fetch", NULL, &err);
-        if (d < 0)
+        int fd = ingest_job_done(stats_dir, j->id, "fetch", NULL, &err), ed = 0;
+        if (fd < 0 || (fd && (ed = ingest_job_done(stats_dir, j->id, "encode", NULL, &err)) < 0))
             goto fail;
-        if (!d) {
+        if (!fd) {
+            j->fetch = 1;
             sh.todo[sh.n_todo++] = j;
             planned += j->rows;
             continue;
         }
-        done_before++;
-        if (!retry)
-            continue;
-        if (!(j->only_lines = shard_keyset_new())) {
-            tf_fail(&err, "out of memory");
-            goto fail;
+        long k = 0;
+        if (retry) {
+            if (!(j->only_lines = shard_keyset_new())) {
+                tf_fail(&err, "out of memory");
+                goto fail;
+            }
+            if ((k = ingest_retry_lines(stats_dir, j->id, retry_all, j->only_lines, &err)) < 0)
+                goto fail;
         }
-        long k = ingest_retry_lines(stats_dir, j->id, retry_all, j->only_lines, &err);
-        if (k < 0)
-            goto fail;
         if (k > 0) {
-            sh.todo[sh.n_todo++] = j;
+            j->fetch = 1;
             planned += (uint64_t)k;
             retrying++;
         }
+        if (k > 0 || !ed)
+            sh.todo[sh.n_todo++] = j; /* stage 1 for the retried rows, and/or stage 2 */
+        else
+            done_before++;
     }
-    tf_log(TF_LOG_INFO, TAG, "%llu row(s) in %zu job(s) of up to %ld rows; %llu done before%s; %zu to run, %llu row(s)",
-           (unsigned long long)ps.rows, jobs.n, job_size, (unsigned long long)done_before,
-           retry ? " (their failed rows retried)" : "", sh.n_todo, (unsigned long long)planned);
+    tf_log(TF_LOG_INFO, TAG, "%llu row(s) in %zu job(s) of up to %ld rows; %llu done before; %zu to run (%llu with "
+           "failed rows retried), %llu row(s) to fetch",
+           (unsigned long long)ps.rows, jobs.n, job_size, (unsigned long long)done_before, sh.n_todo,
+           (unsigned long long)retrying, (unsigned long long)planned);
     ingest_progress_plan(prog, planned);
     tf_gauge_set(tf_gauge("transfuse_ingest_rows_planned", "Rows in the manifest of the run", NULL), (double)planned);
 
@@ -498,9 +637,10 @@ int ingest_run_main(int argc, char **argv)
         fprintf(stderr, "%s%s %lld", first ? " (" : ", ", k, (long long)json_integer_value(jv));
         first = 0;
     }
-    fprintf(stderr, "%s; %.1f MB in %.1f s (%.1f rows/s)\n", first ? "" : ")", (double)sh.bytes / 1e6, secs,
-            secs > 0 ? (double)rows / secs : 0.0);
-    IngestStats lim = {.rows = rows, .failed = sh.failed};
+    fprintf(stderr, "%s; %.1f MB in %.1f s (%.1f rows/s); encode: %llu encoded, %llu already there, %llu failed\n",
+            first ? "" : ")", (double)sh.bytes / 1e6, secs, secs > 0 ? (double)rows / secs : 0.0,
+            (unsigned long long)sh.encoded, (unsigned long long)sh.enc_skipped, (unsigned long long)sh.enc_failed);
+    IngestStats lim = {.rows = rows, .failed = sh.failed + sh.enc_failed};
     char why[256] = "";
     int over = ingest_stats_over_limit(&lim, max_failures, max_rate, why, sizeof why);
     if (sh.jobs_failed) {
@@ -528,6 +668,7 @@ done:
     jobs_free(&jobs);
     tf_metrics_server_free(ms);
     tokenizer_free(tok);
+    vae_free(vae);
     ingest_progress_free(prog);
 out:
     fetch_cli_args_deinit(&fa);

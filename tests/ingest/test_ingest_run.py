@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""End-to-end test of `transfuse ingest run` (stage 1) on loopback: Debian's
+"""End-to-end test of `transfuse ingest run` (both stages, the tiny VAE) on loopback: Debian's
 nginx serving wallpaper photos re-encoded at web sizes (JPEG, WebP, PNG) and
 fault_server.py for every fault a web crawl meets, in a manifest of several
 jobs run by two workers:
-  - every row ends as the outcome expected for it (records by URL, failure
-    lines by line), the summed stats and `shards stat`'s failure table are
-    right, `shards verify` passes;
+  - every row ends as the outcome expected for it (final records with
+    latents and crops by URL, failure lines by line), the summed stats and
+    `shards stat`'s failure table are right, `shards verify` passes on the
+    crops and the output;
   - a rerun finds every job done and writes nothing;
   - --retry-failed redoes only the transient failures (the flaky URL now
     works) and adds its record without rewriting any shard; --retry-all
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
-from servers import FaultServer, Nginx, free_port, nginx_path  # noqa: E402
+from servers import FaultServer, Nginx, free_port, require_nginx, web_corpus  # noqa: E402
 
 T, TOK, WORK = sys.argv[1:4]
 checks = Checks("test_ingest_run")
@@ -32,25 +33,19 @@ check = checks.check
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-if not nginx_path():
-    print("skipped: nginx is not installed (scripts/install-deps.sh --test)")
-    sys.exit(77)
+require_nginx()
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 corpus = os.path.join(WORK, "corpus")
-rc = subprocess.run([sys.executable, os.path.join(HERE, "make_web_corpus.py"), "--out", corpus, "--count", "16",
-                     "--jobs", "2"]).returncode
-if rc == 77:
-    print("skipped: no wallpaper photos installed")
-    sys.exit(77)
-assert rc == 0, "make_web_corpus.py failed"
-with open(os.path.join(corpus, "index.tsv")) as f:
-    files = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+files = web_corpus(corpus, 16)
 photos = [next(n for n in files if n.endswith(e)) for e in (".jpg", ".webp", ".png")]
 photos += [n for n in files if n not in photos][:3]
 fault_dir = os.path.join(WORK, "fault")
 os.makedirs(fault_dir)
 shutil.copy(os.path.join(corpus, photos[0]), os.path.join(fault_dir, "img.jpg"))
+VAE = os.path.join(WORK, "vae")
+assert subprocess.run([T, "vae", "init", "--layout", "tiny", "--seed", "3", "--out", VAE],
+                      capture_output=True).returncode == 0, "vae init"
 
 
 def run(*argv, ok=(0,), **kw):
@@ -61,6 +56,8 @@ def run(*argv, ok=(0,), **kw):
 
 
 def records(path):
+    if not path.startswith("kafka://") and not os.path.exists(os.path.join(path, "manifest.json")):
+        return []  # nothing published there (yet)
     return [json.loads(line) for line in run("shards", "cat", path).stdout.decode().splitlines()]
 
 
@@ -114,7 +111,8 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
             f.write(f"{u}\t{cap}\tcc-{i}\n")
     out = os.path.join(WORK, "out")
     stats_dir = os.path.join(out, "ingest-jobs")
-    base = ["ingest", "run", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--workers", "2",
+    crops = os.path.join(out, "crops")
+    base = ["ingest", "run", "--manifest", manifest, "--out", out, "--tokenizer", TOK, "--vae", VAE, "--workers", "2",
             "--job-size", "7", "--threads", "1", "--max-size", "8Mi", *FAST]
     n_jobs = (len(rows) + 6) // 7
 
@@ -128,20 +126,26 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     recs = records(out)
     by_url = {r["provenance"]["source_url"]: r for r in recs}
     check(len(recs) == len(by_url) == n_ok, f"{len(recs)} records, {len(by_url)} URLs, want {n_ok}")
+    crop_by_url = {r["provenance"]["source_url"]: r for r in records(crops)}
+    check(len(crop_by_url) == n_ok, f"{len(crop_by_url)} crops, want {n_ok}")
     fl = failure_lines(stats_dir)
     for i, (u, cap, want) in enumerate(rows):
         line = i + 2
         if want == "ok":
-            r = by_url.get(u)
-            if check(r is not None, f"line {line} ({u}): no record; failure {fl.get(line)}"):
+            r, c = by_url.get(u), crop_by_url.get(u)
+            if check(r is not None and c is not None, f"line {line} ({u}): no record; failure {fl.get(line)}"):
                 check(r["caption"] == cap and r["extra"] == {"license": f"cc-{i}"}, f"line {line}: caption/extra")
-                check(r["image"]["format"] == "rgb8" and r["image"]["width"] == 256, f"line {line}: crop")
+                check(r["key"] == c["key"] and r["tokens"] == c["tokens"], f"line {line}: key/tokens of the crop")
+                check(r.get("latent_mean", {}).get("shape") == [4, 32, 32] and "image" not in r,
+                      f"line {line}: latents, no crop")
+                check(c["image"]["format"] == "rgb8" and c["image"]["width"] == 256, f"line {line}: crop")
         else:
             x = fl.get(line)
             check(x is not None and x["reason"] == want and x["url"] == u,
                   f"line {line} ({u}): {x and (x['reason'], x['why'])}, want {want}")
     check(len(fl) == len(rows) - n_ok, f"{len(fl)} failure lines")
     check(run("shards", "verify", out).returncode == 0, "shards verify")
+    check(run("shards", "verify", crops).returncode == 0, "shards verify of the crops")
     want_fail = {}
     for r in rows:
         if r[2] != "ok":
@@ -150,9 +154,12 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     ing = st.get("ingest", {}).get("fetch", {})
     check(ing.get("jobs") == n_jobs and ing.get("attempted") == len(rows) and ing.get("succeeded") == n_ok
           and ing.get("failures") == want_fail, f"shards stat ingest summary {ing}, want failures {want_fail}")
+    enc = st.get("ingest", {}).get("encode", {})
+    check(enc.get("jobs") == n_jobs and enc.get("succeeded") == n_ok and enc.get("failed") == 0, f"encode summary {enc}")
     text = run("shards", "stat", out).stdout.decode()
     check("failures" in text and all(k in text for k in want_fail), f"shards stat table:\n{text}")
     check(f"ingest fetch     {n_jobs} jobs: {len(rows)} rows: {n_ok} records" in text, f"stat line:\n{text}")
+    check(f"ingest encode    {n_jobs} jobs: {n_ok} rows: {n_ok} records" in text, f"stat encode line:\n{text}")
     jobs = sorted(n[:-len(".fetch.json")] for n in os.listdir(stats_dir) if n.endswith(".fetch.json"))
     check(jobs == [f"web.tsv.{k:06d}" for k in range(n_jobs)], f"jobs {jobs}")
     for j in jobs:
@@ -160,19 +167,21 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
               json.load(open(os.path.join(stats_dir, j + ".fetch.json")))["succeeded"] == 0, f"{j}'s shard")
 
     # 2. a rerun: every job done, nothing written
-    before = shard_bytes(out)
+    before, crops_before = shard_bytes(out), shard_bytes(crops)
     p = run(*base)
     check(p.returncode == 0 and f"{n_jobs} done before" in p.stderr.decode(), f"rerun: {p.stderr.decode()[-400:]}")
-    check(shard_bytes(out) == before, "a rerun changed the shards")
+    check(shard_bytes(out) == before and shard_bytes(crops) == crops_before, "a rerun changed the shards")
 
     # 3. --retry-failed: the transient failures only (g1 recovers, truncated fails again)
     p = run(*base, "--retry-failed")
     err = p.stderr.decode()
     n_transient = sum(1 for r in rows if r[2] in ("http_500", "truncated"))
     check(p.returncode == 0 and f"{n_transient} rows: 1 written" in err, f"retry: {err[-600:]}")
-    after = shard_bytes(out)
+    after, crops_after = shard_bytes(out), shard_bytes(crops)
     check(all(after.get(k) == v for k, v in before.items()), "--retry-failed rewrote a shard")
-    check(len(after) == len(before) + 1, f"{len(after) - len(before)} new shards after the retry")
+    check(all(crops_after.get(k) == v for k, v in crops_before.items()), "--retry-failed rewrote a crops shard")
+    check(len(after) == len(before) + 1 and len(crops_after) == len(crops_before) + 1,
+          f"{len(after) - len(before)}, {len(crops_after) - len(crops_before)} new shards after the retry")
     recs = records(out)
     g1 = F("/flaky/g1?n=3")
     check(len(recs) == n_ok + 1 and g1 in {r["provenance"]["source_url"] for r in recs}, "g1 recovered")
@@ -188,6 +197,7 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     recs = records(out)
     check(len(recs) == len({r["key"] for r in recs}) == n_ok + 2, f"{len(recs)} records after retry-all")
     check(run("shards", "verify", out).returncode == 0, "shards verify after the retries")
+    check(len(records(crops)) == n_ok + 2, "crops after the retries")
 
     # 4. SIGINT in the middle of a slow run, then a rerun: every key exactly once
     slow = os.path.join(WORK, "slow.tsv")
@@ -198,7 +208,7 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
             f.write(F(f"/hold/img.jpg?s=0.25&i={i}") + f"\tslow row {i}\n")
     out2 = os.path.join(WORK, "out_slow")
     port = free_port()
-    slow_args = ["ingest", "run", "--manifest", slow, "--out", out2, "--tokenizer", TOK, "--workers", "2",
+    slow_args = ["ingest", "run", "--manifest", slow, "--out", out2, "--tokenizer", TOK, "--vae", VAE, "--workers", "2",
                  "--job-size", "10", "--concurrency", "2", "--threads", "1", *FAST]
     env = dict(os.environ, TRANSFUSE_PROGRESS="1")
     proc = subprocess.Popen([T, *slow_args, "--metrics-port", str(port)], stderr=subprocess.PIPE, env=env)
@@ -226,10 +236,11 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
         check(series in metrics, f"/metrics lacks {series}")
     done_jobs = [n for n in os.listdir(os.path.join(out2, "ingest-jobs")) if n.endswith(".fetch.json")]
     check(0 < len(done_jobs) < n_slow // 10, f"{len(done_jobs)} jobs done at the stop")
-    partial = records(out2)
+    partial, partial_crops = records(out2), records(os.path.join(out2, "crops"))
     check(len(partial) == len({r["key"] for r in partial}) < n_slow, f"{len(partial)} records at the stop")
-    print(f"SIGINT: {len(done_jobs)} job(s) done, {len(partial)} records published "
-          f"({len(partial) - 10 * len(done_jobs)} of them by the stopped jobs)")
+    check(len(partial_crops) == len({r["key"] for r in partial_crops}) < n_slow, f"{len(partial_crops)} crops")
+    print(f"SIGINT: stage 1 of {len(done_jobs)} job(s) done, {len(partial_crops)} crops published "
+          f"({len(partial_crops) - 10 * len(done_jobs)} of them by stopped jobs), {len(partial)} final records")
     p = run(*slow_args)
     check(p.returncode == 0, "rerun after SIGINT")
     recs = records(out2)
@@ -237,9 +248,14 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     check(len(keys) == n_slow and len(set(keys)) == n_slow, f"{len(keys)} records, {len(set(keys))} keys, want {n_slow}")
     check(sorted(r["caption"] for r in recs) == sorted(f"slow row {i}" for i in range(n_slow)), "every slow row once")
     check(run("shards", "verify", out2).returncode == 0, "shards verify after the resume")
-    st = json.loads(run("shards", "stat", "--json", out2).stdout)["ingest"]["fetch"]
+    ckeys = [r["key"] for r in records(os.path.join(out2, "crops"))]
+    check(sorted(ckeys) == sorted(keys), "the crops: every key once")
+    sj = json.loads(run("shards", "stat", "--json", out2).stdout)["ingest"]
+    st = sj["fetch"]
     check(st["jobs"] == n_slow // 10 and st["succeeded"] + st["skipped"] == n_slow and st["failed"] == 0,
           f"slow stats {st}")
+    check(sj["encode"]["jobs"] == n_slow // 10 and sj["encode"]["succeeded"] + sj["encode"]["skipped"] == n_slow,
+          f"slow encode stats {sj['encode']}")
 
     # 5. a topic as well (the embedded broker): once each, across a rerun
     bs_file = os.path.join(WORK, "bs")
@@ -258,7 +274,7 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
                 f.write(f"{N}/{n}\tphoto {n}\n")
             f.write(f"{N}/no-such.jpg\tmissing\n")
         out3 = os.path.join(WORK, "out_topic")
-        args = ["ingest", "run", "--manifest", small, "--out", out3, "--to", topic, "--tokenizer", TOK,
+        args = ["ingest", "run", "--manifest", small, "--out", out3, "--to", topic, "--tokenizer", TOK, "--vae", VAE,
                 "--job-size", "2", *FAST]
         check(run(*args).returncode == 0, "run --out --to")
         trecs = records(topic)
@@ -270,8 +286,9 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
         check(len(records(topic)) == 4, "a rerun duplicated records in the topic")
         check(run("shards", "verify", topic).returncode == 0, "shards verify of the topic")
         sd = os.path.join(WORK, "topic_stats")
-        check(run("ingest", "run", "--manifest", small, "--to", topic, "--stats-dir", sd, "--tokenizer", TOK,
-                  *FAST).returncode == 0, "--to alone with --stats-dir")
+        check(run("ingest", "run", "--manifest", small, "--to", topic, "--stats-dir", sd, "--crops",
+                  os.path.join(WORK, "topic_crops"), "--tokenizer", TOK, "--vae", VAE, *FAST).returncode == 0,
+              "--to alone with --stats-dir and --crops")
         check(len(records(topic)) == 4 and os.listdir(sd), "--to alone: nothing twice, stats written")
     finally:
         broker.terminate()
@@ -286,29 +303,37 @@ with open(local, "w") as f:
     f.write(f"../corpus/{photos[1]}\ta relative path\n")
     f.write(f"file://{os.path.join(corpus, photos[2])}\ta file URL\n")
 out4 = os.path.join(WORK, "out_local")
-p = run("ingest", "run", "--manifest", local, "--out", out4, "--tokenizer", TOK, "--allow-local-files")
+p = run("ingest", "run", "--manifest", local, "--out", out4, "--tokenizer", TOK, "--vae", VAE, "--allow-local-files")
 check(p.returncode == 0 and len(records(out4)) == 2, f"local files: {p.stderr.decode()[-400:]}")
 out5 = os.path.join(WORK, "out_nolocal")
-p = run("ingest", "run", "--manifest", local, "--out", out5, "--tokenizer", TOK)
+p = run("ingest", "run", "--manifest", local, "--out", out5, "--tokenizer", TOK, "--vae", VAE)
 fl = failure_lines(os.path.join(out5, "ingest-jobs"))
-check(p.returncode == 0 and fl.get(3, {}).get("reason") == "forbidden_scheme" and 2 in fl,
+check(p.returncode == 0 and fl.get(3, {}).get("reason") == "forbidden_scheme" and fl.get(2, {}).get("reason") == "bad_url",
       f"local files without the flag: {fl}")
+check(os.path.exists(os.path.join(out5, "ingest-jobs", "local.tsv.000000.encode.json")), "a job of failures only is done")
 
 # 7. bad command lines: exit 2, nothing done
 fresh = os.path.join(WORK, "fresh")
-for argv in (["--manifest", manifest, "--out", fresh],
-             ["--manifest", manifest, "--tokenizer", TOK],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--retry-all"],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--to", "http://x/y"],
-             ["--manifest", manifest, "--to", "kafka://127.0.0.1:1/t", "--tokenizer", TOK],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--job-size", "0"],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--concurrency", "0"],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--bogus"],
-             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "operand"]):
+good = ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK, "--vae", VAE]
+for argv in (["--manifest", manifest, "--out", fresh, "--vae", VAE],
+             ["--manifest", manifest, "--out", fresh, "--tokenizer", TOK],
+             ["--manifest", manifest, "--tokenizer", TOK, "--vae", VAE],
+             [*good, "--retry-all"],
+             [*good, "--to", "http://x/y"],
+             ["--manifest", manifest, "--to", "kafka://127.0.0.1:1/t", "--tokenizer", TOK, "--vae", VAE],
+             [*good, "--job-size", "0"],
+             [*good, "--concurrency", "0"],
+             [*good, "--latent-dtype", "f8"],
+             [*good, "--batch", "0"],
+             [*good, "--bogus"],
+             [*good, "operand"]):
     p = run("ingest", "run", *argv, ok=(2,))
     check(p.returncode == 2, f"{argv}: exit {p.returncode}")
 check(not os.path.exists(fresh), "a bad command line wrote output")
-p = run("ingest", "run", "--manifest", os.path.join(WORK, "none.tsv"), "--out", fresh, "--tokenizer", TOK, ok=(3,))
+p = run("ingest", "run", "--manifest", os.path.join(WORK, "none.tsv"), "--out", fresh, "--tokenizer", TOK,
+        "--vae", VAE, ok=(3,))
 check(p.returncode == 3, f"missing manifest: exit {p.returncode}")
+p = run("ingest", "run", *good, "--size", "100", ok=(3,))
+check(p.returncode == 3 and "multiple" in p.stderr.decode(), f"--size 100 with the VAE: exit {p.returncode}")
 check(run("ingest", "run", "--help").returncode == 0, "--help")
 checks.finish()
