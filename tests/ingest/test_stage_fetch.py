@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
-from servers import FaultServer, Nginx, nginx_path  # noqa: E402
+from servers import FaultServer, Nginx, require_nginx, web_corpus  # noqa: E402
 
 T, DRIVER, TOK, WORK = sys.argv[1:5]
 checks = Checks("test_stage_fetch")
@@ -28,20 +28,11 @@ check = checks.check
 if not os.path.exists(TOK):
     print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
     sys.exit(77)
-if not nginx_path():
-    print("skipped: nginx is not installed (scripts/install-deps.sh --test)")
-    sys.exit(77)
+require_nginx()
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 corpus = os.path.join(WORK, "corpus")
-rc = subprocess.run([sys.executable, os.path.join(HERE, "make_web_corpus.py"), "--out", corpus, "--count", "6",
-                     "--jobs", "2"]).returncode
-if rc == 77:
-    print("skipped: no wallpaper photos installed")
-    sys.exit(77)
-assert rc == 0, "make_web_corpus.py failed"
-with open(os.path.join(corpus, "index.tsv")) as f:
-    files = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+files = web_corpus(corpus, 6)
 jpeg = next(n for n in files if n.endswith(".jpg"))
 fault_dir = os.path.join(WORK, "fault")
 os.makedirs(fault_dir)
