@@ -108,3 +108,63 @@ class Broker:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait()
+
+
+# ---- what the worker tests share ----
+
+def wait_for(checks, cond, what, bound=300):
+    """Polls cond() every 0.2 s; a failed check after `bound` seconds (a
+    bound against hanging, not a timing assertion). Returns cond's truth."""
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > bound:
+            checks.check(False, f"gave up waiting ({bound} s) for {what}")
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def records_in(folder):
+    """Records listed in folder's manifest (0 before it has one)."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            return json.load(f)["records"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def keys_of(T, path):
+    """The keys of every record of a folder or topic (`shards cat`), in order; [] without a manifest."""
+    if not kafka_or_exists(path):
+        return []
+    p = subprocess.run([T, "shards", "cat", path], capture_output=True)
+    return [json.loads(line)["key"] for line in p.stdout.decode().splitlines()]
+
+
+def kafka_or_exists(path):
+    return path.startswith("kafka://") or os.path.exists(os.path.join(path, "manifest.json"))
+
+
+def stop_process(checks, proc, name, log_text, code=130):
+    """SIGTERM, then the exit status must be `code` (SIGKILL after 120 s)."""
+    import signal
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    checks.check(rc == code, f"{name}: exit {rc} after SIGTERM, wanted {code}: {log_text()[-1500:]}")
+
+
+def exactly_once(checks, keys, want, what):
+    """Every wanted key exactly once in keys: `want` is the keys, or how many distinct ones there must be."""
+    import collections
+    n = collections.Counter(keys)
+    dup = sorted(k for k, v in n.items() if v > 1)
+    if isinstance(want, int):
+        checks.check(not dup and len(n) == want, f"{what}: {len(n)} distinct keys of {want}, duplicated {dup[:5]}")
+        return
+    missing, extra = sorted(set(want) - set(n)), sorted(set(n) - set(want))
+    checks.check(not dup and not missing and not extra,
+                 f"{what}: duplicated {dup[:5]}, missing {missing[:5]}, unexpected {extra[:5]}")

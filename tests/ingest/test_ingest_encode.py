@@ -8,12 +8,17 @@ crops (bf16 rounding), keep everything else, drop the crop (kept with
 rerun adds nothing; --from-prefix reads one job's shards; a topic to a topic
 on the embedded broker gives every key once; bad flags exit 2.
 
-    test_ingest_encode.py TRANSFUSE WORKDIR
+A stop (SIGINT, with the SD-sized VAE so that it comes mid-run) exits 130
+with what was finished published and no stats file; a rerun completes it
+with every key once.
+
+    test_ingest_encode.py TRANSFUSE SD_VAE_DIR WORKDIR
 """
 import base64
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,9 +28,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from checks import Checks  # noqa: E402
-from stage1_records import Broker, b64, crop_records, photo_crops, shards_import  # noqa: E402
+from stage1_records import (Broker, b64, crop_records, exactly_once, keys_of, photo_crops, records_in,  # noqa: E402
+                            shards_import, wait_for)
 
-T, W = sys.argv[1], sys.argv[2]
+T, SD_VAE, W = sys.argv[1:4]
 c = Checks("test_ingest_encode")
 shutil.rmtree(W, ignore_errors=True)
 os.makedirs(W)
@@ -161,11 +167,28 @@ with Broker(T, W, "crops:2", "latents:2") as broker:
     keys = [json.loads(l)["key"] for l in run("shards", "cat", f"kafka://{bs}/latents").stdout.decode().splitlines()]
     c.check(sorted(keys) == sorted(r["key"] for r in records), f"topic: every key once: {sorted(keys)}")
 
+# SIGINT mid-run: exit 130, the finished shards kept, no stats file; a rerun completes it.
+out4 = f"{W}/stopped"
+argv = [T, "ingest", "encode", "--from", crops_dir, "--out", out4, "--vae", SD_VAE, "--threads", "1", "--batch", "1",
+        "--shard-records", "1", "--job", "stop"]
+p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+wait_for(c, lambda: records_in(out4) >= 1 or p.poll() is not None, "the first shard")
+p.send_signal(signal.SIGINT)
+_, err = p.communicate(timeout=120)
+c.check(p.returncode == 130, f"SIGINT: exit {p.returncode}, wanted 130: {err.decode()[-1500:]}")
+at_stop = records_in(out4)
+c.check(0 < at_stop < good, f"stopped mid-run: {at_stop} of {good} records")
+c.check(not os.path.exists(f"{out4}/ingest-jobs/stop.encode.json"), "a stopped job writes no stats file")
+run("ingest", "encode", *argv[3:])
+exactly_once(c, keys_of(T, out4), [r["key"] for r in records], "stopped, then rerun")
+st = json.load(open(f"{out4}/ingest-jobs/stop.encode.json"))
+c.check((st["succeeded"], st["skipped"]) == (good - at_stop, at_stop), f"the rerun did only the rest: {st}")
+
 # Bad command lines: nothing done.
 run("ingest", "encode", "--out", f"{W}/x", "--vae", vae, code=2)
 run("ingest", "encode", "--from", crops_dir, "--vae", vae, code=2)
 run("ingest", "encode", "--from", crops_dir, "--out", f"{W}/x", code=2)
-run("ingest", "encode", "--from", crops_dir, "--to", f"kafka://127.0.0.1:1/t", "--vae", vae, code=2)
+run("ingest", "encode", "--from", crops_dir, "--to", "kafka://127.0.0.1:1/t", "--vae", vae, code=2)
 run("ingest", "encode", "--from", crops_dir, "--out", f"{W}/x", "--vae", vae, "--batch", "0", code=2)
 run("ingest", "encode", "--from", crops_dir, "--out", f"{W}/x", "--vae", vae, "--bogus", code=2)
 c.check(not os.path.exists(f"{W}/x"), "a bad command line writes nothing")

@@ -15,8 +15,6 @@ Waits are bounded; nothing is timed.
 
     test_ingest_worker.py TRANSFUSE SD_VAE_DIR WORKDIR
 """
-import collections
-import json
 import os
 import shutil
 import signal
@@ -26,7 +24,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from checks import Checks  # noqa: E402
-from stage1_records import Broker, crop_records, photo_crops, shards_import  # noqa: E402
+from stage1_records import (Broker, crop_records, keys_of, photo_crops, records_in, shards_import,  # noqa: E402
+                            stop_process, wait_for, exactly_once)
 
 T, SD_VAE, W = sys.argv[1], sys.argv[2], sys.argv[3]
 c = Checks("test_ingest_worker")
@@ -61,46 +60,14 @@ def log(name):
     return open(f"{W}/{name}.log").read()
 
 
-def wait(cond, what, bound=300):
-    t0 = time.time()
-    while not cond():
-        if time.time() - t0 > bound:
-            c.check(False, f"gave up waiting ({bound} s) for {what}")
-            return False
-        time.sleep(0.2)
-    return True
 
 
-def folder_keys(out):
-    if not os.path.exists(f"{out}/manifest.json"):
-        return []
-    return [json.loads(l)["key"] for l in run("shards", "cat", out).stdout.decode().splitlines()]
 
 
-def records_in(out):
-    try:
-        return json.load(open(f"{out}/manifest.json"))["records"]
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
-def exactly_once(keys, want, what):
-    n = collections.Counter(keys)
-    dup = sorted(k for k, v in n.items() if v > 1)
-    missing = sorted(set(want) - set(n))
-    extra = sorted(set(n) - set(want))
-    c.check(not dup and not missing and not extra, f"{what}: duplicated {dup[:5]}, missing {missing[:5]}, "
-            f"unexpected {extra[:5]}")
 
 
-def stop(proc, name, code=130):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    c.check(rc == code, f"{name}: exit {rc} after SIGTERM, wanted {code}: {log(name)[-1500:]}")
 
 
 tiny = f"{W}/vae"
@@ -116,20 +83,20 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     common = ["--from", broker.url("crops"), "--group", "share", "--out", out, "--to", broker.url("latents"),
               "--vae", tiny, "--chunk", "3", "--shard-records", "2"]
     a = worker("a", *common)
-    wait(lambda: records_in(out) >= 20, "worker A to drain the first wave")
+    wait_for(c, lambda: records_in(out) >= 20, "worker A to drain the first wave")
     b = worker("b", *common)
-    wait(lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
+    wait_for(c, lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
          "the rebalance that gives B partitions")
     publish(broker, "crops", "wave2", recs[20:])
-    wait(lambda: records_in(out) >= 40, "both waves in the output")
+    wait_for(c, lambda: records_in(out) >= 40, "both waves in the output")
     time.sleep(0.5)  # not a timing check: lets a duplicate, if any, land before the count below
-    stop(a, "a")
-    stop(b, "b")
+    stop_process(c, a, "a", lambda: log("a"))
+    stop_process(c, b, "b", lambda: log("b"))
     keys = [r["key"] for r in recs]
-    exactly_once(folder_keys(out), keys, "share: folder")
+    exactly_once(c, keys_of(T, out), keys, "share: folder")
     run("shards", "verify", out)
-    topic = [json.loads(l)["key"] for l in run("shards", "cat", broker.url("latents")).stdout.decode().splitlines()]
-    exactly_once(topic, keys, "share: topic")
+    topic = keys_of(T, broker.url("latents"))
+    exactly_once(c, topic, keys, "share: topic")
     for name in ("a", "b"):
         done = [l for l in log(name).splitlines() if l.startswith("encode crops.p")]
         c.check(len(done) > 0, f"worker {name} did jobs: {log(name)[-1500:]}")
@@ -144,23 +111,23 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     common = ["--from", broker.url("crops2"), "--group", "kill", "--out", out2, "--to", broker.url("latents2"),
               "--vae", SD_VAE, "--chunk", "8", "--batch", "1", "--shard-records", "1"]
     a = worker("ka", *common)
-    wait(lambda: records_in(out2) >= 1, "worker A's first shard")
+    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard")
     a.send_signal(signal.SIGKILL)
     a.wait()
-    at_kill = folder_keys(out2)
+    at_kill = keys_of(T, out2)
     started = [l.split("job ")[1].split(":")[0] for l in log("ka").splitlines() if " job crops2.p" in l and "offsets" in l]
     finished = [l.split("encode ")[1].split(":")[0] for l in log("ka").splitlines() if l.startswith("encode crops2.p")]
     c.check(started and started[-1] not in finished, f"the kill came in the middle of a job: {started} {finished}")
     c.check(0 < len(at_kill) < 16, f"part of the output was durable at the kill: {len(at_kill)} records")
     b = worker("kb", *common)
-    wait(lambda: records_in(out2) >= 16, "worker B to redo the killed job and finish")
+    wait_for(c, lambda: records_in(out2) >= 16, "worker B to redo the killed job and finish")
     time.sleep(0.5)
-    stop(b, "kb")
+    stop_process(c, b, "kb", lambda: log("kb"))
     keys2 = [r["key"] for r in recs2]
-    exactly_once(folder_keys(out2), keys2, "kill: folder")
+    exactly_once(c, keys_of(T, out2), keys2, "kill: folder")
     run("shards", "verify", out2)
-    topic = [json.loads(l)["key"] for l in run("shards", "cat", broker.url("latents2")).stdout.decode().splitlines()]
-    exactly_once(topic, keys2, "kill: topic")
+    topic = keys_of(T, broker.url("latents2"))
+    exactly_once(c, topic, keys2, "kill: topic")
     redone = [l for l in log("kb").splitlines() if started and l.startswith(f"encode {started[-1]}:")]
     c.check(redone and "already there" in redone[0] and " 0 already there" not in redone[0],
             f"B redid the killed job, skipping what was durable: {redone}")

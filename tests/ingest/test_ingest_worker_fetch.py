@@ -17,21 +17,18 @@ Waits are bounded; nothing is timed.
 
     test_ingest_worker_fetch.py TRANSFUSE TOKENIZER_JSON WORKDIR
 """
-import collections
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
 from servers import FaultServer, Nginx, nginx_path  # noqa: E402
-from stage1_records import Broker  # noqa: E402
+from stage1_records import Broker, keys_of, records_in, stop_process, wait_for, exactly_once  # noqa: E402
 
 T, TOK, W = sys.argv[1:4]
 c = Checks("test_ingest_worker_fetch")
@@ -66,27 +63,10 @@ def log(name):
     return open(f"{W}/{name}.log").read()
 
 
-def wait(cond, what, bound=300):
-    t0 = time.time()
-    while not cond():
-        if time.time() - t0 > bound:
-            c.check(False, f"gave up waiting ({bound} s) for {what}")
-            return False
-        time.sleep(0.2)
-    return True
 
 
-def keys_of(out):
-    if not os.path.exists(f"{out}/manifest.json"):
-        return []
-    return [json.loads(l)["key"] for l in run("shards", "cat", out).stdout.decode().splitlines()]
 
 
-def records_in(out):
-    try:
-        return json.load(open(f"{out}/manifest.json"))["records"]
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def stats_files(out, prefix):
@@ -95,20 +75,8 @@ def stats_files(out, prefix):
         if os.path.isdir(d) else []
 
 
-def exactly_once(keys, n_want, what):
-    n = collections.Counter(keys)
-    dup = sorted(k for k, v in n.items() if v > 1)
-    c.check(not dup and len(n) == n_want, f"{what}: {len(n)} distinct keys of {n_want}, duplicated {dup[:5]}")
 
 
-def stop(proc, name, code=130):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    c.check(rc == code, f"{name}: exit {rc} after SIGTERM, wanted {code}: {log(name)[-1500:]}")
 
 
 def manifest(name, urls):
@@ -136,18 +104,18 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     out = f"{W}/share"
     run("ingest", "plan", "--manifest", m1, "--job-size", "3", "--to", broker.url("jobs"))
     a = worker("a", "jobs", "share", out)
-    wait(lambda: len(stats_files(out, "wave1")) == 4, "worker A to run the first plan")
+    wait_for(c, lambda: len(stats_files(out, "wave1")) == 4, "worker A to run the first plan")
     b = worker("b", "jobs", "share", out)
-    wait(lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
+    wait_for(c, lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
          "the rebalance that gives B partitions")
     run("ingest", "plan", "--manifest", m2, "--job-size", "3", "--to", broker.url("jobs"))
-    wait(lambda: len(stats_files(out, "wave2")) == 4, "the second plan's jobs")
-    stop(a, "a")
-    stop(b, "b")
-    exactly_once(keys_of(out), 24, "share")
+    wait_for(c, lambda: len(stats_files(out, "wave2")) == 4, "the second plan's jobs")
+    stop_process(c, a, "a", lambda: log("a"))
+    stop_process(c, b, "b", lambda: log("b"))
+    exactly_once(c, keys_of(T, out), 24, "share")
     run("shards", "verify", out)
     for name in ("a", "b"):
-        c.check(f"job wave" in log(name) and " rows: " in log(name), f"worker {name} ran jobs: {log(name)[-1500:]}")
+        c.check("job wave" in log(name) and " rows: " in log(name), f"worker {name} ran jobs: {log(name)[-1500:]}")
     print(f"share: a ran {log('a').count(' rows: ')} jobs, b {log('b').count(' rows: ')}")
 
     # -- 2. SIGKILL mid-job: each job has fast rows and one slow one --
@@ -159,17 +127,17 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     out2 = f"{W}/kill_out"
     run("ingest", "plan", "--manifest", mk, "--job-size", "4", "--to", broker.url("kjobs"))
     a = worker("ka", "kjobs", "kill", out2, "--shard-records", "1")
-    wait(lambda: records_in(out2) >= 1, "worker A's first shard")
+    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard")
     a.send_signal(signal.SIGKILL)
     a.wait()
-    at_kill = keys_of(out2)
+    at_kill = keys_of(T, out2)
     done_at_kill = stats_files(out2, "kill")
     c.check(0 < len(at_kill) and len(at_kill) > 4 * len(done_at_kill),
             f"the kill came in the middle of a job: {len(at_kill)} records, done {done_at_kill}")
     b = worker("kb", "kjobs", "kill", out2, "--shard-records", "1")
-    wait(lambda: len(stats_files(out2, "kill")) == 4, "worker B to redo the killed job and finish")
-    stop(b, "kb")
-    exactly_once(keys_of(out2), 16, "kill")
+    wait_for(c, lambda: len(stats_files(out2, "kill")) == 4, "worker B to redo the killed job and finish")
+    stop_process(c, b, "kb", lambda: log("kb"))
+    exactly_once(c, keys_of(T, out2), 16, "kill")
     run("shards", "verify", out2)
     redone = [l for l in log("kb").splitlines() if " rows: " in l and "already there" in l
               and " 0 already there" not in l]
@@ -179,8 +147,8 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     # a job done before (stats file there) is committed without running
     run("ingest", "plan", "--manifest", mk, "--job-size", "4", "--to", broker.url("kjobs"))
     b = worker("kc", "kjobs", "kill", out2)
-    wait(lambda: log("kc").count("is done already") == 4, "the replanned jobs to be found done")
-    stop(b, "kc")
+    wait_for(c, lambda: log("kc").count("is done already") == 4, "the replanned jobs to be found done")
+    stop_process(c, b, "kc", lambda: log("kc"))
     c.check(" rows: " not in log("kc"), f"no job ran again: {log('kc')[-1500:]}")
 
     # -- 3. a job planned with other stage options is refused --
