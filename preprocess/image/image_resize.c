@@ -123,8 +123,9 @@ static inline TfV4 v4_clamp(TfV4 v, float lo, float hi)
     return (TfV4)bits;
 }
 
-/* clamp_round (below) of each lane: for finite v, clamping to [0, 255]
- * first and truncating v + 0.5 gives the same levels. */
+/* Each lane rounded to an 8-bit level as float: v <= 0: 0, v >= 255: 255,
+ * else (int)(v + 0.5); for finite v, clamping to [0, 255] first and
+ * truncating v + 0.5 gives exactly that. */
 static inline TfV4 v4_clamp_round(TfV4 v)
 {
     return __builtin_convertvector(__builtin_convertvector(v4_clamp(v, 0.0f, 255.0f) + 0.5f, TfV4i), TfV4);
@@ -136,11 +137,6 @@ static inline void v4_store_u8(uint8_t *out, TfV4 sum)
 {
     TfV4u8 b = __builtin_convertvector(__builtin_convertvector(v4_clamp(sum + 0.5f, 0.0f, 255.0f), TfV4i), TfV4u8);
     memcpy(out, &b, sizeof b);
-}
-
-static inline float clamp_round(float v)
-{
-    return v <= 0.0f ? 0.0f : v >= 255.0f ? 255.0f : (float)(int)(v + 0.5f);
 }
 
 /* Python's round() (half to even), which Pillow-based references use. */
