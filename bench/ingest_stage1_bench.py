@@ -325,31 +325,26 @@ def main():
                 o, p = got["ours"], got["peer"]
                 ratios.append((o["ok"] / o["cpu"]) / (p["ok"] / p["cpu"]))
                 wall_ratios.append((o["ok"] / o["wall"]) / (p["ok"] / p["wall"]))
-        per = [r["ok"] / r["cpu"] for r in ours]
-        print(f"transfuse: median {median_of(per):.0f} images/cpu-s (range {min(per):.0f}-{max(per):.0f}), "
-              f"{median_of([r['ok'] / r['wall'] for r in ours]):.0f} images/s wall, "
-              f"peak RSS {max(r['rss_mb'] for r in ours):.0f} MiB")
-        if peer:
-            pp = [r["ok"] / r["cpu"] for r in peer]
-            print(f"peer_ingest: median {median_of(pp):.0f} images/cpu-s (range {min(pp):.0f}-{max(pp):.0f}), "
-                  f"{median_of([r['ok'] / r['wall'] for r in peer]):.0f} images/s wall")
-            print(f"ratio per cpu-second: median {median_of(ratios):.1f}x (range {min(ratios):.1f}-"
-                  f"{max(ratios):.1f}x); wall: median {median_of(wall_ratios):.1f}x (range "
-                  f"{min(wall_ratios):.1f}-{max(wall_ratios):.1f}x); goal 5x per cpu-second: "
-                  f"{'reached' if median_of(ratios) >= 5 else 'not reached'}")
+        per = [r["ok"] / r["cpu"] for r in ours] or [0]
+        if ours:
+            print(f"transfuse: median {median_of(per):.0f} images/cpu-s (range {min(per):.0f}-{max(per):.0f}), "
+                  f"{median_of([r['ok'] / r['wall'] for r in ours]):.0f} images/s wall, "
+                  f"peak RSS {max(r['rss_mb'] for r in ours):.0f} MiB")
+            if peer:
+                pp = [r["ok"] / r["cpu"] for r in peer]
+                print(f"peer_ingest: median {median_of(pp):.0f} images/cpu-s (range {min(pp):.0f}-{max(pp):.0f}), "
+                      f"{median_of([r['ok'] / r['wall'] for r in peer]):.0f} images/s wall")
+                print(f"ratio per cpu-second: median {median_of(ratios):.1f}x (range {min(ratios):.1f}-"
+                      f"{max(ratios):.1f}x); wall: median {median_of(wall_ratios):.1f}x (range "
+                      f"{min(wall_ratios):.1f}-{max(wall_ratios):.1f}x); goal 5x per cpu-second: "
+                      f"{'reached' if median_of(ratios) >= 5 else 'not reached'}")
         if a.perf:
             r = run_ours(a, man, os.path.join(a.work, "out-perf"), a.concurrency, a.per_host, perf=a.perf)
             print(line("under perf", r))
             perf_split(a, a.perf)
     if a.rss:
-        with Nginx(corpus, os.path.join(a.work, "nginx-rss"), a.nginx_workers, a.rss_hosts, access_log=False) as ngx:
-            if a.rss_rate:  # a slow server: every response paced at limit_rate
-                conf = os.path.join(ngx.dir, "nginx.conf")
-                text = open(conf).read().replace("keepalive_requests", f"limit_rate {a.rss_rate};\n  keepalive_requests",
-                                                 1)
-                open(conf, "w").write(text)
-                subprocess.run([ngx.proc.args[0], "-p", ngx.dir, "-c", conf, "-s", "reload"], check=True)
-                time.sleep(0.5)
+        with Nginx(corpus, os.path.join(a.work, "nginx-rss"), a.nginx_workers, a.rss_hosts, access_log=False,
+                   http_extra=f"limit_rate {a.rss_rate};" if a.rss_rate else "") as ngx:
             for rows in [int(x) for x in a.rss.split(",")]:
                 man = os.path.join(a.work, f"rows-{rows}.tsv")
                 manifest(man, files, captions, ngx.port, a.rss_hosts, rows)

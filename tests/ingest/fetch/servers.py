@@ -1,11 +1,12 @@
 """Loopback web servers for the fetcher's tests and the ingest benchmarks.
 
-Nginx(root, workdir, workers=1, hosts=1, access_log=True): Debian's nginx
+Nginx(root, workdir, workers=1, hosts=1, access_log=True, http_extra=""): Debian's nginx
 serving `root` on a free port of 127.0.0.1 (and of 127.0.0.2 .. 127.0.0.N
 with hosts=N; plain HTTP/1.1 with keep-alive) and, when openssl is installed, a second
 port with TLS and HTTP/2 under a self-signed certificate for 127.0.0.1 and
 localhost (`cert` is its PEM file). The access log has one line per
 request: connection serial, requests on that connection, status, URI.
+`http_extra` is added to the http block as is (e.g. "limit_rate 16k;").
 
 FaultServer(corpus, also=[...]): fault_server.py beside this file, on one
 port of 127.0.0.1 (and of every address in `also`).
@@ -85,9 +86,9 @@ def stop(proc):
 
 
 class Nginx:
-    def __init__(self, root, workdir, workers=1, hosts=1, access_log=True):
+    def __init__(self, root, workdir, workers=1, hosts=1, access_log=True, http_extra=""):
         self.root, self.dir, self.workers = os.path.abspath(root), os.path.abspath(workdir), workers
-        self.hosts, self.logging = hosts, access_log
+        self.hosts, self.logging, self.http_extra = hosts, access_log, http_extra
         self.proc = None
         self.cert = None
 
@@ -130,6 +131,7 @@ http {{
   access_log {f"{d}/access.log fetch" if self.logging else "off"};
   keepalive_requests 100000;
   keepalive_timeout 120s;
+  {self.http_extra}
 {temp}
   server {{
 {listens}
