@@ -305,6 +305,14 @@ with open(local, "w") as f:
 out4 = os.path.join(WORK, "out_local")
 p = run("ingest", "run", "--manifest", local, "--out", out4, "--tokenizer", TOK, "--vae", VAE, "--allow-local-files")
 check(p.returncode == 0 and len(records(out4)) == 2, f"local files: {p.stderr.decode()[-400:]}")
+# a long manifest name (LAION's parquet names are ~90 bytes): job ids stay short enough to prefix shard names
+long_name = os.path.join(local_dir, "laion2B-en-part-00000-5114fd87-297e-42b0-9d11-50f1df323dfa-c000.snappy.tsv")
+shutil.copy(local, long_name)
+out6 = os.path.join(WORK, "out_long")
+p = run("ingest", "run", "--manifest", long_name, "--out", out6, "--tokenizer", TOK, "--vae", VAE, "--allow-local-files")
+jobs6 = [n for n in os.listdir(os.path.join(out6, "ingest-jobs")) if n.endswith(".encode.json")] if p.returncode == 0 else []
+check(p.returncode == 0 and len(records(out6)) == 2 and len(jobs6) == 1 and len(jobs6[0]) <= 55 + 12,
+      f"long manifest name: {jobs6} {p.stderr.decode()[-300:]}")
 out5 = os.path.join(WORK, "out_nolocal")
 p = run("ingest", "run", "--manifest", local, "--out", out5, "--tokenizer", TOK, "--vae", VAE)
 fl = failure_lines(os.path.join(out5, "ingest-jobs"))
