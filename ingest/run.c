@@ -491,6 +491,7 @@ int ingest_run_main(int argc, char **argv)
     int started = 0;
     Tokenizer *tok = NULL;
     Vae *vae = NULL;
+    FetchShare *share = NULL;
     TfMetricsServer *ms = NULL;
     IngestProgress *prog = ingest_progress_new();
     sh.failures = json_object();
@@ -510,6 +511,9 @@ int ingest_run_main(int argc, char **argv)
         tf_fail(&err, "--size %d is not a multiple of the VAE's downsampling factor %d", o.crop.size, factor);
         goto fail;
     }
+    if (!(share = fetch_share_new(&err))) /* DNS results and TLS sessions, shared by the workers' fetchers */
+        goto fail;
+    o.fetch.share = share;
     IngestFetchOptions probe = o; /* bad fetch options fail before any work */
     probe.fetch.stop = stop;
     Fetcher *f = fetcher_new(&probe.fetch, &err);
@@ -669,6 +673,7 @@ done:
     tf_metrics_server_free(ms);
     tokenizer_free(tok);
     vae_free(vae);
+    fetch_share_free(share); /* after the workers: it outlives every fetcher */
     ingest_progress_free(prog);
 out:
     fetch_cli_args_deinit(&fa);
