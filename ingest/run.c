@@ -584,15 +584,19 @@ int ingest_run_main(int argc, char **argv)
         goto fail;
     }
     sh.running = (int)n_workers;
-    for (; started < (int)n_workers; started++)
-        if (pthread_create(&tids[started], NULL, run_worker, &sh)) {
-            tf_fail(&err, "cannot start worker %d", started + 1);
+    for (; started < (int)n_workers; started++) {
+        int e = pthread_create(&tids[started], NULL, run_worker, &sh);
+        if (e) { /* fewer workers: slower, not wrong (none at all: the run fails) */
+            tf_fail(&err, "cannot start worker %d of %zu: %s", started + 1, n_workers, strerror(e));
+            tf_log(TF_LOG_WARN, TAG, "%s; going on with %d", err.msg, started);
             pthread_mutex_lock(&sh.lock);
             sh.running -= (int)n_workers - started;
-            sh.next = sh.n_todo; /* the workers started finish what they hold */
             pthread_mutex_unlock(&sh.lock);
             break;
         }
+    }
+    if (n_workers && !started)
+        goto fail;
     int draw = progress_enabled();
     IngestProgressSnapshot before, now;
     ingest_progress_read(prog, &before);
@@ -603,13 +607,17 @@ int ingest_run_main(int argc, char **argv)
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += 1;
         pthread_cond_timedwait(&sh.finished_cv, &sh.lock, &ts);
-        if (draw && sh.running > 0) {
+        /* the progress line every second on a terminal, else a log line every 30 s */
+        if (sh.running > 0 && (draw || tf_now() - t_before >= 30)) {
             pthread_mutex_unlock(&sh.lock);
             ingest_progress_read(prog, &now);
             double tn = tf_now();
             char line[400];
             ingest_progress_format(&now, &before, tn - t_before, tn - t_run, line, sizeof line);
-            fprintf(stderr, "\r\033[K%s", line);
+            if (draw)
+                fprintf(stderr, "\r\033[K%s", line);
+            else
+                tf_log(TF_LOG_INFO, TAG, "%s", line);
             before = now;
             t_before = tn;
             pthread_mutex_lock(&sh.lock);
@@ -618,11 +626,9 @@ int ingest_run_main(int argc, char **argv)
     pthread_mutex_unlock(&sh.lock);
     for (int t = 0; t < started; t++)
         pthread_join(tids[t], NULL);
-    started = 0;
     if (draw)
         fputs("\r\033[K", stderr);
-    if (err.msg[0] && started < (int)n_workers && !sh.first_error[0])
-        snprintf(sh.first_error, sizeof sh.first_error, "%s", err.msg);
+    started = 0;
 
     /* summary */
     double secs = tf_now() - t0;
