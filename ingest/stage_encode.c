@@ -471,6 +471,10 @@ int ingest_encode_cli_check(IngestEncodeCli *c, TfError *err)
 
 int ingest_encode_cli_load(IngestEncodeCli *c, TfError *err)
 {
+    /* The encoder's per-layer buffers are tens of MiB: kept on the heap
+     * instead of mmap/munmap per layer (measured: 40% more CPU per image
+     * than `vae encode`, which does the same, before this). */
+    image_tune_process_malloc();
     if (!(c->vae = vae_load(c->vae_dir, VAE_LOAD_ENCODER, err)))
         return -1;
     if (!(c->kernels = tf_kernels_new(TF_BACKEND_CPU, c->opts.common.threads, err)))

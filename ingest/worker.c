@@ -603,7 +603,7 @@ int ingest_worker_main(int argc, char **argv)
             goto fail;
         snprintf(w->reader_group, sizeof w->reader_group, "%s-reader", w->group);
     } else {
-        image_tune_process_malloc();
+        image_tune_process_malloc(); /* libjpeg's progressive buffers stay on the heap */
         if (!(w->tok = tokenizer_load(w->tokenizer_path, &err)))
             goto fail;
         ingest_fetch_options_init(&w->fo);

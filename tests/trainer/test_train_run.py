@@ -10,12 +10,16 @@ posterior sampling is in the loop):
     lr and data position in the JSON log, the held-out losses, and the
     final weights and optimizer state equal the uninterrupted run's to
     the bit. The uninterrupted run takes its options from --config, the
-    others from flags. keep-last / keep-every leave the right folders.
-(b) data with another tokenizer (a resumed run; --tokenizer FILE) or
-    another latent shape is refused (exit 3), the message naming both.
+    others from flags. The resume ignores a newer step folder without its
+    marker and removes a dead writer's temporary folder. keep-last / keep-every leave the right folders.
+(b) data with another tokenizer (a resumed run; --tokenizer FILE), VAE
+    (a resumed run) or latent shape is refused (exit 3), the message naming both.
 (c) bad flags and configs exit 2 before any work (no --out folder made),
     as does an --out holding checkpoints without --resume.
 (d) --log writes NaN and infinities as null (a learning rate of 1e30).
+(e) from a Kafka topic (the embedded broker, one partition so the order
+    is fixed): a SIGTERM + --resume run equals the uninterrupted one; a
+    topic, which records no latent scaling, needs --latent-scale.
 
 usage: test_train_run.py TRANSFUSE TEST_TRAIN_DATA LLAMA_DIR WORKDIR"""
 import base64, json, os, random, shutil, signal, subprocess, sys, time, urllib.request
@@ -167,11 +171,19 @@ check(reached and proc.returncode == -signal.SIGKILL, f"killed (rc {proc.returnc
 killed = last_step(W("c.log"))
 complete = sorted(d for d in os.listdir(W("c")) if os.path.exists(W("c", d, "COMPLETE")))
 check(complete and complete[-1] < "step-%08d" % N, f"complete checkpoints before the end: {complete}")
+# an incomplete checkpoint (no marker) newer than all, and a dead writer's temporary folder
+os.makedirs(W("c", "step-%08d" % (N - 1)))
+open(W("c", "step-%08d" % (N - 1), "model.safetensors"), "w").write("not a checkpoint")
+os.makedirs(W("c", ".tmp-step-%08d-999999" % (N - 1)))
 p = run("train", *common, *flags, "--out", W("c"), "--log", W("c.log"), "--resume")
-check(p.returncode == 0, "resume after SIGKILL exit 0")
+check(p.returncode == 0, "resume after SIGKILL exit 0 (the incomplete folder ignored)")
+check(f"resuming from {W('c', complete[-1] if complete else '?')}".encode() in p.stderr,
+      "resumed from the newest complete checkpoint")
 same_as_a(W("c.log"), f"SIGKILL at step {killed} (newest checkpoint {complete[-1] if complete else None}) + resume")
 same_files("c", "SIGKILL + resume")
 check(not [d for d in os.listdir(W("c")) if d.startswith(".tmp")], "no temporary folders left")
+left = sorted(d for d in os.listdir(W("c")) if d.startswith("step-"))
+check(left == sorted(kept + ["step-%08d" % (N - 1)]), f"the same checkpoints kept, the foreign folder left alone: {left}")
 
 # ---- (b) refusals -----------------------------------------------------------------------------
 make("other_tok", 5, "--latent", "4,8,8", "--tokenizer-id", "tok-zzz")
@@ -179,6 +191,11 @@ p = run("train", "--out", W("a"), "--resume", "--data", W("other_tok"), "--steps
         ok=(3,))
 e = p.stderr.decode()
 check(p.returncode == 3 and "tok-test" in e and "tok-zzz" in e, f"resumed run refuses another tokenizer: {e}")
+make("other_vae", 5, "--latent", "4,8,8", "--vae-id", "vae-zzz")
+p = run("train", "--out", W("a"), "--resume", "--data", W("other_vae"), "--steps", str(N + 2), "--threads", "1",
+        ok=(3,))
+e = p.stderr.decode()
+check(p.returncode == 3 and "vae-test" in e and "vae-zzz" in e, f"resumed run refuses another VAE: {e}")
 p = run("train", *common, "--out", W("r1"), "--latent", "4,16,16", "--steps", "1", ok=(3,))
 e = p.stderr.decode()
 check(p.returncode == 3 and "4x16x16" in e and "4x8x8" in e, f"another latent shape refused: {e}")
@@ -195,7 +212,7 @@ bad_cfg = W("bad.json")
 with open(bad_cfg, "w") as f:
     json.dump({"batch": 2, "no-such-option": 1}, f)
 for argv in (["--batch", "0"], ["--bogus"], ["--lr-image", "abc"], ["--latent", "4,8"], ["--adapter", "conv"],
-             ["--config", bad_cfg], ["--seq", "x"], ["extra-operand"]):
+             ["--config", bad_cfg], ["--seq", "x"], ["extra-operand"], ["--seq", "19"], ["--patch", "3"]):
     p = run("train", *common, "--out", W("bad"), *argv, ok=(2,))
     check(p.returncode == 2 and not os.path.exists(W("bad")), f"{argv}: exit {p.returncode}, no output")
 p = run("train", "--data", W("ds"), "--out", W("bad"), ok=(2,))
@@ -214,5 +231,42 @@ try:
     check(any(L[s]["loss"] is None for s in L), f"null losses in the log: {[L[s]['loss'] for s in L]}")
 except ValueError as x:
     check(False, f"the log is not strict JSON: {x}")
+
+# ---- (e) a Kafka topic (the embedded broker): resume is bit-exact there too ----------------------
+broker = subprocess.Popen([T, "broker", "--brokers", "1", "--topic", "samples:1", "--bootstrap-file", W("bs")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+try:
+    for _ in range(600):
+        if os.path.exists(W("bs")) and os.path.getsize(W("bs")) > 0 or broker.poll() is not None:
+            break
+        time.sleep(0.05)
+    url = f"kafka://{open(W('bs')).read().strip()}/samples"
+    make("kds", 120, "--latent", "4,8,8", "--dtype", "bf16", "--logvar")
+    p = run("shards", "publish", W("kds"), "--to", url, "--flow-group", "trainer")
+    check(p.returncode == 0, "publish to the topic")
+    kargs = ["--llama", LLAMA, "--data", url, "--threads", "1", "--steps", "8", "--batch", "2", "--seq", "96",
+             "--checkpoint-every", "3", "--lr-image", "2e-3", "--warmup", "2", "--latent", "4,8,8"]
+    scale = ["--latent-scale", "0.18215", "--latent-shift", "0.125"]
+    p = run("train", *kargs, "--out", W("kn"), "--kafka-group", "kn", "--steps", "1", ok=(3,))
+    check(p.returncode == 3 and b"no latent scaling factor" in p.stderr, f"a topic needs the scaling: {p.stderr[-200:]}")
+    p = run("train", *kargs, *scale, "--out", W("ka"), "--kafka-group", "ka", "--log", W("ka.log"))
+    check(p.returncode == 0, "topic: uninterrupted run exit 0")
+    KA = read_log(W("ka.log"))
+    check(sorted(KA) == list(range(1, 9)) and KA[8]["data_position"]["kind"] == "kafka",
+          f"topic: 8 steps, a Kafka position: {KA.get(8, {}).get('data_position')}")
+    proc = subprocess.Popen([T, "train", *kargs, *scale, "--out", W("kb"), "--kafka-group", "kb", "--log", W("kb.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reached = wait_for(proc, lambda: last_step(W("kb.log")) >= 4)
+    proc.send_signal(signal.SIGTERM)
+    wait_process(proc, 300)
+    check(reached and proc.returncode == 130, f"topic: SIGTERM exit {proc.returncode}")
+    p = run("train", "--out", W("kb"), "--resume", "--log", W("kb.log"), "--threads", "1")
+    check(p.returncode == 0, "topic: resume exit 0")
+    KB = read_log(W("kb.log"))
+    check(KB == KA, f"topic: SIGTERM at {last_step(W('kb.log'))} + resume equals the uninterrupted run: "
+          f"{[s for s in KA if KB.get(s) != KA[s]]}")
+finally:
+    broker.terminate()
+    wait_process(broker, 60)
 
 checks.finish()
