@@ -476,8 +476,6 @@ int ingest_run_main(int argc, char **argv)
     o.common.sink.shard_bytes = eo.common.sink.shard_bytes;
     eo.from = crops_dir;
     o.manifest.resolve_relative = o.fetch.allow_file;
-    o.common.threads = threads ? threads : (int)(tf_cpu_count() / workers > 0 ? tf_cpu_count() / workers : 1);
-    eo.common.threads = o.common.threads;
     TfStopFlag *stop = tf_cli_stop_flag();
     o.common.stop = eo.common.stop = stop;
 
@@ -578,6 +576,9 @@ int ingest_run_main(int argc, char **argv)
 
     /* run */
     size_t n_workers = (size_t)workers < sh.n_todo ? (size_t)workers : sh.n_todo;
+    /* threads per worker: --threads, else the CPUs shared by the workers that will run */
+    int per = n_workers ? tf_cpu_count() / (int)n_workers : 1;
+    o.common.threads = eo.common.threads = threads ? threads : per > 0 ? per : 1;
     tids = calloc(n_workers ? n_workers : 1, sizeof *tids);
     if (!tids) {
         tf_fail(&err, "out of memory");
