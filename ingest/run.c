@@ -83,6 +83,7 @@ static void jobs_free(RunJobs *js)
 typedef struct RunShared {
     const IngestFetchOptions *base; /* everything but the job's own fields */
     const IngestEncodeOptions *enc; /* stage 2, likewise (kernels: each worker's own) */
+    const ShardKeySet *topic_keys;  /* --to: the output topic's keys at the start (read-only, shared) */
     RunJob **todo;
     size_t n_todo, next;
     pthread_mutex_t lock;
@@ -120,7 +121,9 @@ static void job_failed(RunShared *sh, const char *job, const char *stage, const 
 
 /* Stage 2 of one job: its crops (shards JOB-* of the crops folder) to
  * latents. Keys already in the output: the job's own shards there, and the
- * topic's. Returns 1 done, 0 stopped, -1 failed (logged). */
+ * topic's as read once at the start of the run (a job's keys are its rows':
+ * only the job itself writes them, and it runs once per run). Returns 1
+ * done, 0 stopped, -1 failed (logged). */
 static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
 {
     IngestEncodeOptions eo = *sh->enc;
@@ -129,14 +132,14 @@ static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
     eo.common.job = j->id;
     eo.from_prefix = prefix;
     eo.kernels = k;
-    ShardKeySet *fk = eo.common.sink.out ? shard_keyset_new() : NULL, *tk = eo.common.sink.to ? shard_keyset_new() : NULL;
+    ShardKeySet *fk = eo.common.sink.out ? shard_keyset_new() : NULL;
     IngestJobStats st;
     TfError err = {{0}};
     int rc = -1;
     memset(&st, 0, sizeof st);
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/%s", eo.from, SHARD_MANIFEST_NAME);
-    if ((eo.common.sink.out && !fk) || (eo.common.sink.to && !tk)) {
+    if (eo.common.sink.out && !fk) {
         tf_fail(&err, "out of memory");
     } else if (access(mpath, F_OK) != 0) {
         /* no crops published at all (every row so far failed): nothing to
@@ -149,10 +152,10 @@ static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
         else if (!js)
             tf_fail(&err, "out of memory");
         json_decref(js);
-    } else if (!ingest_sink_keys(&eo.common.sink, prefix, fk, tk, &err))
-        rc = ingest_stage_encode_keys(&eo, fk, tk, NULL, 0, &st, &err);
+    } else if (!ingest_sink_keys(&eo.common.sink, prefix, fk, NULL, &err)) {
+        rc = ingest_stage_encode_keys(&eo, fk, sh->topic_keys, NULL, 0, &st, &err);
+    }
     shard_keyset_free(fk);
-    shard_keyset_free(tk);
     if (rc) {
         job_failed(sh, j->id, "encode", err.msg);
         ingest_job_stats_deinit(&st);
@@ -490,6 +493,7 @@ int ingest_run_main(int argc, char **argv)
     Tokenizer *tok = NULL;
     Vae *vae = NULL;
     FetchShare *share = NULL;
+    ShardKeySet *topic_keys = NULL;
     TfMetricsServer *ms = NULL;
     IngestProgress *prog = ingest_progress_new();
     sh.failures = json_object();
@@ -566,6 +570,15 @@ int ingest_run_main(int argc, char **argv)
             sh.todo[sh.n_todo++] = j; /* stage 1 for the retried rows, and/or stage 2 */
         else
             done_before++;
+    }
+    if (eo.common.sink.to && sh.n_todo) {
+        if (!(topic_keys = shard_keyset_new())) {
+            tf_fail(&err, "out of memory");
+            goto fail;
+        }
+        if (record_source_keys(eo.common.sink.to, topic_keys, NULL, &err))
+            goto fail;
+        sh.topic_keys = topic_keys;
     }
     tf_log(TF_LOG_INFO, TAG, "%llu row(s) in %zu job(s) of up to %ld rows; %llu done before; %zu to run (%llu with "
            "failed rows retried), %llu row(s) to fetch",
@@ -681,6 +694,7 @@ done:
     tokenizer_free(tok);
     vae_free(vae);
     fetch_share_free(share); /* after the workers: it outlives every fetcher */
+    shard_keyset_free(topic_keys);
     ingest_progress_free(prog);
 out:
     fetch_cli_args_deinit(&fa);
