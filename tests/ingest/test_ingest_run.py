@@ -25,19 +25,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
-from servers import FaultServer, Nginx, free_port, require_nginx, web_corpus  # noqa: E402
+from servers import FaultServer, Nginx, free_port, web_test_start  # noqa: E402
 
 T, TOK, WORK = sys.argv[1:4]
 checks = Checks("test_ingest_run")
 check = checks.check
-if not os.path.exists(TOK):
-    print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
-    sys.exit(77)
-require_nginx()
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-corpus = os.path.join(WORK, "corpus")
-files = web_corpus(corpus, 16)
+corpus, files = web_test_start(TOK, WORK, 16)
 photos = [next(n for n in files if n.endswith(e)) for e in (".jpg", ".webp", ".png")]
 photos += [n for n in files if n not in photos][:3]
 fault_dir = os.path.join(WORK, "fault")
