@@ -164,6 +164,15 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     p = run(*base)
     check(p.returncode == 0 and f"{n_jobs} done before" in p.stderr.decode(), f"rerun: {p.stderr.decode()[-400:]}")
     check(shard_bytes(out) == before and shard_bytes(crops) == crops_before, "a rerun changed the shards")
+    # a job with stage 1 done and stage 2 not (as after a stop during the VAE): stage 2 only, nothing twice
+    j1 = json.load(open(os.path.join(stats_dir, "web.tsv.000001.encode.json")))
+    os.unlink(os.path.join(stats_dir, "web.tsv.000001.encode.json"))
+    p = run(*base)
+    err = p.stderr.decode()
+    check(p.returncode == 0 and f"{n_jobs - 1} done before" in err and " 0 rows: " in err
+          and f"encode: 0 encoded, {j1['succeeded']} already there" in err, f"stage 2 only: {err[-500:]}")
+    check(shard_bytes(out) == before and shard_bytes(crops) == crops_before, "stage 2 alone changed the shards")
+    check(os.path.exists(os.path.join(stats_dir, "web.tsv.000001.encode.json")), "stage 2 alone: stats written")
 
     # 3. --retry-failed: the transient failures only (g1 recovers, truncated fails again)
     p = run(*base, "--retry-failed")
