@@ -50,6 +50,20 @@ def web_corpus(out, count, jobs=2):
         return [line.split("\t")[0] for line in f.read().splitlines()[1:]]
 
 
+def web_test_start(tokenizer, work, count):
+    """The start of a web ingest test: exits 77 when the tokenizer fixture
+    did not run or nginx or the photos are missing; `work` made empty, the
+    corpus of `count` photos in work/corpus. Returns (corpus dir, file names)."""
+    if not os.path.exists(tokenizer):
+        print(f"skipped: {tokenizer} is missing (the tokenizer_fetch_reference fixture did not run)")
+        sys.exit(77)
+    require_nginx()
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    corpus = os.path.join(work, "corpus")
+    return corpus, web_corpus(corpus, count)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
