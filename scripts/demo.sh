@@ -8,7 +8,9 @@
 # the tiny LlamaFusion config on it for a short run, checks with
 # `transfuse eval text` that the frozen text path did not move, and draws a
 # loss plot and a contact sheet. Everything is written under out/demo/.
-#   DEMO_IMAGES=N   how many wallpapers to serve (default 24)
+#   DEMO_IMAGES=N   how many wallpapers to serve (default 24; the embedded
+#                   broker keeps about 5 MiB per partition, so the topic
+#                   holds about a hundred of these records with their PNG crops)
 #   DEMO_STEPS=N    training steps (default 80)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,7 +93,7 @@ url="kafka://$(cut -d, -f1 "$out/bootstrap")/demo"
 
 echo "== 5. ingest run: fetch, crop, tokenize (stage 1), VAE-encode (stage 2) into shards and the topic"
 "$T" ingest run --manifest "$out/manifest.tsv" --out "$out/dataset" --to "$url" --tokenizer "$tok" --vae "$out/vae" \
-  --workers 2 --allow-private-networks --keep-crop
+  --workers 2 --allow-private-networks --keep-crop --crop-format png
 
 echo "== 6. the result"
 "$T" shards verify "$out/dataset"
