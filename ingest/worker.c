@@ -142,7 +142,12 @@ static void job_end(Worker *w, int stop_it)
     pthread_join(w->thread, NULL);
     w->busy = 0;
     TfError err = {{0}};
-    if (w->rc) {
+    if (w->rc && atomic_load(&w->job_stop)) {
+        /* an error on the way out of a stop we asked for (a delivery wait
+         * given up): the job is not done, and that is all */
+        tf_log(TF_LOG_INFO, TAG, "job %s stopped (%s; not committed: redone later)", w->job, w->err.msg);
+        keys_drop(w, w->part);
+    } else if (w->rc) {
         tf_log(TF_LOG_ERROR, TAG, "job %s failed: %s (not committed: redone by the partition's next owner)", w->job,
                w->err.msg);
         w->failed = 1;
