@@ -18,29 +18,14 @@ import json, os, re, shutil, signal, socket, subprocess, sys, time
 T, TOK, WORK = sys.argv[1], sys.argv[2], os.path.abspath(sys.argv[3])
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "ingest", "fetch"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 from servers import FaultServer, free_port  # noqa: E402
+from checks import Checks, wait_for  # noqa: E402
 
-failures = 0
 procs = []
 TMUX_ENV = dict(os.environ, TMUX_TMPDIR=os.path.join(WORK, "tmux"), TERM="xterm-256color")
-
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
-    return cond
-
-
-def wait_for(pred, timeout=60.0, step=0.25):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return None
+C = Checks("test_top_live")
+check = C.check
 
 
 def run(*argv, ok=(0,), **kw):
@@ -99,7 +84,7 @@ def main():
                               "--metrics-port", str(tport), "--register", reg],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(WORK, "train.err"), "w"))
     procs.append(train)
-    check(wait_for(lambda: len(log_lines(tlog)) >= 3), "the trainer logs steps")
+    check(wait_for(lambda: len(log_lines(tlog)) >= 3, timeout=60), "the trainer logs steps")
 
     # ---- the ingest: slow rows from the fault server, registered ----
     corpus = os.path.join(WORK, "corpus")
@@ -223,5 +208,4 @@ finally:
             p.kill()
             p.wait()
     subprocess.run(["tmux", "kill-server"], env=TMUX_ENV, capture_output=True)
-print("test_top_live:", "FAILED" if failures else "ok", f"({failures} failures)")
-sys.exit(1 if failures else 0)
+C.finish()
