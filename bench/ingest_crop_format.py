@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Stage 1's crop format, measured: `transfuse ingest run` over nginx on
-loopback (the wallpaper corpus of tests/ingest/make_web_corpus.py) with
---crop-format raw and png (zlib level 1), one worker and one crop thread.
+"""Stage 1's crop format, measured: ingest_stage_fetch (through the test
+driver, build/tests/ingest/stage_fetch_driver: stage 1 alone, as `ingest
+run` runs it per job) over nginx on loopback (the wallpaper corpus of
+tests/ingest/make_web_corpus.py) with raw and png (zlib level 1) crops, one
+crop thread.
 Reports CPU seconds per row (user + system of the process, less a 1-row
 run's start-up cost: tokenizer load, planning) and bytes per record. CPU
 time, not wall time, so a busy shared machine does not skew it.
 
-usage: /usr/bin/python3 bench/ingest_crop_format.py TRANSFUSE TOKENIZER_JSON WORKDIR [--count N] [--reps R]"""
+usage: /usr/bin/python3 bench/ingest_crop_format.py STAGE_FETCH_DRIVER TOKENIZER_JSON WORKDIR [--count N] [--reps R]"""
 import argparse, os, shutil, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -14,7 +16,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "ingest", "fetch"))
 from servers import Nginx  # noqa: E402
 
 ap = argparse.ArgumentParser()
-ap.add_argument("transfuse")
+ap.add_argument("driver")
 ap.add_argument("tokenizer")
 ap.add_argument("work")
 ap.add_argument("--count", type=int, default=200)
@@ -29,12 +31,11 @@ files = [line.split("\t")[0] for line in open(os.path.join(corpus, "index.tsv"))
 def ingest(manifest, fmt):
     out = os.path.join(a.work, "out_" + fmt)
     shutil.rmtree(out, ignore_errors=True)
-    p = subprocess.Popen([a.transfuse, "ingest", "run", "--manifest", manifest, "--out", out, "--tokenizer",
-                          a.tokenizer, "--workers", "1", "--threads", "1", "--job-size", "1000000", "--crop-format",
-                          fmt, "--allow-address", "127.0.0.1/32", "--concurrency", "16"],
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([a.driver, "--manifest", manifest, "--tokenizer", a.tokenizer, "--job", "bench.000000",
+                          "--out", out, "--threads", "1", "--allow-address", "127.0.0.1/32", "--concurrency", "16",
+                          *(["--png"] if fmt == "png" else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, f"ingest run --crop-format {fmt} failed"
+    assert os.waitstatus_to_exitcode(status) == 0, f"stage 1 with {fmt} crops failed"
     size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out) if n.endswith(".tfrecord"))
     return ru.ru_utime + ru.ru_stime, size, ru.ru_maxrss
 

@@ -20,7 +20,10 @@ per round, then as median and range.
 from /metrics) and the crop queue (transfuse_ingest_queue_depth).
 --rss-rate K adds nginx `limit_rate K` for those runs, so that each transfer
 lasts long enough for the fetcher, not the crop threads, to be what waits
-(a slow web, in effect): then 1,000 transfers really are in flight.
+(a slow web, in effect): then 1,000 transfers really are in flight
+(--rss-timeout raises our 30 s attempt timeout so the largest files pass).
+Steady state = the samples taken while the row window (4 x concurrency rows
+taken in, the stage's default) is full.
 
 --perf FILE records one extra run of ours with `perf record --call-graph
 dwarf` and prints where the CPU goes: each sample is charged to the
@@ -58,11 +61,14 @@ def du(path):
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(path) for n in ns)
 
 
+GAUGES = ("transfuse_fetch_in_flight", 'transfuse_ingest_queue_depth{queue="crop"}', "transfuse_ingest_in_flight")
+
+
 class Sampler:
     """Samples a gauge from /metrics and VmRSS from /proc while a child runs."""
 
     def __init__(self, pid, port):
-        self.pid, self.port, self.rss, self.gauges = pid, port, [], {}
+        self.pid, self.port, self.rss, self.gauges, self.rows = pid, port, [], {}, []
         self.stop = threading.Event()
         self.th = threading.Thread(target=self.run)
         self.th.start()
@@ -80,11 +86,13 @@ class Sampler:
             if self.port:
                 try:
                     text = opener.open(f"http://127.0.0.1:{self.port}/metrics", timeout=1).read().decode()
-                    for name in ("transfuse_fetch_in_flight", "transfuse_ingest_queue_depth{queue=\"crop\"}",
-                                 "transfuse_ingest_in_flight"):
+                    row = {"rss": self.rss[-1] if self.rss else 0}
+                    for name in GAUGES:
                         m = re.search(r"^" + re.escape(name) + r"(?:\{[^}]*\})? (\S+)$", text, re.M)
                         if m:
                             self.gauges.setdefault(name, []).append(float(m.group(1)))
+                            row[name] = float(m.group(1))
+                    self.rows.append(row)
                 except OSError:
                     pass
             self.stop.wait(0.1)
@@ -104,11 +112,13 @@ def wait_child(p):
     return ru
 
 
-def run_ours(a, man, out, concurrency, per_host, metrics=False, perf=None):
+def run_ours(a, man, out, concurrency, per_host, metrics=False, perf=None, timeout=0):
     shutil.rmtree(out, ignore_errors=True)
     port = free_port() if metrics else 0
     cmd = [a.driver, "--manifest", man, "--tokenizer", a.tokenizer, "--out", out, "--threads", str(a.threads),
            "--concurrency", str(concurrency), "--per-host", str(per_host)]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
     if port:
         cmd += ["--metrics-port", str(port)]
     if perf:
@@ -139,6 +149,7 @@ def run_ours(a, man, out, concurrency, per_host, metrics=False, perf=None):
         r["ru_cpu"] = ru.ru_utime + ru.ru_stime
         r["rss_samples"] = s.rss
         r["gauges"] = s.gauges
+        r["samples"] = s.rows
     shutil.rmtree(out, ignore_errors=True)
     return r
 
@@ -276,7 +287,8 @@ def main():
     ap.add_argument("--rss", default="", help="manifest sizes for the RSS runs, e.g. 2000,20000")
     ap.add_argument("--rss-concurrency", type=int, default=1000)
     ap.add_argument("--rss-hosts", type=int, default=100)
-    ap.add_argument("--rss-rate", default="", help="nginx limit_rate for the RSS runs, e.g. 64k")
+    ap.add_argument("--rss-rate", default="", help="nginx limit_rate for the RSS runs, e.g. 16k")
+    ap.add_argument("--rss-timeout", type=int, default=0, help="our attempt timeout in s for the RSS runs (0: 30)")
     ap.add_argument("--perf", default="", help="perf.data path: one more run of ours under perf record")
     ap.add_argument("--perf-freq", type=int, default=400)
     ap.add_argument("--work", default="/tmp/transfuse-stage1-bench")
@@ -325,45 +337,49 @@ def main():
                 o, p = got["ours"], got["peer"]
                 ratios.append((o["ok"] / o["cpu"]) / (p["ok"] / p["cpu"]))
                 wall_ratios.append((o["ok"] / o["wall"]) / (p["ok"] / p["wall"]))
-        per = [r["ok"] / r["cpu"] for r in ours]
-        print(f"transfuse: median {median_of(per):.0f} images/cpu-s (range {min(per):.0f}-{max(per):.0f}), "
-              f"{median_of([r['ok'] / r['wall'] for r in ours]):.0f} images/s wall, "
-              f"peak RSS {max(r['rss_mb'] for r in ours):.0f} MiB")
-        if peer:
-            pp = [r["ok"] / r["cpu"] for r in peer]
-            print(f"peer_ingest: median {median_of(pp):.0f} images/cpu-s (range {min(pp):.0f}-{max(pp):.0f}), "
-                  f"{median_of([r['ok'] / r['wall'] for r in peer]):.0f} images/s wall")
-            print(f"ratio per cpu-second: median {median_of(ratios):.1f}x (range {min(ratios):.1f}-"
-                  f"{max(ratios):.1f}x); wall: median {median_of(wall_ratios):.1f}x (range "
-                  f"{min(wall_ratios):.1f}-{max(wall_ratios):.1f}x); goal 5x per cpu-second: "
-                  f"{'reached' if median_of(ratios) >= 5 else 'not reached'}")
+        per = [r["ok"] / r["cpu"] for r in ours] or [0]
+        if ours:
+            print(f"transfuse: median {median_of(per):.0f} images/cpu-s (range {min(per):.0f}-{max(per):.0f}), "
+                  f"{median_of([r['ok'] / r['wall'] for r in ours]):.0f} images/s wall, "
+                  f"peak RSS {max(r['rss_mb'] for r in ours):.0f} MiB")
+            if peer:
+                pp = [r["ok"] / r["cpu"] for r in peer]
+                print(f"peer_ingest: median {median_of(pp):.0f} images/cpu-s (range {min(pp):.0f}-{max(pp):.0f}), "
+                      f"{median_of([r['ok'] / r['wall'] for r in peer]):.0f} images/s wall")
+                print(f"ratio per cpu-second: median {median_of(ratios):.1f}x (range {min(ratios):.1f}-"
+                      f"{max(ratios):.1f}x); wall: median {median_of(wall_ratios):.1f}x (range "
+                      f"{min(wall_ratios):.1f}-{max(wall_ratios):.1f}x); goal 5x per cpu-second: "
+                      f"{'reached' if median_of(ratios) >= 5 else 'not reached'}")
         if a.perf:
             r = run_ours(a, man, os.path.join(a.work, "out-perf"), a.concurrency, a.per_host, perf=a.perf)
             print(line("under perf", r))
             perf_split(a, a.perf)
     if a.rss:
-        with Nginx(corpus, os.path.join(a.work, "nginx-rss"), a.nginx_workers, a.rss_hosts, access_log=False) as ngx:
-            if a.rss_rate:  # a slow server: every response paced at limit_rate
-                conf = os.path.join(ngx.dir, "nginx.conf")
-                text = open(conf).read().replace("keepalive_requests", f"limit_rate {a.rss_rate};\n  keepalive_requests",
-                                                 1)
-                open(conf, "w").write(text)
-                subprocess.run([ngx.proc.args[0], "-p", ngx.dir, "-c", conf, "-s", "reload"], check=True)
-                time.sleep(0.5)
+        with Nginx(corpus, os.path.join(a.work, "nginx-rss"), a.nginx_workers, a.rss_hosts, access_log=False,
+                   http_extra=f"limit_rate {a.rss_rate};" if a.rss_rate else "") as ngx:
             for rows in [int(x) for x in a.rss.split(",")]:
                 man = os.path.join(a.work, f"rows-{rows}.tsv")
                 manifest(man, files, captions, ngx.port, a.rss_hosts, rows)
-                r = run_ours(a, man, os.path.join(a.work, "out-rss"), a.rss_concurrency, a.per_host, metrics=True)
-                g = r["gauges"]
-                fl = [x for x in g.get("transfuse_fetch_in_flight", []) if x > 0]
-                cq = g.get('transfuse_ingest_queue_depth{queue="crop"}', [])
-                rss = r["rss_samples"]
-                steady = rss[len(rss) // 4: 3 * len(rss) // 4] or rss
+                r = run_ours(a, man, os.path.join(a.work, "out-rss"), a.rss_concurrency, a.per_host, metrics=True,
+                             timeout=a.rss_timeout)
+                # steady state: the row window full (4 x concurrency rows taken in), the manifest not yet read
+                window = 4 * a.rss_concurrency
+                steady = [x for x in r["samples"] if x.get("transfuse_ingest_in_flight", 0) >= 0.95 * window]
                 print(line(f"rss {rows} rows, --concurrency {a.rss_concurrency} over {a.rss_hosts} hosts"
                            + (f", nginx limit_rate {a.rss_rate}" if a.rss_rate else ""), r))
-                print(f"  transfers in flight: median {median_of(fl):.0f}, max {max(fl) if fl else 0:.0f}; crop "
-                      f"queue median {median_of(cq):.0f}, max {max(cq) if cq else 0:.0f}; RSS middle half median "
-                      f"{median_of(steady):.0f} MiB, peak (VmHWM) {r['rss_mb']:.0f} MiB", flush=True)
+                if steady:
+                    fl = [x.get("transfuse_fetch_in_flight", 0) for x in steady]
+                    cq = [x.get('transfuse_ingest_queue_depth{queue="crop"}', 0) for x in steady]
+                    rs = [x["rss"] for x in steady]
+                    print(f"  steady state ({len(steady)} of {len(r['samples'])} samples, row window {window} full): "
+                          f"transfers in flight median {median_of(fl):.0f} (range {min(fl):.0f}-{max(fl):.0f}), "
+                          f"bodies waiting for the crop threads median {median_of(cq):.0f} (max {max(cq):.0f}), "
+                          f"RSS median {median_of(rs):.0f} MiB (max {max(rs):.0f}); peak (VmHWM) {r['rss_mb']:.0f} MiB",
+                          flush=True)
+                else:
+                    fl = [x.get("transfuse_fetch_in_flight", 0) for x in r["samples"]]
+                    print(f"  the row window ({window}) never filled (manifest smaller); transfers in flight max "
+                          f"{max(fl) if fl else 0:.0f}; peak (VmHWM) {r['rss_mb']:.0f} MiB", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 

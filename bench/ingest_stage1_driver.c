@@ -7,7 +7,7 @@
  *
  * usage: ingest_stage1_driver --manifest F --tokenizer T --out DIR
  *            [--job NAME] [--threads N] [--concurrency N] [--per-host N]
- *            [--max-in-flight N] [--png] [--fsync] [--metrics-port N]
+ *            [--max-in-flight N] [--timeout S] [--png] [--fsync] [--metrics-port N]
  *
  * Private addresses are allowed (the benchmark serves loopback); shards are
  * not fsynced unless --fsync (the peer does not sync its tar files either).
@@ -48,7 +48,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 'n'},     {"concurrency", required_argument, NULL, 'c'},
         {"per-host", required_argument, NULL, 'p'},    {"max-in-flight", required_argument, NULL, 'x'},
         {"png", no_argument, NULL, 'P'},               {"fsync", no_argument, NULL, 'F'},
-        {"metrics-port", required_argument, NULL, 'M'}, {0}};
+        {"metrics-port", required_argument, NULL, 'M'}, {"timeout", required_argument, NULL, 'T'}, {0}};
     IngestFetchOptions o;
     ingest_fetch_options_init(&o);
     o.common.job = "bench";
@@ -67,6 +67,13 @@ int main(int argc, char **argv)
         case 'j': o.common.job = op.arg; break;
         case 'P': o.crop_format = INGEST_CROP_PNG; break;
         case 'F': o.common.sink.no_fsync = 0; break;
+        case 'T': /* seconds for one attempt (fetch.timeout_s) */
+            if (tf_parse_long("--timeout", op.arg, 1, 3600, &v, &err)) {
+                fprintf(stderr, "ingest_stage1_driver: %s\n", err.msg);
+                return TF_EXIT_USAGE;
+            }
+            o.fetch.timeout_s = (double)v;
+            break;
         case 'n': case 'c': case 'p': case 'x': case 'M': {
             const char *flag = c == 'n' ? "--threads" : c == 'c' ? "--concurrency" : c == 'p' ? "--per-host"
                              : c == 'x' ? "--max-in-flight" : "--metrics-port";

@@ -14,6 +14,9 @@ bench/trainer_step_bench (it writes the batch and the weights the twin
 loads); the twin runs torch.optim.AdamW and torch.nn.utils.clip_grad_norm_.
 Rounds alternate C and PyTorch, so load from other processes hits both;
 each round's figure is the median of --steps timed steps after a warm-up.
+Each round also times the C side with OMP_WAIT_POLICY=passive (libgomp's
+threads sleep instead of spinning while they wait: on a machine whose
+cores other processes share, spinning costs several times the step).
 The summary per case: median and range over the rounds of the ratio
 (PyTorch step time / transfuse step time), and the GFLOP/s each side
 achieves against the sgemm peak that the C side measured in the same
@@ -89,10 +92,10 @@ def flops(twin, batch):
     return f
 
 
-def run_c(build, llama, adapter, out, a):
+def run_c(build, llama, adapter, out, a, env=None):
     cmd = [os.path.join(build, "bench", "trainer_step_bench"), "--llama", llama, "--adapter", adapter, "--out", out,
            "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads)]
-    r = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -157,40 +160,46 @@ def main():
         for lay, ad in cases:
             out = os.path.join(tmp.name, f"{lay}_{ad}")
             c = run_c(a.build, llamas[lay], ad, out, a)
+            # the same with OpenMP threads that sleep when they wait (libgomp
+            # reads this at process start): what a shared machine needs
+            cp = run_c(a.build, llamas[lay], ad, out + "_passive", a, env=dict(os.environ, OMP_WAIT_POLICY="passive"))
             twin = Twin(llamas[lay], os.path.join(out, "trainable.safetensors"), dtype=torch.float32)
             batch, _ = st_read(os.path.join(out, "batch.safetensors"))
             fl = flops(twin, batch)
             t, tc, first = run_torch(twin, batch, a.steps)
             cs = statistics.median(c["step_s"])
-            res[(lay, ad)].append((cs, t, fl, c, tc / statistics.median(c["cpu_s"])))
+            cps = statistics.median(cp["step_s"])
+            res[(lay, ad)].append((cs, t, fl, c, tc / statistics.median(c["cpu_s"]), cps))
             mem = c["memory"]
             per_param = (mem["params"] + mem["grads"] + mem["adamw"]) / c["trainable"]
             print("round %d %s %s (load %.1f): transfuse %.3f s/step (fwd+bwd %.3f, AdamW %.4f), %.0f GFLOP/s "
                   "of sgemm peak %.0f | PyTorch fp32 %.3f s/step, %.0f GFLOP/s | ratio %.2fx wall, %.2fx CPU | "
                   "losses C %.6g/%.6g twin %.6g/%.6g | memory: %.1f B per trainable parameter, frozen %.0f MiB, "
-                  "activations %.0f MiB" %
+                  "activations %.0f MiB | OMP_WAIT_POLICY=passive: %.3f s/step, ratio %.2fx" %
                   (r + 1, lay, ad, os.getloadavg()[0], cs, statistics.median(c["fwd_bwd_s"]),
                    statistics.median(c["optim_s"]), fl / cs / 1e9, c["sgemm_peak_gflops"], t, fl / t / 1e9, t / cs,
                    res[(lay, ad)][-1][4],
                    c["loss_lm"], c["loss_diffusion"], first[0], first[1], per_param, mem["frozen"] / 2**20,
-                   mem["activations"] / 2**20), flush=True)
+                   mem["activations"] / 2**20, cps, t / cps), flush=True)
             del twin
     print("\nB %d x T %d, %d threads, %d rounds, each the median of %d steps after a warm-up\n" %
           (a.batch, a.seq, a.threads, a.rounds, a.steps))
     print("| layout | adapter | GFLOP/step | trainable | transfuse s/step (median) | GFLOP/s | of sgemm peak | "
-          "PyTorch s/step | GFLOP/s | ratio median (range) | per CPU-second |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "PyTorch s/step | GFLOP/s | ratio median (range) | per CPU-second | passive s/step | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (lay, ad), rows in res.items():
         ratios = [x[1] / x[0] for x in rows]
         cratios = [x[4] for x in rows]
+        pratios = [x[1] / x[5] for x in rows]
         cs = statistics.median(x[0] for x in rows)
         t = statistics.median(x[1] for x in rows)
         fl = rows[0][2]
         peak = statistics.median(x[3]["sgemm_peak_gflops"] for x in rows)
-        print("| %s | %s | %.1f | %.2fM | %.3f | %.0f | %.0f%% (%.0f) | %.3f | %.0f | **%.2fx** (%.2f-%.2f) | %.2fx (%.2f-%.2f) |" %
+        print("| %s | %s | %.1f | %.2fM | %.3f | %.0f | %.0f%% (%.0f) | %.3f | %.0f | **%.2fx** (%.2f-%.2f) | %.2fx (%.2f-%.2f) | %.3f | %.2fx (%.2f-%.2f) |" %
               (lay, ad, fl / 1e9, rows[0][3]["trainable"] / 1e6, cs, fl / cs / 1e9, 100 * fl / cs / 1e9 / peak, peak,
                t, fl / t / 1e9, statistics.median(ratios), min(ratios), max(ratios), statistics.median(cratios),
-               min(cratios), max(cratios)))
+               min(cratios), max(cratios), statistics.median(x[5] for x in rows), statistics.median(pratios),
+               min(pratios), max(pratios)))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ static void jobs_free(RunJobs *js)
 typedef struct RunShared {
     const IngestFetchOptions *base; /* everything but the job's own fields */
     const IngestEncodeOptions *enc; /* stage 2, likewise (kernels: each worker's own) */
+    const ShardKeySet *topic_keys;  /* --to: the output topic's keys at the start (read-only, shared) */
     RunJob **todo;
     size_t n_todo, next;
     pthread_mutex_t lock;
@@ -120,7 +121,9 @@ static void job_failed(RunShared *sh, const char *job, const char *stage, const 
 
 /* Stage 2 of one job: its crops (shards JOB-* of the crops folder) to
  * latents. Keys already in the output: the job's own shards there, and the
- * topic's. Returns 1 done, 0 stopped, -1 failed (logged). */
+ * topic's as read once at the start of the run (a job's keys are its rows':
+ * only the job itself writes them, and it runs once per run). Returns 1
+ * done, 0 stopped, -1 failed (logged). */
 static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
 {
     IngestEncodeOptions eo = *sh->enc;
@@ -129,14 +132,14 @@ static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
     eo.common.job = j->id;
     eo.from_prefix = prefix;
     eo.kernels = k;
-    ShardKeySet *fk = eo.common.sink.out ? shard_keyset_new() : NULL, *tk = eo.common.sink.to ? shard_keyset_new() : NULL;
+    ShardKeySet *fk = eo.common.sink.out ? shard_keyset_new() : NULL;
     IngestJobStats st;
     TfError err = {{0}};
     int rc = -1;
     memset(&st, 0, sizeof st);
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/%s", eo.from, SHARD_MANIFEST_NAME);
-    if ((eo.common.sink.out && !fk) || (eo.common.sink.to && !tk)) {
+    if (eo.common.sink.out && !fk) {
         tf_fail(&err, "out of memory");
     } else if (access(mpath, F_OK) != 0) {
         /* no crops published at all (every row so far failed): nothing to
@@ -149,10 +152,10 @@ static int run_encode(RunShared *sh, const RunJob *j, TfKernels *k)
         else if (!js)
             tf_fail(&err, "out of memory");
         json_decref(js);
-    } else if (!ingest_sink_keys(&eo.common.sink, prefix, fk, tk, &err))
-        rc = ingest_stage_encode_keys(&eo, fk, tk, NULL, 0, &st, &err);
+    } else if (!ingest_sink_keys(&eo.common.sink, prefix, fk, NULL, &err)) {
+        rc = ingest_stage_encode_keys(&eo, fk, sh->topic_keys, NULL, 0, &st, &err);
+    }
     shard_keyset_free(fk);
-    shard_keyset_free(tk);
     if (rc) {
         job_failed(sh, j->id, "encode", err.msg);
         ingest_job_stats_deinit(&st);
@@ -476,8 +479,6 @@ int ingest_run_main(int argc, char **argv)
     o.common.sink.shard_bytes = eo.common.sink.shard_bytes;
     eo.from = crops_dir;
     o.manifest.resolve_relative = o.fetch.allow_file;
-    o.common.threads = threads ? threads : (int)(tf_cpu_count() / workers > 0 ? tf_cpu_count() / workers : 1);
-    eo.common.threads = o.common.threads;
     TfStopFlag *stop = tf_cli_stop_flag();
     o.common.stop = eo.common.stop = stop;
 
@@ -491,6 +492,8 @@ int ingest_run_main(int argc, char **argv)
     int started = 0;
     Tokenizer *tok = NULL;
     Vae *vae = NULL;
+    FetchShare *share = NULL;
+    ShardKeySet *topic_keys = NULL;
     TfMetricsServer *ms = NULL;
     IngestProgress *prog = ingest_progress_new();
     sh.failures = json_object();
@@ -510,6 +513,9 @@ int ingest_run_main(int argc, char **argv)
         tf_fail(&err, "--size %d is not a multiple of the VAE's downsampling factor %d", o.crop.size, factor);
         goto fail;
     }
+    if (!(share = fetch_share_new(&err))) /* DNS results and TLS sessions, shared by the workers' fetchers */
+        goto fail;
+    o.fetch.share = share;
     IngestFetchOptions probe = o; /* bad fetch options fail before any work */
     probe.fetch.stop = stop;
     Fetcher *f = fetcher_new(&probe.fetch, &err);
@@ -565,6 +571,15 @@ int ingest_run_main(int argc, char **argv)
         else
             done_before++;
     }
+    if (eo.common.sink.to && sh.n_todo) {
+        if (!(topic_keys = shard_keyset_new())) {
+            tf_fail(&err, "out of memory");
+            goto fail;
+        }
+        if (record_source_keys(eo.common.sink.to, topic_keys, NULL, &err))
+            goto fail;
+        sh.topic_keys = topic_keys;
+    }
     tf_log(TF_LOG_INFO, TAG, "%llu row(s) in %zu job(s) of up to %ld rows; %llu done before; %zu to run (%llu with "
            "failed rows retried), %llu row(s) to fetch",
            (unsigned long long)ps.rows, jobs.n, job_size, (unsigned long long)done_before, sh.n_todo,
@@ -574,21 +589,28 @@ int ingest_run_main(int argc, char **argv)
 
     /* run */
     size_t n_workers = (size_t)workers < sh.n_todo ? (size_t)workers : sh.n_todo;
+    /* threads per worker: --threads, else the CPUs shared by the workers that will run */
+    int per = n_workers ? tf_cpu_count() / (int)n_workers : 1;
+    o.common.threads = eo.common.threads = threads ? threads : per > 0 ? per : 1;
     tids = calloc(n_workers ? n_workers : 1, sizeof *tids);
     if (!tids) {
         tf_fail(&err, "out of memory");
         goto fail;
     }
     sh.running = (int)n_workers;
-    for (; started < (int)n_workers; started++)
-        if (pthread_create(&tids[started], NULL, run_worker, &sh)) {
-            tf_fail(&err, "cannot start worker %d", started + 1);
+    for (; started < (int)n_workers; started++) {
+        int e = pthread_create(&tids[started], NULL, run_worker, &sh);
+        if (e) { /* fewer workers: slower, not wrong (none at all: the run fails) */
+            tf_fail(&err, "cannot start worker %d of %zu: %s", started + 1, n_workers, strerror(e));
+            tf_log(TF_LOG_WARN, TAG, "%s; going on with %d", err.msg, started);
             pthread_mutex_lock(&sh.lock);
             sh.running -= (int)n_workers - started;
-            sh.next = sh.n_todo; /* the workers started finish what they hold */
             pthread_mutex_unlock(&sh.lock);
             break;
         }
+    }
+    if (n_workers && !started)
+        goto fail;
     int draw = progress_enabled();
     IngestProgressSnapshot before, now;
     ingest_progress_read(prog, &before);
@@ -599,13 +621,17 @@ int ingest_run_main(int argc, char **argv)
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += 1;
         pthread_cond_timedwait(&sh.finished_cv, &sh.lock, &ts);
-        if (draw && sh.running > 0) {
+        /* the progress line every second on a terminal, else a log line every 30 s */
+        if (sh.running > 0 && (draw || tf_now() - t_before >= 30)) {
             pthread_mutex_unlock(&sh.lock);
             ingest_progress_read(prog, &now);
             double tn = tf_now();
             char line[400];
             ingest_progress_format(&now, &before, tn - t_before, tn - t_run, line, sizeof line);
-            fprintf(stderr, "\r\033[K%s", line);
+            if (draw)
+                fprintf(stderr, "\r\033[K%s", line);
+            else
+                tf_log(TF_LOG_INFO, TAG, "%s", line);
             before = now;
             t_before = tn;
             pthread_mutex_lock(&sh.lock);
@@ -614,11 +640,9 @@ int ingest_run_main(int argc, char **argv)
     pthread_mutex_unlock(&sh.lock);
     for (int t = 0; t < started; t++)
         pthread_join(tids[t], NULL);
-    started = 0;
     if (draw)
         fputs("\r\033[K", stderr);
-    if (err.msg[0] && started < (int)n_workers && !sh.first_error[0])
-        snprintf(sh.first_error, sizeof sh.first_error, "%s", err.msg);
+    started = 0;
 
     /* summary */
     double secs = tf_now() - t0;
@@ -669,6 +693,8 @@ done:
     tf_metrics_server_free(ms);
     tokenizer_free(tok);
     vae_free(vae);
+    fetch_share_free(share); /* after the workers: it outlives every fetcher */
+    shard_keyset_free(topic_keys);
     ingest_progress_free(prog);
 out:
     fetch_cli_args_deinit(&fa);

@@ -593,10 +593,23 @@ static int count_desc(const void *a, const void *b)
 /* Prints the summary of ingest_jobs_summary: one line per stage, then its failure table. */
 static void print_ingest_summary(const json_t *sum)
 {
+    /* stage order: fetch, encode, then any other in name order */
+    const char *order[64];
+    size_t n_order = 0;
     const char *stage;
     json_t *st;
+    if (json_object_get(sum, "fetch"))
+        order[n_order++] = "fetch";
+    if (json_object_get(sum, "encode"))
+        order[n_order++] = "encode";
     json_object_foreach((json_t *)sum, stage, st)
     {
+        if (strcmp(stage, "fetch") && strcmp(stage, "encode") && n_order < 64)
+            order[n_order++] = stage;
+    }
+    for (size_t oi = 0; oi < n_order; oi++) {
+        stage = order[oi];
+        st = json_object_get(sum, stage);
         json_int_t att = json_integer_value(json_object_get(st, "attempted"));
         json_int_t failed = json_integer_value(json_object_get(st, "failed"));
         char hb[32];
@@ -606,10 +619,10 @@ static void print_ingest_summary(const json_t *sum)
         json_int_t ok = json_integer_value(json_object_get(st, "succeeded")),
                    there = json_integer_value(json_object_get(st, "skipped"));
         printf("%-16s %lld jobs: %lld rows: %lld records (%lld of them from an earlier attempt), %lld failed "
-               "(%.1f%%); %s fetched\n",
+               "(%.1f%%); %s %s\n",
                label, (long long)json_integer_value(json_object_get(st, "jobs")), (long long)att,
                (long long)(ok + there), (long long)there, (long long)failed,
-               att ? 100.0 * (double)failed / (double)att : 0.0, hb);
+               att ? 100.0 * (double)failed / (double)att : 0.0, hb, strcmp(stage, "fetch") ? "read" : "fetched");
         json_t *fails = json_object_get(st, "failures");
         size_t n = json_object_size(fails), i = 0;
         if (!n)

@@ -363,9 +363,6 @@ static int log_val(Run *r, long step, json_t *line, TfError *err)
     json_object_set_new(line, "val_loss_diffusion", num(l.diffusion));
     json_object_set_new(line, "val_loss_lm", num(l.lm));
     json_object_set_new(line, "val_loss", num(l.total));
-    /* the names `transfuse plot` reads */
-    json_object_set_new(line, "holdout_loss_diffusion", num(l.diffusion));
-    json_object_set_new(line, "holdout_loss_lm", num(l.lm));
     tf_log(TF_LOG_INFO, TAG, "step %ld held-out: diffusion %.6f, LM %.6f", step, l.diffusion, l.lm);
     return 0;
 }

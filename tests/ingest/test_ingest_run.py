@@ -25,19 +25,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
-from servers import FaultServer, Nginx, free_port, require_nginx, web_corpus  # noqa: E402
+from servers import FaultServer, Nginx, free_port, web_test_start  # noqa: E402
 
 T, TOK, WORK = sys.argv[1:4]
 checks = Checks("test_ingest_run")
 check = checks.check
-if not os.path.exists(TOK):
-    print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
-    sys.exit(77)
-require_nginx()
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-corpus = os.path.join(WORK, "corpus")
-files = web_corpus(corpus, 16)
+corpus, files = web_test_start(TOK, WORK, 16)
 photos = [next(n for n in files if n.endswith(e)) for e in (".jpg", ".webp", ".png")]
 photos += [n for n in files if n not in photos][:3]
 fault_dir = os.path.join(WORK, "fault")
@@ -171,6 +164,15 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
     p = run(*base)
     check(p.returncode == 0 and f"{n_jobs} done before" in p.stderr.decode(), f"rerun: {p.stderr.decode()[-400:]}")
     check(shard_bytes(out) == before and shard_bytes(crops) == crops_before, "a rerun changed the shards")
+    # a job with stage 1 done and stage 2 not (as after a stop during the VAE): stage 2 only, nothing twice
+    j1 = json.load(open(os.path.join(stats_dir, "web.tsv.000001.encode.json")))
+    os.unlink(os.path.join(stats_dir, "web.tsv.000001.encode.json"))
+    p = run(*base)
+    err = p.stderr.decode()
+    check(p.returncode == 0 and f"{n_jobs - 1} done before" in err and " 0 rows: " in err
+          and f"encode: 0 encoded, {j1['succeeded']} already there" in err, f"stage 2 only: {err[-500:]}")
+    check(shard_bytes(out) == before and shard_bytes(crops) == crops_before, "stage 2 alone changed the shards")
+    check(os.path.exists(os.path.join(stats_dir, "web.tsv.000001.encode.json")), "stage 2 alone: stats written")
 
     # 3. --retry-failed: the transient failures only (g1 recovers, truncated fails again)
     p = run(*base, "--retry-failed")
@@ -305,6 +307,14 @@ with open(local, "w") as f:
 out4 = os.path.join(WORK, "out_local")
 p = run("ingest", "run", "--manifest", local, "--out", out4, "--tokenizer", TOK, "--vae", VAE, "--allow-local-files")
 check(p.returncode == 0 and len(records(out4)) == 2, f"local files: {p.stderr.decode()[-400:]}")
+# a long manifest name (LAION's parquet names are ~90 bytes): job ids stay short enough to prefix shard names
+long_name = os.path.join(local_dir, "laion2B-en-part-00000-5114fd87-297e-42b0-9d11-50f1df323dfa-c000.snappy.tsv")
+shutil.copy(local, long_name)
+out6 = os.path.join(WORK, "out_long")
+p = run("ingest", "run", "--manifest", long_name, "--out", out6, "--tokenizer", TOK, "--vae", VAE, "--allow-local-files")
+jobs6 = [n for n in os.listdir(os.path.join(out6, "ingest-jobs")) if n.endswith(".encode.json")] if p.returncode == 0 else []
+check(p.returncode == 0 and len(records(out6)) == 2 and len(jobs6) == 1 and len(jobs6[0]) <= 55 + 12,
+      f"long manifest name: {jobs6} {p.stderr.decode()[-300:]}")
 out5 = os.path.join(WORK, "out_nolocal")
 p = run("ingest", "run", "--manifest", local, "--out", out5, "--tokenizer", TOK, "--vae", VAE)
 fl = failure_lines(os.path.join(out5, "ingest-jobs"))

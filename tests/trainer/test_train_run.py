@@ -232,6 +232,18 @@ try:
 except ValueError as x:
     check(False, f"the log is not strict JSON: {x}")
 
+# ---- a text learning rate: the text path trains, and the run says so ----
+p = run("train", *common, "--out", W("text"), "--log", W("text.log"), "--steps", "2", "--seq", "96", "--adapter",
+        "linear", "--lr-text", "1e-4", "--warmup", "1")
+L = read_log(W("text.log")) if p.returncode == 0 else {}
+check(p.returncode == 0 and b"no longer frozen" in p.stderr and L.get(2, {}).get("lr_text", 0) > 0,
+      f"--lr-text: the warning and lr_text in the log ({p.returncode})")
+with open(W("text", "step-00000002", "model.safetensors"), "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    names = json.loads(f.read(n))
+check("model.layers.0.self_attn.q_proj.weight" in names and "model.norm.weight" in names,
+      "the text copy is saved with the trainable tensors")
+
 # ---- (e) a Kafka topic (the embedded broker): resume is bit-exact there too ----------------------
 broker = subprocess.Popen([T, "broker", "--brokers", "1", "--topic", "samples:1", "--bootstrap-file", W("bs")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,11 +1,12 @@
 """Loopback web servers for the fetcher's tests and the ingest benchmarks.
 
-Nginx(root, workdir, workers=1, hosts=1, access_log=True): Debian's nginx
+Nginx(root, workdir, workers=1, hosts=1, access_log=True, http_extra=""): Debian's nginx
 serving `root` on a free port of 127.0.0.1 (and of 127.0.0.2 .. 127.0.0.N
 with hosts=N; plain HTTP/1.1 with keep-alive) and, when openssl is installed, a second
 port with TLS and HTTP/2 under a self-signed certificate for 127.0.0.1 and
 localhost (`cert` is its PEM file). The access log has one line per
 request: connection serial, requests on that connection, status, URI.
+`http_extra` is added to the http block as is (e.g. "limit_rate 16k;").
 
 FaultServer(corpus, also=[...]): fault_server.py beside this file, on one
 port of 127.0.0.1 (and of every address in `also`).
@@ -49,6 +50,20 @@ def web_corpus(out, count, jobs=2):
         return [line.split("\t")[0] for line in f.read().splitlines()[1:]]
 
 
+def web_test_start(tokenizer, work, count):
+    """The start of a web ingest test: exits 77 when the tokenizer fixture
+    did not run or nginx or the photos are missing; `work` made empty, the
+    corpus of `count` photos in work/corpus. Returns (corpus dir, file names)."""
+    if not os.path.exists(tokenizer):
+        print(f"skipped: {tokenizer} is missing (the tokenizer_fetch_reference fixture did not run)")
+        sys.exit(77)
+    require_nginx()
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    corpus = os.path.join(work, "corpus")
+    return corpus, web_corpus(corpus, count)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,9 +100,9 @@ def stop(proc):
 
 
 class Nginx:
-    def __init__(self, root, workdir, workers=1, hosts=1, access_log=True):
+    def __init__(self, root, workdir, workers=1, hosts=1, access_log=True, http_extra=""):
         self.root, self.dir, self.workers = os.path.abspath(root), os.path.abspath(workdir), workers
-        self.hosts, self.logging = hosts, access_log
+        self.hosts, self.logging, self.http_extra = hosts, access_log, http_extra
         self.proc = None
         self.cert = None
 
@@ -130,6 +145,7 @@ http {{
   access_log {f"{d}/access.log fetch" if self.logging else "off"};
   keepalive_requests 100000;
   keepalive_timeout 120s;
+  {self.http_extra}
 {temp}
   server {{
 {listens}
