@@ -14,6 +14,7 @@
  * keys already in the output are skipped, so nothing is duplicated.
  * SIGINT/SIGTERM: the job in hand stops (not committed), the member leaves
  * the group, exit 130. */
+#include "fetch/fetch_internal.h"
 #include "ingest_internal.h"
 #include "stats_internal.h"
 
@@ -434,8 +435,7 @@ static const char WORKER_HELP[] =
     "  --size N, --crop-format raw|png, --png-level N, --no-bos\n"
     "                        as planned (`ingest plan` puts their digest in every job; a job\n"
     "                        planned with other options is refused: exit 3, not committed)\n"
-    "  --concurrency N, --per-host N, --timeout S, --allow-private-networks, --allow-file\n"
-    "                        the fetcher's (see `transfuse ingest fetch --help`)\n"
+    "  fetching, as `transfuse ingest fetch`:\n%s"
     "stage 2:\n"
     "  --encode --from kafka://HOST:PORT/TOPIC   the crops topic\n"
     "  --vae DIR             diffusers AutoencoderKL folder (required)\n"
@@ -446,9 +446,9 @@ static const char WORKER_HELP[] =
     "3 a job failed or was refused (it stays uncommitted: another worker, or this one\n"
     "restarted, redoes it).\n";
 
-enum {
+enum { /* between FETCH_CLI_BASE's range and INGEST_ENC_* */
     W_JOBS = 2000, W_GROUP, W_ENCODE, W_FROM, W_CHUNK, W_TOKENIZER, W_SIZE, W_CROP_FORMAT, W_PNG_LEVEL, W_NO_BOS,
-    W_CONCURRENCY, W_PER_HOST, W_TIMEOUT, W_PRIVATE, W_ALLOW_FILE, W_SESSION,
+    W_SESSION,
 };
 
 int ingest_worker_main(int argc, char **argv)
@@ -465,21 +465,24 @@ int ingest_worker_main(int argc, char **argv)
         {"crop-format", required_argument, 0, W_CROP_FORMAT},
         {"png-level", required_argument, 0, W_PNG_LEVEL},
         {"no-bos", no_argument, 0, W_NO_BOS},
-        {"concurrency", required_argument, 0, W_CONCURRENCY},
-        {"per-host", required_argument, 0, W_PER_HOST},
-        {"timeout", required_argument, 0, W_TIMEOUT},
-        {"allow-private-networks", no_argument, 0, W_PRIVATE},
-        {"allow-file", no_argument, 0, W_ALLOW_FILE},
         {"session-timeout", required_argument, 0, W_SESSION},
         {"help", no_argument, 0, 'h'},
         {0}};
-    TfOpts op = {.prog = "transfuse ingest worker", .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
-    TfError err = {{0}};
+    struct option *longopts = fetch_cli_longopts(opts);
     Worker *w = calloc(1, sizeof *w);
-    if (!w) {
+    if (!w || !longopts) {
         fprintf(stderr, "transfuse ingest worker: out of memory\n");
+        free(w);
+        free(longopts);
         return TF_EXIT_FAIL;
     }
+    TfOpts op = {.prog = "transfuse ingest worker", .argc = argc, .argv = argv, .shortopts = "hX:",
+                 .longopts = longopts};
+    TfError err = {{0}};
+    FetchCliArgs fa = {0};
+    FetchOptions fetch;
+    fetch_options_init(&fetch);
+    int fetch_flags = 0;
     ingest_encode_options_init(&w->enc.opts);
     w->chunk = 1000;
     w->size = 256;
@@ -487,9 +490,8 @@ int ingest_worker_main(int argc, char **argv)
     w->bos = 1;
     w->crop_format = INGEST_CROP_RAW;
     const char *jobs = NULL, *from = NULL;
-    long v, session_ms = 6000, concurrency = 0, per_host = 0;
-    double timeout_s = 0;
-    int allow_private = 0, allow_file = 0, status = TF_EXIT_FAIL, c, r;
+    long v, session_ms = 6000;
+    int status = TF_EXIT_FAIL, c, r;
     TfMetricsServer *metrics = NULL;
     while ((c = tf_opts_next(&op)) != -1) {
         if ((r = ingest_encode_cli_flag(&w->enc, c, op.arg, &err)) < 0)
@@ -526,34 +528,23 @@ int ingest_worker_main(int argc, char **argv)
                 goto usage;
             break;
         case W_NO_BOS: w->bos = 0; break;
-        case W_CONCURRENCY:
-            if (tf_parse_long("--concurrency", op.arg, 1, 100000, &concurrency, &err))
-                goto usage;
-            break;
-        case W_PER_HOST:
-            if (tf_parse_long("--per-host", op.arg, 1, 100000, &per_host, &err))
-                goto usage;
-            break;
-        case W_TIMEOUT: {
-            char *end;
-            timeout_s = strtod(op.arg, &end);
-            if (end == op.arg || *end || !(timeout_s > 0)) {
-                tf_fail(&err, "--timeout: '%s' is not a positive number of seconds", op.arg);
-                goto usage;
-            }
-            break;
-        }
-        case W_PRIVATE: allow_private = 1; break;
-        case W_ALLOW_FILE: allow_file = 1; break;
         case W_SESSION:
             if (tf_parse_long("--session-timeout", op.arg, 1000, 3600000, &session_ms, &err))
                 goto usage;
             break;
         case 'h':
-            fputs(WORKER_HELP, stdout);
-            free(w);
-            return TF_EXIT_OK;
-        default: free(w); return TF_EXIT_USAGE;
+            printf(WORKER_HELP, FETCH_CLI_HELP);
+            status = TF_EXIT_OK;
+            goto out;
+        default:
+            if (c < FETCH_CLI_BASE || c >= W_JOBS) {
+                status = TF_EXIT_USAGE; /* tf_opts_next said what */
+                goto out;
+            }
+            if (fetch_cli_option(c, op.arg, &fetch, &fa, &err))
+                goto usage;
+            fetch_flags = 1;
+            break;
         }
     }
     IngestEncodeOptions *eo = &w->enc.opts;
@@ -598,6 +589,10 @@ int ingest_worker_main(int argc, char **argv)
             goto usage;
         }
     }
+    if (w->encode && fetch_flags) {
+        tf_fail(&err, "fetch options are stage-1 options (--jobs)");
+        goto usage;
+    }
     w->stop = tf_cli_stop_flag();
     metrics = tf_metrics_cli_start_registered(w->encode ? "encode" : "ingest", w->enc.metrics_addr,
                                               w->enc.metrics_port, w->enc.register_dir, &err);
@@ -620,14 +615,8 @@ int ingest_worker_main(int argc, char **argv)
         w->fo.crop.size = (int)w->size;
         w->fo.crop_format = (IngestCropFormat)w->crop_format;
         w->fo.crop_png_level = (int)w->png_level;
-        if (concurrency)
-            w->fo.fetch.concurrency = (int)concurrency;
-        if (per_host)
-            w->fo.fetch.max_per_host = (int)per_host;
-        if (timeout_s > 0)
-            w->fo.fetch.timeout_s = timeout_s;
-        w->fo.fetch.allow_private_networks = allow_private;
-        w->fo.fetch.allow_file = allow_file;
+        w->fo.fetch = fetch;
+        fetch_cli_args_apply(&fa, &w->fo.fetch);
     }
     KafkaGroupOptions go = {.bootstrap = w->bootstrap, .topic = w->topic, .group_id = w->group, .config = w->config,
                             .session_timeout_ms = (int)session_ms, .no_fetch = w->encode, .on_revoke = on_revoke,
@@ -680,10 +669,13 @@ done:
     kafka_topic_info_deinit(&w->info);
     ingest_encode_cli_deinit(&w->enc);
     tokenizer_free(w->tok);
+out:
+    fetch_cli_args_deinit(&fa);
+    free(longopts);
     free(w);
     return status;
 usage:
     fprintf(stderr, "transfuse ingest worker: %s (see transfuse ingest worker --help)\n", err.msg);
-    free(w);
-    return TF_EXIT_USAGE;
+    status = TF_EXIT_USAGE;
+    goto out;
 }

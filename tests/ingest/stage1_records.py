@@ -113,15 +113,12 @@ class Broker:
 # ---- what the worker tests share ----
 
 def wait_for(checks, cond, what, bound=300):
-    """Polls cond() every 0.2 s; a failed check after `bound` seconds (a
-    bound against hanging, not a timing assertion). Returns cond's truth."""
-    t0 = time.time()
-    while not cond():
-        if time.time() - t0 > bound:
-            checks.check(False, f"gave up waiting ({bound} s) for {what}")
-            return False
-        time.sleep(0.2)
-    return True
+    """checks.wait_for with a failed check when `bound` seconds pass (a bound
+    against hanging, not a timing assertion). Returns cond's truth."""
+    from checks import wait_for as wait
+    ok = bool(wait(cond, timeout=bound))
+    checks.check(ok, f"gave up waiting ({bound} s) for {what}")
+    return ok
 
 
 def records_in(folder):

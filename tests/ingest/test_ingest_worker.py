@@ -142,5 +142,7 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     run("ingest", "worker", "--jobs", broker.url("crops"), "--group", "g", "--out", f"{W}/x", code=2)
     run("ingest", "worker", "--encode", "--from", broker.url("crops"), "--group", "g", "--out", f"{W}/x",
         "--vae", tiny, "--chunk", "0", code=2)
+    run("ingest", "worker", "--encode", "--from", broker.url("crops"), "--group", "g", "--out", f"{W}/x",
+        "--vae", tiny, "--concurrency", "3", code=2)
     c.check(not os.path.exists(f"{W}/x"), "a bad command line writes nothing")
 c.finish()
