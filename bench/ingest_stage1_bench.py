@@ -374,8 +374,8 @@ def main():
                     print(f"  steady state ({len(steady)} of {len(r['samples'])} samples, row window {window} full): "
                           f"transfers in flight median {median_of(fl):.0f} (range {min(fl):.0f}-{max(fl):.0f}), "
                           f"bodies waiting for the crop threads median {median_of(cq):.0f} (max {max(cq):.0f}), "
-                          f"RSS median {median_of(rs):.0f} MiB (max {max(rs):.0f}); peak (VmHWM) {r['rss_mb']:.0f} MiB",
-                          flush=True)
+                          f"RSS median {median_of(rs):.0f} MiB (max {max(rs):.0f}; first {rs[0]:.0f}, last "
+                          f"{rs[-1]:.0f}); peak (VmHWM) {r['rss_mb']:.0f} MiB", flush=True)
                 else:
                     fl = [x.get("transfuse_fetch_in_flight", 0) for x in r["samples"]]
                     print(f"  the row window ({window}) never filled (manifest smaller); transfers in flight max "
