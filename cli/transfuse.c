@@ -13,17 +13,6 @@
 #include "shards.h"
 #include "trainer.h"
 
-/* `ingest fetch` goes to the fetcher's command until ingest's own
- * dispatcher lists it (issue 10). */
-static int ingest_entry(int argc, char **argv)
-{
-    if (argc >= 2 && !strcmp(argv[1], "fetch"))
-        return ingest_fetch_main(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "plan"))
-        return ingest_plan_main(argc - 1, argv + 1);
-    return ingest_main(argc, argv);
-}
-
 /* `transfuse shards`: the shards library's commands plus ops' contact
  * sheet, which draws images and so cannot live in shards/. */
 static int shards_command(int argc, char **argv)
@@ -35,7 +24,7 @@ static int shards_command(int argc, char **argv)
 }
 
 static const TfCommand COMMANDS[] = {
-    {"ingest", "manifest rows (local images + captions) to records: crop, tokens, VAE latents", ingest_entry},
+    {"ingest", "manifests to records: run (from the web), fetch, plan; or local files to latents", ingest_dispatch},
     {"shards", "datasets and topics: ls, stat, verify, cat, import, publish, archive, preview", shards_command},
     {"preprocess", "decode, resize and centre-crop images (crop, bench)", preprocess_main},
     {"tokenize", "Llama-3 BPE: text lines to token ids, or ids to text", tokenize_main},

@@ -11,7 +11,7 @@
 #include "preprocess.h"
 
 static const char HELP[] =
-    "usage: transfuse ingest --manifest FILE --out DIR --tokenizer PATH --vae DIR [options]\n\n"
+    "usage: transfuse ingest [local] --manifest FILE --out DIR --tokenizer PATH --vae DIR [options]\n\n"
     "Turns a manifest of (image, caption) rows into a dataset of transfuse.v1.Sample\n"
     "records: each image is read, hashed (SHA-256), decoded, center-cropped; its\n"
     "caption tokenized (Llama-3 BPE); the crop encoded by the VAE to a latent mean\n"
@@ -211,4 +211,28 @@ int ingest_main(int argc, char **argv)
 usage:
     fprintf(stderr, "transfuse ingest: %s (see transfuse ingest --help)\n", err.msg);
     return TF_EXIT_USAGE;
+}
+
+/* ---- `transfuse ingest`: the subcommands, and the local mode without one ---- */
+
+static const TfCommand INGEST_COMMANDS[] = {
+    {"run", "ingest from the web on one machine: manifests -> jobs -> fetch, crop, tokenize -> records", ingest_run_main},
+    {"fetch", "the fetcher on its own: URLs in, one outcome line per URL out", ingest_fetch_main},
+    {"encode", "stage 2 on its own: crops (folder or topic) -> VAE latents -> final records", ingest_encode_main},
+    {"plan", "split manifests into jobs (Job messages) for `ingest worker`", ingest_plan_main},
+    {"worker", "a consumer-group member: stage 1 jobs from a topic (--jobs) or stage 2 (--encode)", ingest_worker_main},
+    {"local", "local image files to records with latents (also: its options right after `ingest`)", ingest_main},
+};
+
+static const char INGEST_ABOUT[] =
+    "`transfuse ingest --manifest F --out DIR --tokenizer T --vae V` (options, no subcommand)\n"
+    "is `transfuse ingest local`: the local pipeline.";
+
+int ingest_dispatch(int argc, char **argv)
+{
+    /* the local mode: its options right after `ingest` */
+    if (argc >= 2 && argv[1][0] == '-' && strcmp(argv[1], "-h") && strcmp(argv[1], "--help"))
+        return ingest_main(argc, argv);
+    return tf_cli_dispatch("transfuse ingest", INGEST_ABOUT, NULL, INGEST_COMMANDS,
+                           sizeof INGEST_COMMANDS / sizeof INGEST_COMMANDS[0], argc, argv);
 }

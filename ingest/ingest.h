@@ -612,7 +612,9 @@ void ingest_options_digest(const IngestColumns *cols, int crop_size, int crop_fo
                            char out[INGEST_DIGEST_HEX + 1]);
 
 /* The job-name stem of a manifest (its file name, other characters as
- * '_') and its identity (the file name as is, as `ingest run` uses it). */
+ * '_'; a name longer than 48 bytes cut to 39 and followed by '_' and 8 hex
+ * digits of its SHA-256, so job ids fit shard-name prefixes) and its
+ * identity (the file name as is, as `ingest run` uses it). */
 void ingest_job_name_base(const char *manifest, char *out, size_t cap);
 void ingest_manifest_identity(const char *manifest, char *out, size_t cap);
 
@@ -638,6 +640,10 @@ int ingest_plan(const IngestPlanOptions *opts, int (*emit)(void *ctx, const Inge
 
 /* `transfuse ingest plan`. */
 int ingest_plan_main(int argc, char **argv);
+
+/* `transfuse ingest worker`: a consumer-group member running stage-1 jobs
+ * (--jobs) or stage-2 chunks of a crops topic (--encode); see worker.c. */
+int ingest_worker_main(int argc, char **argv);
 
 /* ---- end of distributed ingest ---- */
 

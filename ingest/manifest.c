@@ -2,7 +2,7 @@
  * zstd compressed, as a stream of rows in bounded memory (a slice of the
  * decompressed text at a time), and the whole-file loader of the local
  * `transfuse ingest` on top of it. */
-#include "ingest.h"
+#include "stats_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -341,7 +341,7 @@ static char *derive_key(const char *identity, uint64_t line, const char *image, 
     return strdup(hex);
 }
 
-static void row_clear(IngestRow *r)
+void ingest_row_deinit(IngestRow *r)
 {
     free(r->image);
     free(r->caption);
@@ -353,6 +353,39 @@ static void row_clear(IngestRow *r)
     free(r->extra_names);
     free(r->extra_values);
     memset(r, 0, sizeof *r);
+}
+
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+int ingest_row_copy(IngestRow *dst, const IngestRow *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->line = src->line;
+    dst->offset = src->offset;
+    memcpy(dst->sha256, src->sha256, 32);
+    dst->has_sha256 = src->has_sha256;
+    dst->image = dup_or_empty(src->image);
+    dst->caption = dup_or_empty(src->caption);
+    dst->key = dup_or_empty(src->key);
+    size_t n = src->n_extra;
+    dst->extra_names = calloc(n ? n : 1, sizeof(char *));
+    dst->extra_values = calloc(n ? n : 1, sizeof(char *));
+    if (!dst->image || !dst->caption || !dst->key || !dst->extra_names || !dst->extra_values)
+        goto fail;
+    for (size_t k = 0; k < n; k++) {
+        dst->n_extra = k + 1;
+        dst->extra_names[k] = dup_or_empty(src->extra_names[k]);
+        dst->extra_values[k] = dup_or_empty(src->extra_values[k]);
+        if (!dst->extra_names[k] || !dst->extra_values[k])
+            goto fail;
+    }
+    return 0;
+fail:
+    ingest_row_deinit(dst);
+    return -1;
 }
 
 /* Fills r->cur from column names and values. Returns MANIFEST_ROW,
@@ -448,7 +481,7 @@ void manifest_reader_free(ManifestReader *r)
     if (r->comp == COMP_GZIP)
         inflateEnd(&r->zs);
     ZSTD_freeDStream(r->zd);
-    row_clear(&r->cur);
+    ingest_row_deinit(&r->cur);
     fields_clear(&r->header);
     fields_clear(&r->values);
     free(r->header.v);
@@ -601,7 +634,7 @@ uint64_t manifest_reader_file_bytes(const ManifestReader *r)
 
 int manifest_reader_next(ManifestReader *r, IngestRow *row, char *why, size_t cap, TfError *err)
 {
-    row_clear(&r->cur);
+    ingest_row_deinit(&r->cur);
     memset(row, 0, sizeof *row);
     if (why && cap)
         why[0] = 0;
@@ -688,7 +721,7 @@ void ingest_manifest_free(IngestManifest *m)
     if (!m)
         return;
     for (size_t i = 0; i < m->n_rows; i++)
-        row_clear(&m->rows[i]);
+        ingest_row_deinit(&m->rows[i]);
     free(m->rows);
     free(m);
 }

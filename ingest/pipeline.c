@@ -7,6 +7,7 @@
  * the batch in hand is dropped, the records appended before it are
  * published, and the next run resumes after them. */
 #include "ingest.h"
+#include "ingest_internal.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -56,10 +57,7 @@ static void metrics_init(IngestMetrics *m)
                                    TF_SECONDS_BUCKETS, TF_SECONDS_BUCKETS_N, NULL);
 }
 
-/* Collects the keys of every record already in the dataset at dir (none
- * when it has no manifest yet) through the record source. A damaged
- * record's row is simply redone. */
-static int keys_load(const char *dir, ShardKeySet *keys, TfError *err)
+int ingest_folder_keys(const char *dir, ShardKeySet *keys, TfError *err)
 {
     char path[4096];
     if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) || access(path, F_OK) != 0)
@@ -234,7 +232,7 @@ static void chunk_crop(Worker *workers, int n)
 
 /* ---- records ---- */
 
-static int dtype_parse(const char *name, int *proto_dtype, TfDtype *dtype)
+int ingest_latent_dtype_parse(const char *name, int *proto_dtype, TfDtype *dtype)
 {
     if (!strcmp(name, "bf16")) {
         *proto_dtype = TRANSFUSE__V1__DTYPE__DTYPE_BF16;
@@ -251,8 +249,7 @@ static int dtype_parse(const char *name, int *proto_dtype, TfDtype *dtype)
     return 0;
 }
 
-/* Little-endian bytes of n floats in dtype, into out. */
-static void pack_floats(const float *x, size_t n, TfDtype dtype, uint8_t *out)
+void ingest_pack_floats(const float *x, size_t n, TfDtype dtype, uint8_t *out)
 {
     for (size_t i = 0; i < n; i++) {
         if (dtype == TF_DTYPE_F32) {
@@ -268,19 +265,36 @@ static void pack_floats(const float *x, size_t n, TfDtype dtype, uint8_t *out)
     }
 }
 
+void ingest_crop_to_image(const uint8_t *rgb, int size, float *image)
+{
+    size_t plane = (size_t)size * (size_t)size;
+    for (size_t p = 0; p < plane; p++)
+        for (int ch = 0; ch < 3; ch++)
+            image[(size_t)ch * plane + p] = rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
+}
+
+void ingest_latent_tensors(Transfuse__V1__Tensor *tm, Transfuse__V1__Tensor *tl, const float *mean,
+                           const float *logvar, size_t per, uint32_t shape[3], int proto_dtype, TfDtype dtype,
+                           uint8_t *scratch)
+{
+    size_t es = tf_dtype_size(dtype);
+    transfuse__v1__tensor__init(tm);
+    transfuse__v1__tensor__init(tl);
+    tm->dtype = tl->dtype = proto_dtype;
+    tm->n_shape = tl->n_shape = 3;
+    tm->shape = tl->shape = shape;
+    ingest_pack_floats(mean, per, dtype, scratch);
+    ingest_pack_floats(logvar, per, dtype, scratch + per * es);
+    tm->data = (ProtobufCBinaryData){per * es, scratch};
+    tl->data = (ProtobufCBinaryData){per * es, scratch + per * es};
+}
+
 static int append_record(ShardWriter *wr, const Slot *s, const float *mean, const float *logvar, size_t per,
                          uint32_t shape[3], int proto_dtype, TfDtype dtype, uint8_t *scratch, TfError *err)
 {
     const IngestRow *r = s->row;
-    size_t es = tf_dtype_size(dtype);
-    Transfuse__V1__Tensor tm = TRANSFUSE__V1__TENSOR__INIT, tl = TRANSFUSE__V1__TENSOR__INIT;
-    tm.dtype = tl.dtype = proto_dtype;
-    tm.n_shape = tl.n_shape = 3;
-    tm.shape = tl.shape = shape;
-    pack_floats(mean, per, dtype, scratch);
-    pack_floats(logvar, per, dtype, scratch + per * es);
-    tm.data = (ProtobufCBinaryData){per * es, scratch};
-    tl.data = (ProtobufCBinaryData){per * es, scratch + per * es};
+    Transfuse__V1__Tensor tm, tl;
+    ingest_latent_tensors(&tm, &tl, mean, logvar, per, shape, proto_dtype, dtype, scratch);
 
     Transfuse__V1__CropBox crop = TRANSFUSE__V1__CROP_BOX__INIT;
     crop.x = (uint32_t)s->info.crop_x;
@@ -366,7 +380,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
     int threads = o->threads > 0 ? o->threads : tf_cpu_count();
     int proto_dtype;
     TfDtype dtype;
-    if (dtype_parse(o->latent_dtype ? o->latent_dtype : "bf16", &proto_dtype, &dtype))
+    if (ingest_latent_dtype_parse(o->latent_dtype ? o->latent_dtype : "bf16", &proto_dtype, &dtype))
         return tf_fail(err, "latent dtype '%s' is not bf16, f16 or f32", o->latent_dtype);
     if (!o->manifest || !o->out || !o->tokenizer || !o->vae)
         return tf_fail(err, "manifest, output folder, tokenizer and VAE are all required");
@@ -419,7 +433,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
         tf_fail(err, "out of memory");
         goto done;
     }
-    if (keys_load(o->out, existing, err))
+    if (ingest_folder_keys(o->out, existing, err))
         goto done;
     if (shard_keyset_count(existing))
         tf_log(TF_LOG_INFO, TAG, "%s already holds %zu records: resuming, their rows are skipped", o->out,
@@ -497,11 +511,7 @@ int ingest_run(const IngestOptions *o, IngestStats *stats, TfError *err)
                 Slot *s = &chunk.slots[j];
                 if (s->state != SLOT_OK)
                     continue;
-                float *dst = images + (size_t)b * 3 * (size_t)size * (size_t)size; /* (3,S,S) */
-                size_t plane = (size_t)size * (size_t)size;
-                for (size_t p = 0; p < plane; p++)
-                    for (int ch = 0; ch < 3; ch++)
-                        dst[(size_t)ch * plane + p] = s->rgb[3 * p + (size_t)ch] / 127.5f - 1.0f;
+                ingest_crop_to_image(s->rgb, size, images + (size_t)b * 3 * (size_t)size * (size_t)size);
                 idx[b++] = j;
             }
             double tb = tf_now();

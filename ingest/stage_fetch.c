@@ -85,54 +85,6 @@ typedef struct Item {
     int transient;
 } Item;
 
-static void row_deinit(IngestRow *r)
-{
-    free(r->image);
-    free(r->caption);
-    free(r->key);
-    for (size_t k = 0; k < r->n_extra; k++) {
-        free(r->extra_names[k]);
-        free(r->extra_values[k]);
-    }
-    free(r->extra_names);
-    free(r->extra_values);
-    memset(r, 0, sizeof *r);
-}
-
-static char *dup_or_empty(const char *s)
-{
-    return strdup(s ? s : "");
-}
-
-/* Copies the reader's row (its strings live only until the next read). Returns 0 or -1 (out of memory). */
-static int row_copy(IngestRow *dst, const IngestRow *src)
-{
-    memset(dst, 0, sizeof *dst);
-    dst->line = src->line;
-    dst->offset = src->offset;
-    memcpy(dst->sha256, src->sha256, 32);
-    dst->has_sha256 = src->has_sha256;
-    dst->image = dup_or_empty(src->image);
-    dst->caption = dup_or_empty(src->caption);
-    dst->key = dup_or_empty(src->key);
-    size_t n = src->n_extra;
-    dst->extra_names = calloc(n ? n : 1, sizeof(char *));
-    dst->extra_values = calloc(n ? n : 1, sizeof(char *));
-    if (!dst->image || !dst->caption || !dst->key || !dst->extra_names || !dst->extra_values)
-        goto fail;
-    for (size_t k = 0; k < n; k++) {
-        dst->n_extra = k + 1;
-        dst->extra_names[k] = dup_or_empty(src->extra_names[k]);
-        dst->extra_values[k] = dup_or_empty(src->extra_values[k]);
-        if (!dst->extra_names[k] || !dst->extra_values[k])
-            goto fail;
-    }
-    return 0;
-fail:
-    row_deinit(dst);
-    return -1;
-}
-
 /* The calling thread's list of live items: whatever a stop or an error
  * leaves in the fetcher or the queues is freed from it. */
 typedef struct ItemList {
@@ -159,7 +111,7 @@ static void item_free(ItemList *l, Item *it)
         l->head = it->all_next;
     if (it->all_next)
         it->all_next->all_prev = it->all_prev;
-    row_deinit(&it->row);
+    ingest_row_deinit(&it->row);
     fetch_result_free(it->res);
     free(it->payload);
     free(it);
@@ -431,7 +383,9 @@ static void in_flight_add(Run *r, int64_t d)
     ingest_progress_add(r->o->common.progress, INGEST_P_IN_FLIGHT, d);
 }
 
-/* Writes a finished item to the sinks that lack it, or records its failure; frees it. */
+/* Writes a finished item to the sinks that lack it, or records its failure;
+ * frees it. Returns 0, 1 when a stop ended a wait to send it (no outcome:
+ * the row is not done), or -1 with err (a write or send error). */
 static int item_finish(Run *r, Item *it, TfError *err)
 {
     int rc = 0;
@@ -443,7 +397,7 @@ static int item_finish(Run *r, Item *it, TfError *err)
         if (it->to_folder && shard_writer_append(r->wr, it->payload, it->len, it->row.key, klen, err))
             rc = -1;
         else if (it->to_topic && kafka_sink_send(r->ks, -1, it->payload, it->len, it->row.key, klen, err))
-            rc = -1;
+            rc = tf_stop_requested(r->o->common.stop) ? 1 : -1; /* a stop ended a flow-control wait */
         else
             outcome_ok(r);
     }
@@ -787,7 +741,7 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
                 continue;
             }
             Item *it = calloc(1, sizeof *it);
-            if (!it || row_copy(&it->row, &row)) {
+            if (!it || ingest_row_copy(&it->row, &row)) {
                 free(it);
                 it = NULL;
                 tf_fail(err, "out of memory");
@@ -870,7 +824,7 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
             Item *it = done_list;
             done_list = it->next;
             it->next = NULL;
-            if (!failed && item_finish(&r, it, err))
+            if (!failed && item_finish(&r, it, err) < 0)
                 failed = 1;
             else if (failed) {
                 in_flight_add(&r, -1);

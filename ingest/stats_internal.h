@@ -7,6 +7,14 @@
 
 #include "ingest.h"
 
+/* ---- manifest rows (manifest.c) ---- */
+
+/* Frees a row's strings and zeroes it. */
+void ingest_row_deinit(IngestRow *r);
+/* A deep copy of src (a reader's row lives only until its next read) into
+ * dst. Returns 0, or -1 when out of memory (dst then empty). */
+int ingest_row_copy(IngestRow *dst, const IngestRow *src);
+
 /* ---- live progress (IngestProgress) ---- */
 
 typedef enum IngestProgressField {

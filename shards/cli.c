@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -513,8 +514,139 @@ static const char STAT_HELP[] =
     "p50, p90, p99, max, mean) of caption length in bytes and of token count;\n"
     "and a provenance summary (source URLs and hosts, original formats and\n"
     "sizes, EXIF orientations applied, embedded images). Damaged records are\n"
-    "counted and skipped (run `shards verify` for their locations).\n\n"
-    "  --json           one JSON object on stdout instead of text\n" SHARDS_RANGE_HELP;
+    "counted and skipped (run `shards verify` for their locations).\n"
+    "When the folder (or --ingest-jobs DIR) holds per-job ingest stats\n"
+    "(PATH/ingest-jobs/*.json, written by `transfuse ingest run` and the workers),\n"
+    "they are summed per stage: jobs, rows attempted, written, already there,\n"
+    "failed, bytes fetched, and the failure table (rows per reason, largest first).\n\n"
+    "  --json           one JSON object on stdout instead of text\n"
+    "  --ingest-jobs DIR  per-job ingest stats to sum (default PATH/ingest-jobs)\n" SHARDS_RANGE_HELP;
+
+/* Sums the per-job stats files of an ingest (DIR/ *.json objects with a
+ * "stage" string and a "failures" object; other files are ignored: this
+ * library reads them as plain JSON and knows nothing of ingest) into
+ * {STAGE: {"jobs", "attempted", "succeeded", "skipped", "failed", "bytes",
+ * "seconds", "failures": {REASON: N}}}. NULL when the folder is absent or
+ * holds no such file. */
+static json_t *ingest_jobs_summary(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    json_t *out = json_object();
+    static const char *const sums[] = {"attempted", "succeeded", "skipped", "failed", "bytes"};
+    struct dirent *e;
+    while (out && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 6 || strcmp(e->d_name + n - 5, ".json") || e->d_name[0] == '.')
+            continue;
+        char path[4096];
+        if (tf_path_join(path, sizeof path, dir, e->d_name))
+            continue;
+        json_t *j = tf_json_load_file(path, 64u << 20, NULL);
+        const char *stage = json_string_value(json_object_get(j, "stage"));
+        json_t *fails = json_object_get(j, "failures");
+        if (!stage || !json_is_object(fails)) {
+            json_decref(j);
+            continue;
+        }
+        json_t *st = json_object_get(out, stage);
+        if (!st) {
+            st = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:{}}", "jobs", (json_int_t)0, "attempted", (json_int_t)0,
+                           "succeeded", (json_int_t)0, "skipped", (json_int_t)0, "failed", (json_int_t)0, "bytes",
+                           (json_int_t)0, "seconds", 0.0, "failures");
+            json_object_set_new(out, stage, st);
+        }
+        json_object_set_new(st, "jobs", json_integer(json_integer_value(json_object_get(st, "jobs")) + 1));
+        for (size_t i = 0; i < sizeof sums / sizeof sums[0]; i++)
+            json_object_set_new(st, sums[i], json_integer(json_integer_value(json_object_get(st, sums[i])) +
+                                                          json_integer_value(json_object_get(j, sums[i]))));
+        json_object_set_new(st, "seconds", json_real(json_number_value(json_object_get(st, "seconds")) +
+                                                     json_number_value(json_object_get(j, "seconds"))));
+        json_t *tf = json_object_get(st, "failures");
+        const char *k;
+        json_t *v;
+        json_object_foreach(fails, k, v)
+        {
+            json_object_set_new(tf, k, json_integer(json_integer_value(json_object_get(tf, k)) + json_integer_value(v)));
+        }
+        json_decref(j);
+    }
+    closedir(d);
+    if (out && !json_object_size(out)) {
+        json_decref(out);
+        out = NULL;
+    }
+    return out;
+}
+
+static int count_desc(const void *a, const void *b)
+{
+    const json_t *x = json_object_get(*(json_t *const *)a, "rows"), *y = json_object_get(*(json_t *const *)b, "rows");
+    json_int_t p = json_integer_value(x), q = json_integer_value(y);
+    if (p != q)
+        return p > q ? -1 : 1;
+    return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "reason")),
+                  json_string_value(json_object_get(*(json_t *const *)b, "reason")));
+}
+
+/* Prints the summary of ingest_jobs_summary: one line per stage, then its failure table. */
+static void print_ingest_summary(const json_t *sum)
+{
+    /* stage order: fetch, encode, then any other in name order */
+    const char *order[64];
+    size_t n_order = 0;
+    const char *stage;
+    json_t *st;
+    if (json_object_get(sum, "fetch"))
+        order[n_order++] = "fetch";
+    if (json_object_get(sum, "encode"))
+        order[n_order++] = "encode";
+    json_object_foreach((json_t *)sum, stage, st)
+    {
+        if (strcmp(stage, "fetch") && strcmp(stage, "encode") && n_order < 64)
+            order[n_order++] = stage;
+    }
+    for (size_t oi = 0; oi < n_order; oi++) {
+        stage = order[oi];
+        st = json_object_get(sum, stage);
+        json_int_t att = json_integer_value(json_object_get(st, "attempted"));
+        json_int_t failed = json_integer_value(json_object_get(st, "failed"));
+        char hb[32];
+        human_bytes((uint64_t)json_integer_value(json_object_get(st, "bytes")), hb, sizeof hb);
+        char label[32];
+        snprintf(label, sizeof label, "ingest %s", stage);
+        json_int_t ok = json_integer_value(json_object_get(st, "succeeded")),
+                   there = json_integer_value(json_object_get(st, "skipped"));
+        printf("%-16s %lld jobs: %lld rows: %lld records (%lld of them from an earlier attempt), %lld failed "
+               "(%.1f%%); %s %s\n",
+               label, (long long)json_integer_value(json_object_get(st, "jobs")), (long long)att,
+               (long long)(ok + there), (long long)there, (long long)failed,
+               att ? 100.0 * (double)failed / (double)att : 0.0, hb, strcmp(stage, "fetch") ? "read" : "fetched");
+        json_t *fails = json_object_get(st, "failures");
+        size_t n = json_object_size(fails), i = 0;
+        if (!n)
+            continue;
+        json_t **rows = calloc(n, sizeof *rows);
+        if (!rows)
+            continue;
+        const char *k;
+        json_t *v;
+        json_object_foreach(fails, k, v)
+        {
+            rows[i++] = json_pack("{s:s,s:I}", "reason", k, "rows", json_integer_value(v));
+        }
+        qsort(rows, n, sizeof *rows, count_desc);
+        printf("%-16s %-24s %10s %7s\n", "failures", "reason", "rows", "share");
+        for (i = 0; i < n; i++) {
+            json_int_t c = json_integer_value(json_object_get(rows[i], "rows"));
+            printf("%-16s %-24s %10lld %6.1f%%\n", "", json_string_value(json_object_get(rows[i], "reason")),
+                   (long long)c, att ? 100.0 * (double)c / (double)att : 0.0);
+            json_decref(rows[i]);
+        }
+        free(rows);
+    }
+}
 
 /* A string -> count table for distinct values (hosts, shapes), hashed so a
  * dataset of millions of records with many hosts stays linear. */
@@ -669,15 +801,19 @@ static void url_host(const char *url, char *out, size_t cap)
 static int cmd_stat(int argc, char **argv)
 {
     ShardsCli k = SHARDS_CLI_INIT("transfuse shards stat");
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, SHARDS_COMMON_LONGOPTS, {0}};
+    static const struct option opts[] = {
+        {"json", no_argument, 0, 'j'}, {"ingest-jobs", required_argument, 0, 'J'}, SHARDS_COMMON_LONGOPTS, {0}};
     TfOpts o = {.prog = k.prog, .argc = argc, .argv = argv, .shortopts = "hX:", .longopts = opts};
     int json = 0, c;
+    const char *jobs_dir = NULL;
     while ((c = tf_opts_next(&o)) != -1) {
         if (c == 'h') {
             fputs(STAT_HELP, stdout);
             return TF_EXIT_OK;
         } else if (c == 'j') {
             json = 1;
+        } else if (c == 'J') {
+            jobs_dir = o.arg;
         } else if (c == '?' || shards_cli_common(&k, c, o.arg) <= 0) {
             return TF_EXIT_USAGE;
         }
@@ -774,6 +910,14 @@ static int cmd_stat(int argc, char **argv)
     int have_facts = record_source_has_manifest(src) || record_source_is_kafka(src);
     if (have_facts)
         json_object_set_new(out, "facts", shard_facts_to_json(f));
+    char jobs_path[4096] = "";
+    if (jobs_dir)
+        snprintf(jobs_path, sizeof jobs_path, "%s", jobs_dir);
+    else if (!record_source_is_kafka(src) && tf_path_join(jobs_path, sizeof jobs_path, path, "ingest-jobs"))
+        jobs_path[0] = 0;
+    json_t *ingest_sum = jobs_path[0] ? ingest_jobs_summary(jobs_path) : NULL;
+    if (ingest_sum)
+        json_object_set_new(out, "ingest", ingest_sum);
     if (json) {
         json_print(out);
     } else {
@@ -803,6 +947,8 @@ static int cmd_stat(int argc, char **argv)
         print_counter("orig. formats", json_object_get(pv, "original_formats"));
         print_counter("exif applied", json_object_get(pv, "exif_orientation"));
         print_series("orig. short side", json_object_get(pv, "original_short_side"));
+        if (ingest_sum)
+            print_ingest_summary(ingest_sum);
     }
     json_decref(out);
     counter_free(&means);

@@ -38,3 +38,15 @@ def wait_process(proc, timeout):
         proc.kill()
         _, err = proc.communicate()
     return time.time() - t0, err or b""
+
+
+def wait_for(pred, timeout=30.0, step=0.2):
+    """Calls pred until it returns something true (returned) or timeout
+    seconds passed (None)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return None

@@ -409,11 +409,18 @@ static int data_factors(TrainData *d, TfError *err)
     if (d->scale != 0)
         return 0;
     const ShardFacts *f = record_source_facts(d->src);
-    const double scale = d->o.latent_scale ? d->o.latent_scale : f->latent_scaling;
-    if (!(scale > 0) && !(scale < 0))
-        return tf_fail(err, "%s: the data records no latent scaling factor (its VAE's scaling_factor)", d->o.path);
-    d->scale = scale;
-    d->shift = d->o.latent_scale ? d->o.latent_shift : f->latent_shift;
+    if (f->latent_scaling != 0) {
+        if (d->o.latent_scale != 0 && (d->o.latent_scale != f->latent_scaling || d->o.latent_shift != f->latent_shift))
+            return tf_fail(err, "%s: latent scaling and shift %g, %g configured, the data records %g, %g", d->o.path,
+                           d->o.latent_scale, d->o.latent_shift, f->latent_scaling, f->latent_shift);
+        d->scale = f->latent_scaling;
+        d->shift = f->latent_shift;
+        return 0;
+    }
+    if (d->o.latent_scale == 0)
+        return tf_fail(err, "%s: the data records no latent scaling factor (give the VAE's scaling_factor)", d->o.path);
+    d->scale = d->o.latent_scale;
+    d->shift = d->o.latent_shift;
     return 0;
 }
 

@@ -23,9 +23,9 @@
 /* ---- the run's config: one table for flags, --config files and checkpoints ---- */
 
 typedef struct RunConfig {
-    char llama[1024], data[1024], val[1024], tokenizer[1024], vae[1024], adapter[16], latent[48];
+    char llama[1024], data[1024], val[1024], tokenizer[1024], vae[1024], adapter[16], latent[48], kafka_group[256];
     long batch, seq, accum, steps, warmup, val_every, checkpoint_every, keep_last, keep_every, patch;
-    double lr_image, lr_text, lr_floor, weight_decay, clip, caption_dropout;
+    double lr_image, lr_text, lr_floor, weight_decay, clip, caption_dropout, latent_scale, latent_shift;
     long seed;
 } RunConfig;
 
@@ -50,8 +50,8 @@ static const ConfigKey KEYS[] = {
     {"batch", L(batch, 1, 1 << 20), "rows per micro-batch (default 1)"},
     {"seq", L(seq, 8, 1 << 24), "positions per row, T (default 1024)"},
     {"accum", L(accum, 1, 1 << 20), "micro-batches per step, gradient accumulation (default 1)"},
-    {"lr-image", D(lr_image, 0, 10), "peak learning rate of the image weights (default 1e-4)"},
-    {"lr-text", D(lr_text, 0, 10), "peak learning rate of the text weights (default 0: frozen)"},
+    {"lr-image", D(lr_image, 0, 1e30), "peak learning rate of the image weights (default 1e-4)"},
+    {"lr-text", D(lr_text, 0, 1e30), "peak learning rate of the text weights (default 0: frozen)"},
     {"warmup", L(warmup, 0, 1e12), "linear warmup steps (default 4000)"},
     {"lr-floor", D(lr_floor, 0, 10), "learning rate at the last step, after cosine decay (default 1.5e-5)"},
     {"weight-decay", D(weight_decay, 0, 10), "AdamW weight decay, not on norms, biases, special rows (default 0.1)"},
@@ -60,11 +60,14 @@ static const ConfigKey KEYS[] = {
     {"adapter", S(adapter), "unet (default) or linear"},
     {"patch", L(patch, 1, 64), "latent pixels per position side (default 2)"},
     {"latent", S(latent), "latent shape C,H,W (default: the dataset's manifest; 4,32,32 for a topic)"},
+    {"latent-scale", D(latent_scale, 0, 1e30), "VAE scaling factor for data that records none (a topic; --vae gives it)"},
+    {"latent-shift", D(latent_shift, -1e30, 1e30), "VAE shift factor with --latent-scale (default 0)"},
+    {"kafka-group", S(kafka_group), "topics: consumer group the position is committed under (default trainer)"},
     {"caption-dropout", D(caption_dropout, 0, 1), "fraction of caption-first samples without caption (default 0.1)"},
     {"tokenizer", S(tokenizer), "refuse data not tokenized by this tokenizer.json / tokenizer.model"},
     {"vae", S(vae), "refuse data not encoded by this VAE folder"},
-    {"val", S(val), "held-out data: its first batch, fixed draws, evaluated every --val-every steps"},
-    {"val-every", L(val_every, 0, 1e12), "steps between held-out evaluations (default 0: with --val, 100)"},
+    {"val", S(val), "held-out dataset folder: its first batch, fixed draws, evaluated every --val-every steps"},
+    {"val-every", L(val_every, 0, 1e12), "steps between held-out evaluations, also at 0 and the last (default 100)"},
     {"checkpoint-every", L(checkpoint_every, 0, 1e12), "steps between checkpoints (default 1000; 0: end and stop only)"},
     {"keep-last", L(keep_last, 1, 1e9), "checkpoints kept, newest first (default 3)"},
     {"keep-every", L(keep_every, 0, 1e12), "also keep checkpoints of steps that are multiples of N (default 0: none)"},
@@ -77,6 +80,7 @@ static void config_default(RunConfig *c)
                      .keep_last = 3, .patch = 2, .lr_image = 1e-4, .lr_floor = 1.5e-5, .weight_decay = 0.1,
                      .clip = 1.0, .caption_dropout = 0.1};
     snprintf(c->adapter, sizeof c->adapter, "unet");
+    snprintf(c->kafka_group, sizeof c->kafka_group, "trainer");
 }
 
 static const ConfigKey *config_key(const char *name)
@@ -195,6 +199,39 @@ static json_t *facts_json(const ShardFacts *f)
                      f->latent_scaling, "latent_shift", f->latent_shift, "latent_dtype", f->latent_dtype);
 }
 
+/* The latent shape (--latent, else the dataset's manifest, else 4,32,32)
+ * written into c->latent, and the checks of the shapes that need no
+ * work: the adapter's name, the patch dividing the latent, a sequence
+ * that holds one image. Returns 0, or -1 with err filled (a usage error). */
+static int resolve_shape(RunConfig *c, TfError *err)
+{
+    int latent[3] = {4, 32, 32};
+    FusionAdapter ad;
+    if (fusion_adapter_parse(c->adapter, &ad, err) != 0)
+        return -1;
+    if (c->latent[0]) {
+        if (parse_latent(c->latent, latent, err) != 0)
+            return -1;
+    } else if (!kafka_url_is(c->data)) {
+        ShardManifest *man = shard_manifest_load(c->data, NULL);
+        if (man && man->facts.latent_rank == 3)
+            for (int i = 0; i < 3; i++)
+                latent[i] = (int)man->facts.latent_shape[i];
+        shard_manifest_free(man);
+    }
+    snprintf(c->latent, sizeof c->latent, "%d,%d,%d", latent[0], latent[1], latent[2]);
+    if (latent[1] % c->patch || latent[2] % c->patch || (ad == FUSION_ADAPTER_UNET && c->patch != 1 && c->patch != 2 &&
+                                                        c->patch != 4))
+        return tf_fail(err, "--patch %ld does not divide the latent %dx%dx%d%s", c->patch, latent[0], latent[1],
+                       latent[2], ad == FUSION_ADAPTER_UNET ? " (the U-Net takes 1, 2 or 4)" : "");
+    const long P = (long)(latent[1] / c->patch) * (latent[2] / c->patch);
+    if (c->seq < P + 4)
+        return tf_fail(err, "--seq %ld cannot hold one image: %ld positions with BOS, BOI, EOI and EOS (latent %s, "
+                            "patch %ld)",
+                       c->seq, P + 4, c->latent, c->patch);
+    return 0;
+}
+
 /* Keeps the lines of a --log file up to step `last` (a resumed run
  * rewrites what follows), atomically. */
 static int log_truncate(const char *path, long last, TfError *err)
@@ -281,7 +318,21 @@ typedef struct Run {
     TfGauge *g_step, *g_planned, *g_lm, *g_diff, *g_norm, *g_lr, *g_pos;
     TfCounter *c_tokens, *c_samples;
     int tty;
+    int facts_pending; /* a topic's facts come with its first record */
+    ShardFacts expect;
 } Run;
+
+/* The facts the checkpoint records: the data's, completed by the configured ones. */
+static int update_facts(Run *r)
+{
+    ShardFacts f = *train_data_facts(r->data);
+    if (r->expect.tokenizer_id[0] && !f.tokenizer_id[0])
+        snprintf(f.tokenizer_id, sizeof f.tokenizer_id, "%s", r->expect.tokenizer_id);
+    if (r->expect.vae_id[0] && !f.vae_id[0])
+        snprintf(f.vae_id, sizeof f.vae_id, "%s", r->expect.vae_id);
+    json_decref(r->facts);
+    return (r->facts = facts_json(&f)) ? 0 : -1;
+}
 
 static json_t *run_state(const Run *r, long step)
 {
@@ -304,22 +355,14 @@ static int checkpoint(Run *r, long step, TfError *err)
     return rc;
 }
 
-static int val_losses(Run *r, FusionLosses *l, TfError *err)
-{
-    return fusion_forward(r->m, r->val_batch, l, err);
-}
-
 static int log_val(Run *r, long step, json_t *line, TfError *err)
 {
     FusionLosses l;
-    if (val_losses(r, &l, err) != 0)
+    if (fusion_forward(r->m, r->val_batch, &l, err) != 0)
         return -1;
     json_object_set_new(line, "val_loss_diffusion", num(l.diffusion));
     json_object_set_new(line, "val_loss_lm", num(l.lm));
     json_object_set_new(line, "val_loss", num(l.total));
-    /* the names `transfuse plot` reads */
-    json_object_set_new(line, "holdout_loss_diffusion", num(l.diffusion));
-    json_object_set_new(line, "holdout_loss_lm", num(l.lm));
     tf_log(TF_LOG_INFO, TAG, "step %ld held-out: diffusion %.6f, LM %.6f", step, l.diffusion, l.lm);
     return 0;
 }
@@ -348,18 +391,8 @@ static int run_open(Run *r, long *step0, TfError *err)
         return -1;
     if (llama_config_load(r->c.llama, &lc, err) != 0)
         return -1;
-    if (r->c.latent[0]) {
-        if (parse_latent(r->c.latent, latent, err) != 0)
-            return -1;
-    } else if (!kafka_url_is(r->c.data)) {
-        TfError e2 = {{0}};
-        ShardManifest *man = shard_manifest_load(r->c.data, &e2);
-        if (man && man->facts.latent_rank == 3)
-            for (int i = 0; i < 3; i++)
-                latent[i] = (int)man->facts.latent_shape[i];
-        shard_manifest_free(man);
-    }
-    snprintf(r->c.latent, sizeof r->c.latent, "%d,%d,%d", latent[0], latent[1], latent[2]);
+    if (parse_latent(r->c.latent, latent, err) != 0) /* resolved by resolve_shape */
+        return -1;
     fusion_config_default(&fc);
     if (fusion_adapter_parse(r->c.adapter, &fc.adapter, err) != 0)
         return -1;
@@ -372,8 +405,6 @@ static int run_open(Run *r, long *step0, TfError *err)
                "--lr-text %g: the text path is no longer frozen (train_text): its weights train, text logits "
                "change, and `eval text` on these checkpoints says so",
                r->c.lr_text);
-    if (!(r->config = config_json(&r->c)))
-        return tf_fail(err, "out of memory");
     if (!(r->m = fusion_model_new(r->k, r->c.llama, &fc, err)))
         return -1;
     if (train_optim_init(&r->o, r->k, fusion_param_count(r->m), err) != 0)
@@ -415,8 +446,14 @@ static int run_open(Run *r, long *step0, TfError *err)
         if (!vae)
             goto done;
         snprintf(expect.vae_id, sizeof expect.vae_id, "%s", vae_identity(vae));
+        if (r->c.latent_scale == 0 && kafka_url_is(r->c.data)) { /* a folder's manifest has its own */
+            r->c.latent_scale = vae_config(vae)->scaling_factor;
+            r->c.latent_shift = vae_config(vae)->shift_factor;
+        }
         vae_free(vae);
     }
+    if (!(r->config = config_json(&r->c)))
+        goto oom;
     TrainDataOptions dopt;
     train_data_options_default(&dopt);
     dopt.path = r->c.data;
@@ -426,6 +463,14 @@ static int run_open(Run *r, long *step0, TfError *err)
     dopt.expect = &expect;
     dopt.state = data_state;
     dopt.stop = tf_cli_stop_flag();
+    dopt.latent_scale = r->c.latent_scale;
+    dopt.latent_shift = r->c.latent_shift;
+    /* a topic: a stream (waits for records), the position committed under
+     * the group for lag and flow control; the checkpoint's position is
+     * what a resume uses. A fresh run starts at the group's committed
+     * offsets, else the beginning (Kafka's way). */
+    KafkaSourceOptions ko = {.group_id = r->c.kafka_group, .until = KAFKA_UNTIL_FOREVER};
+    dopt.kafka = &ko;
     if (!(r->data = train_data_open(r->k, &fc, &lc, &dopt, err)))
         goto done;
     if (!(r->batch = train_data_batch_new(r->data, err)))
@@ -454,15 +499,12 @@ static int run_open(Run *r, long *step0, TfError *err)
     }
     if (!(r->data_state = data_state ? json_deep_copy(data_state) : train_data_state_json(r->data)))
         goto oom;
+    r->expect = expect;
     if (!(r->facts = state ? json_deep_copy(json_object_get(state, "facts")) : NULL)) {
-        /* the data's facts: a folder's now, a topic's after its first record (set below) */
-        ShardFacts f = *train_data_facts(r->data);
-        if (expect.tokenizer_id[0] && !f.tokenizer_id[0])
-            snprintf(f.tokenizer_id, sizeof f.tokenizer_id, "%s", expect.tokenizer_id);
-        if (expect.vae_id[0] && !f.vae_id[0])
-            snprintf(f.vae_id, sizeof f.vae_id, "%s", expect.vae_id);
-        if (!(r->facts = facts_json(&f)))
+        /* the data's facts: a folder's now, a topic's after its first record */
+        if (update_facts(r) != 0)
             goto oom;
+        r->facts_pending = kafka_url_is(r->c.data);
     }
     if (r->log_path) {
         if (r->resume ? log_truncate(r->log_path, *step0, err) != 0 : 0)
@@ -570,6 +612,11 @@ static int run_loop(Run *r, long step, TfError *err)
         if (train_optim_step(&r->o, r->params, r->n_params, fusion_grads(r->m), &norm, &lr, err) != 0)
             return TF_EXIT_FAIL;
         step = r->o.step;
+        if (r->facts_pending) {
+            if (update_facts(r) != 0)
+                return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
+            r->facts_pending = 0;
+        }
         json_decref(r->data_state);
         if (!(r->data_state = train_data_state_json(r->data)))
             return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
@@ -586,7 +633,7 @@ static int run_loop(Run *r, long step, TfError *err)
             return tf_fail(err, "out of memory"), TF_EXIT_FAIL;
         if (r->o.text.peak != 0)
             json_object_set_new(line, "lr_text", num(train_lr_at(&r->o.text, step)));
-        if (r->val_batch && r->c.val_every > 0 && step % r->c.val_every == 0 && log_val(r, step, line, err) != 0) {
+        if (r->val_batch && r->c.val_every > 0 && (step % r->c.val_every == 0 || step == r->c.steps) && log_val(r, step, line, err) != 0) {
             json_decref(line);
             return TF_EXIT_FAIL;
         }
@@ -753,10 +800,12 @@ int train_main(int argc, char **argv)
         tf_fail(&err, "--llama and --data are required");
         goto usage;
     }
-    FusionAdapter ad;
-    int lat[3];
-    if (fusion_adapter_parse(r.c.adapter, &ad, &err) != 0 || (r.c.latent[0] && parse_latent(r.c.latent, lat, &err)))
+    if (resolve_shape(&r.c, &err) != 0)
         goto usage;
+    if (kafka_url_is(r.c.val)) {
+        tf_fail(&err, "--val takes a dataset folder or shard file (its first batch is the held-out batch), not a topic");
+        goto usage;
+    }
     if (r.c.val[0] && r.c.val_every == 0)
         r.c.val_every = 100;
     if (ck) {

@@ -93,7 +93,8 @@ typedef struct TrainDataOptions {
     double caption_dropout;    /* fraction of caption-first samples without caption (default 0.1) */
     double image_first;        /* fraction of image-first samples (default 0.2) */
     int no_loop;               /* 1: a folder's end ends the data (default: start over, next epoch) */
-    double latent_scale, latent_shift; /* non-zero scale: use these instead of the data's facts */
+    double latent_scale, latent_shift; /* for data that records no factors (a topic); data that
+                                        * records others is refused. 0: the data's */
     const ShardFacts *expect;  /* configured tokenizer/VAE identity (the latent shape is added from
                                 * the FusionConfig); NULL: only the shape */
     const json_t *state;       /* resume here (train_data_state_json); NULL: the start */

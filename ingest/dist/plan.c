@@ -28,15 +28,28 @@ static int file_compressed(const char *path)
     return (n >= 2 && m[0] == 0x1f && m[1] == 0x8b) || (n == 4 && m[0] == 0x28 && m[1] == 0xb5 && m[2] == 0x2f && m[3] == 0xfd);
 }
 
+/* Job ids prefix shard names (JOB-NNNNNN.tfrecord), which the shard
+ * writer takes up to 63 bytes: a stem longer than this is cut and told
+ * apart by a hash of the whole file name. */
+#define JOB_STEM_MAX 48
+
 void ingest_job_name_base(const char *manifest, char *out, size_t cap)
 {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", manifest);
     const char *b = basename(tmp);
-    size_t k = 0;
-    for (const char *p = b; *p && k + 1 < cap && k < 160; p++)
+    size_t k = 0, n = strlen(b);
+    size_t keep = n > JOB_STEM_MAX ? JOB_STEM_MAX - 9 : n;
+    for (const char *p = b; *p && k + 1 < cap && k < keep; p++)
         out[k++] = ingest_job_name_ok((char[]){*p, 0}) ? *p : '_';
     out[k] = 0;
+    if (n > JOB_STEM_MAX && k + 10 < cap) {
+        unsigned char h[32];
+        char hex[65];
+        tf_sha256(b, n, h);
+        tf_hex(h, 4, hex);
+        snprintf(out + k, cap - k, "_%s", hex);
+    }
     if (!k)
         snprintf(out, cap, "manifest");
 }

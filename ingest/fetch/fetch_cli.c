@@ -13,7 +13,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-static const char HELP[] =
+static const char HELP_FMT[] =
     "usage: transfuse ingest fetch --urls FILE [options]\n\n"
     "Fetches every URL of FILE ('-' for stdin; one a line, optionally followed by a tab\n"
     "and the expected SHA-256 in hex; empty lines and lines starting with # are skipped)\n"
@@ -28,6 +28,11 @@ static const char HELP[] =
     "  --out DIR                save each ok body as DIR/LINE.EXT (LINE: its line number)\n"
     "  --details                more columns after reason: attempts, redirects, http_version,\n"
     "                           content_type, format, sha256 (of every ok body), final_url\n"
+    "%s"
+    "  --metrics-port N         serve /metrics on port N (0 = off, the default)\n"
+    "  --metrics-addr A         address for --metrics-port (default 127.0.0.1)\n";
+
+const char FETCH_CLI_HELP[] =
     "  --concurrency N          transfers in flight (default 64)\n"
     "  --per-host N             in flight per host name, also libcurl's connection cap (default 8)\n"
     "  --host-rate R            requests per second per host name, 0 = unlimited (default 0)\n"
@@ -45,11 +50,56 @@ static const char HELP[] =
     "  --allow-private-networks connect to private, loopback and link-local addresses too\n"
     "  --allow-address CIDRS    allow these networks although private (comma list; repeatable)\n"
     "  --allow-file             read file:// URLs and absolute paths from the local disk\n"
+    "                           (also spelled --allow-local-files)\n"
     "  --any-content            keep bodies that are no image\n"
     "  --resolve HOST:PORT:ADDR resolve HOST:PORT to ADDR (as curl --resolve; repeatable)\n"
-    "  --ca-file FILE           trust the PEM certificates in FILE instead of the system's\n"
-    "  --metrics-port N         serve /metrics on port N (0 = off, the default)\n"
-    "  --metrics-addr A         address for --metrics-port (default 127.0.0.1)\n";
+    "  --ca-file FILE           trust the PEM certificates in FILE instead of the system's\n";
+
+enum {
+    FO_CONCURRENCY = FETCH_CLI_BASE, FO_PER_HOST, FO_HOST_RATE, FO_HOST_BURST, FO_CONNECT_TIMEOUT, FO_TIMEOUT,
+    FO_RETRIES, FO_RETRY_BASE, FO_RETRY_MAX, FO_MAX_REDIRECTS, FO_MAX_SIZE, FO_USER_AGENT, FO_ROBOTS_TOKEN,
+    FO_IGNORE_ROBOTS, FO_ALLOW_PRIVATE, FO_ALLOW_ADDRESS, FO_ALLOW_FILE, FO_ANY_CONTENT, FO_RESOLVE, FO_CA_FILE,
+};
+
+const struct option FETCH_CLI_OPTIONS[] = {
+    {"concurrency", required_argument, 0, FO_CONCURRENCY},
+    {"per-host", required_argument, 0, FO_PER_HOST},
+    {"host-rate", required_argument, 0, FO_HOST_RATE},
+    {"host-burst", required_argument, 0, FO_HOST_BURST},
+    {"connect-timeout", required_argument, 0, FO_CONNECT_TIMEOUT},
+    {"timeout", required_argument, 0, FO_TIMEOUT},
+    {"retries", required_argument, 0, FO_RETRIES},
+    {"retry-base", required_argument, 0, FO_RETRY_BASE},
+    {"retry-max", required_argument, 0, FO_RETRY_MAX},
+    {"max-redirects", required_argument, 0, FO_MAX_REDIRECTS},
+    {"max-size", required_argument, 0, FO_MAX_SIZE},
+    {"user-agent", required_argument, 0, FO_USER_AGENT},
+    {"robots-token", required_argument, 0, FO_ROBOTS_TOKEN},
+    {"ignore-robots", no_argument, 0, FO_IGNORE_ROBOTS},
+    {"allow-private-networks", no_argument, 0, FO_ALLOW_PRIVATE},
+    {"allow-address", required_argument, 0, FO_ALLOW_ADDRESS},
+    {"allow-file", no_argument, 0, FO_ALLOW_FILE},
+    {"allow-local-files", no_argument, 0, FO_ALLOW_FILE},
+    {"any-content", no_argument, 0, FO_ANY_CONTENT},
+    {"resolve", required_argument, 0, FO_RESOLVE},
+    {"ca-file", required_argument, 0, FO_CA_FILE},
+    {0},
+};
+
+struct option *fetch_cli_longopts(const struct option *own)
+{
+    size_t n = 0, m = 0;
+    while (own[n].name)
+        n++;
+    while (FETCH_CLI_OPTIONS[m].name)
+        m++;
+    struct option *all = calloc(n + m + 1, sizeof *all);
+    if (!all)
+        return NULL;
+    memcpy(all, own, n * sizeof *all);
+    memcpy(all + n, FETCH_CLI_OPTIONS, m * sizeof *all);
+    return all;
+}
 
 /* Parses seconds (a decimal number in [min, max]). */
 static int parse_seconds(const char *flag, const char *text, double min, double max, double *out, TfError *err)
@@ -61,6 +111,70 @@ static int parse_seconds(const char *flag, const char *text, double min, double 
         return tf_fail(err, "%s: '%s' is not a number in [%g, %g]", flag, text, min, max);
     *out = v;
     return 0;
+}
+
+int fetch_cli_option(int c, const char *arg, FetchOptions *fo, FetchCliArgs *a, TfError *err)
+{
+    long v = 0;
+    int bad = 0;
+    switch (c) {
+    case FO_CONCURRENCY: bad = tf_parse_long("--concurrency", arg, 1, 100000, &v, err); fo->concurrency = (int)v; break;
+    case FO_PER_HOST: bad = tf_parse_long("--per-host", arg, 1, 100000, &v, err); fo->max_per_host = (int)v; break;
+    case FO_HOST_RATE: bad = parse_seconds("--host-rate", arg, 0, 1e6, &fo->host_rate, err); break;
+    case FO_HOST_BURST: bad = parse_seconds("--host-burst", arg, 1, 1e6, &fo->host_burst, err); break;
+    case FO_CONNECT_TIMEOUT: bad = parse_seconds("--connect-timeout", arg, 0.001, 3600, &fo->connect_timeout_s, err); break;
+    case FO_TIMEOUT: bad = parse_seconds("--timeout", arg, 0.001, 86400, &fo->timeout_s, err); break;
+    case FO_RETRIES: bad = tf_parse_long("--retries", arg, 0, 100, &v, err); fo->max_retries = (int)v; break;
+    case FO_RETRY_BASE: bad = parse_seconds("--retry-base", arg, 0, 3600, &fo->retry_base_s, err); break;
+    case FO_RETRY_MAX: bad = parse_seconds("--retry-max", arg, 0, 86400, &fo->retry_max_s, err); break;
+    case FO_MAX_REDIRECTS: bad = tf_parse_long("--max-redirects", arg, 0, 100, &v, err); fo->max_redirects = (int)v; break;
+    case FO_MAX_SIZE:
+        bad = tf_parse_size("--max-size", arg, &fo->max_bytes, err) ||
+              (fo->max_bytes == 0 && tf_fail(err, "--max-size: must be above 0"));
+        break;
+    case FO_USER_AGENT: fo->user_agent = arg; break;
+    case FO_ROBOTS_TOKEN: fo->robots_token = arg; break;
+    case FO_IGNORE_ROBOTS: fo->ignore_robots = 1; break;
+    case FO_ALLOW_PRIVATE: fo->allow_private_networks = 1; break;
+    case FO_ALLOW_ADDRESS: {
+        size_t old = a->allow ? strlen(a->allow) : 0;
+        char *s = realloc(a->allow, old + strlen(arg) + 2);
+        if (!s)
+            return tf_fail(err, "out of memory");
+        if (old)
+            s[old++] = ',';
+        strcpy(s + old, arg);
+        a->allow = s;
+        break;
+    }
+    case FO_ALLOW_FILE: fo->allow_file = 1; break;
+    case FO_ANY_CONTENT: fo->any_content = 1; break;
+    case FO_RESOLVE: {
+        const char **r = realloc(a->resolve, (a->n_resolve + 1) * sizeof *r);
+        if (!r)
+            return tf_fail(err, "out of memory");
+        a->resolve = r;
+        a->resolve[a->n_resolve++] = arg;
+        break;
+    }
+    case FO_CA_FILE: fo->ca_file = arg; break;
+    default: return tf_fail(err, "not a fetch option");
+    }
+    return bad ? -1 : 0;
+}
+
+void fetch_cli_args_apply(const FetchCliArgs *a, FetchOptions *fo)
+{
+    fo->allow_addresses = a->allow;
+    fo->resolve = a->resolve;
+    fo->n_resolve = a->n_resolve;
+}
+
+void fetch_cli_args_deinit(FetchCliArgs *a)
+{
+    free(a->allow);
+    free(a->resolve);
+    memset(a, 0, sizeof *a);
 }
 
 typedef struct LabelCount {
@@ -117,29 +231,18 @@ static int emit(const FetchResult *r, const char *out_dir, int details, LabelCou
 
 int ingest_fetch_main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"urls", required_argument, 0, 'u'},           {"out", required_argument, 0, 'o'},
-        {"details", no_argument, 0, 'D'},              {"concurrency", required_argument, 0, 'c'},
-        {"per-host", required_argument, 0, 'p'},       {"host-rate", required_argument, 0, 'r'},
-        {"host-burst", required_argument, 0, 'b'},     {"connect-timeout", required_argument, 0, 'C'},
-        {"timeout", required_argument, 0, 't'},        {"retries", required_argument, 0, 'R'},
-        {"retry-base", required_argument, 0, 'B'},     {"retry-max", required_argument, 0, 'M'},
-        {"max-redirects", required_argument, 0, 'L'},  {"max-size", required_argument, 0, 'S'},
-        {"user-agent", required_argument, 0, 'A'},     {"robots-token", required_argument, 0, 'T'},
-        {"ignore-robots", no_argument, 0, 'I'},        {"allow-private-networks", no_argument, 0, 'P'},
-        {"allow-address", required_argument, 0, 'a'},  {"allow-file", no_argument, 0, 'F'},
-        {"any-content", no_argument, 0, 'N'},          {"resolve", required_argument, 0, 'e'},
-        {"ca-file", required_argument, 0, 'k'},        {"metrics-port", required_argument, 0, 'm'},
-        {"metrics-addr", required_argument, 0, 'd'},   {"help", no_argument, 0, 'h'},
+    static const struct option own[] = {
+        {"urls", required_argument, 0, 'u'},         {"out", required_argument, 0, 'o'},
+        {"details", no_argument, 0, 'D'},            {"metrics-port", required_argument, 0, 'm'},
+        {"metrics-addr", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
         {0}};
     FetchOptions fo;
     fetch_options_init(&fo);
     const char *urls = NULL, *out_dir = NULL, *metrics_addr = NULL;
-    const char **resolve = NULL;
-    size_t n_resolve = 0;
-    char *allow = NULL;
+    FetchCliArgs fa = {0};
+    struct option *longopts = fetch_cli_longopts(own);
     int details = 0, status = TF_EXIT_USAGE;
-    long metrics_port = 0, v;
+    long metrics_port = 0;
     TfError err = {{0}};
     FILE *in = NULL;
     Fetcher *f = NULL;
@@ -147,6 +250,10 @@ int ingest_fetch_main(int argc, char **argv)
     char *line = NULL;
     size_t line_cap = 0;
 
+    if (!longopts) {
+        fprintf(stderr, "transfuse ingest fetch: out of memory\n");
+        return TF_EXIT_FAIL;
+    }
     TfOpts o = {.prog = "transfuse ingest fetch", .argc = argc, .argv = argv, .shortopts = "h", .longopts = longopts};
     int c;
     while ((c = tf_opts_next(&o)) != -1) {
@@ -155,49 +262,14 @@ int ingest_fetch_main(int argc, char **argv)
         case 'u': urls = o.arg; break;
         case 'o': out_dir = o.arg; break;
         case 'D': details = 1; break;
-        case 'c': bad = tf_parse_long("--concurrency", o.arg, 1, 100000, &v, &err); fo.concurrency = (int)v; break;
-        case 'p': bad = tf_parse_long("--per-host", o.arg, 1, 100000, &v, &err); fo.max_per_host = (int)v; break;
-        case 'r': bad = parse_seconds("--host-rate", o.arg, 0, 1e6, &fo.host_rate, &err); break;
-        case 'b': bad = parse_seconds("--host-burst", o.arg, 1, 1e6, &fo.host_burst, &err); break;
-        case 'C': bad = parse_seconds("--connect-timeout", o.arg, 0.001, 3600, &fo.connect_timeout_s, &err); break;
-        case 't': bad = parse_seconds("--timeout", o.arg, 0.001, 86400, &fo.timeout_s, &err); break;
-        case 'R': bad = tf_parse_long("--retries", o.arg, 0, 100, &v, &err); fo.max_retries = (int)v; break;
-        case 'B': bad = parse_seconds("--retry-base", o.arg, 0, 3600, &fo.retry_base_s, &err); break;
-        case 'M': bad = parse_seconds("--retry-max", o.arg, 0, 86400, &fo.retry_max_s, &err); break;
-        case 'L': bad = tf_parse_long("--max-redirects", o.arg, 0, 100, &v, &err); fo.max_redirects = (int)v; break;
-        case 'S': bad = tf_parse_size("--max-size", o.arg, &fo.max_bytes, &err) ||
-                        (fo.max_bytes == 0 && tf_fail(&err, "--max-size: must be above 0"));
-            break;
-        case 'A': fo.user_agent = o.arg; break;
-        case 'T': fo.robots_token = o.arg; break;
-        case 'I': fo.ignore_robots = 1; break;
-        case 'P': fo.allow_private_networks = 1; break;
-        case 'a': {
-            size_t old = allow ? strlen(allow) : 0;
-            char *s = realloc(allow, old + strlen(o.arg) + 2);
-            if (!s)
-                goto done;
-            if (old)
-                s[old++] = ',';
-            strcpy(s + old, o.arg);
-            allow = s;
-            break;
-        }
-        case 'F': fo.allow_file = 1; break;
-        case 'N': fo.any_content = 1; break;
-        case 'e': {
-            const char **r = realloc(resolve, (n_resolve + 1) * sizeof *r);
-            if (!r)
-                goto done;
-            resolve = r;
-            resolve[n_resolve++] = o.arg;
-            break;
-        }
-        case 'k': fo.ca_file = o.arg; break;
         case 'm': bad = tf_parse_long("--metrics-port", o.arg, 0, 65535, &metrics_port, &err); break;
         case 'd': metrics_addr = o.arg; break;
-        case 'h': fputs(HELP, stdout); status = TF_EXIT_OK; goto done;
-        default: goto done;
+        case 'h': printf(HELP_FMT, FETCH_CLI_HELP); status = TF_EXIT_OK; goto done;
+        default:
+            if (c < FETCH_CLI_BASE)
+                goto done;
+            bad = fetch_cli_option(c, o.arg, &fo, &fa, &err);
+            break;
         }
         if (bad) {
             fprintf(stderr, "transfuse ingest fetch: %s\n", err.msg);
@@ -209,9 +281,7 @@ int ingest_fetch_main(int argc, char **argv)
                 !urls ? "--urls FILE is required (see --help)" : "unexpected operand (URLs go in --urls FILE)");
         goto done;
     }
-    fo.allow_addresses = allow;
-    fo.resolve = resolve;
-    fo.n_resolve = n_resolve;
+    fetch_cli_args_apply(&fa, &fo);
     fo.stop = tf_cli_stop_flag();
     fo.hash_bodies = details;
     f = fetcher_new(&fo, &err);
@@ -318,7 +388,7 @@ done:
         fclose(in);
     fetcher_free(f);
     tf_metrics_server_free(ms);
-    free(resolve);
-    free(allow);
+    fetch_cli_args_deinit(&fa);
+    free(longopts);
     return status;
 }

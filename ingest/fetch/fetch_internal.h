@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <getopt.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -76,5 +77,39 @@ void fetch_address_text(const struct sockaddr *sa, char *out, size_t cap);
  * "empty body", "HTML", "XML or SVG", "JSON", "text", or their first bytes
  * in hex. */
 void fetch_describe_bytes(const unsigned char *data, size_t len, char *out, size_t cap);
+
+/* ---- the fetcher's command-line flags, shared by `ingest fetch` and `ingest run` ---- */
+
+/* Option values of the fetch flags start here (a command's own flags use
+ * characters below it). */
+#define FETCH_CLI_BASE 2000 /* above the encode flags (INGEST_ENC_*, from 1000), so both tables combine */
+
+/* The fetch flags ({0}-terminated): --concurrency, --per-host, --host-rate,
+ * --host-burst, --connect-timeout, --timeout, --retries, --retry-base,
+ * --retry-max, --max-redirects, --max-size, --user-agent, --robots-token,
+ * --ignore-robots, --allow-private-networks, --allow-address, --allow-file
+ * (also --allow-local-files), --any-content, --resolve, --ca-file. */
+extern const struct option FETCH_CLI_OPTIONS[];
+/* Their --help lines. */
+extern const char FETCH_CLI_HELP[];
+
+/* What the repeatable flags collect (zero-initialise; fetch_cli_args_deinit). */
+typedef struct FetchCliArgs {
+    char *allow;             /* --allow-address lists joined by ',' */
+    const char **resolve;
+    size_t n_resolve;
+} FetchCliArgs;
+
+/* A command's own options followed by FETCH_CLI_OPTIONS, malloc'd
+ * ({0}-terminated), or NULL when out of memory. */
+struct option *fetch_cli_longopts(const struct option *own);
+
+/* Applies fetch flag `c` (>= FETCH_CLI_BASE) with its argument to *fo and
+ * *a. Returns 0, or -1 with err saying what is wrong with the value. */
+int fetch_cli_option(int c, const char *arg, FetchOptions *fo, FetchCliArgs *a, TfError *err);
+
+/* Points fo's allow list and resolve entries at what *a collected (a must outlive the fetcher's creation). */
+void fetch_cli_args_apply(const FetchCliArgs *a, FetchOptions *fo);
+void fetch_cli_args_deinit(FetchCliArgs *a);
 
 #endif

@@ -8,7 +8,7 @@
  *            [--start N --end N --first-line N] [--threads N] [--png]
  *            [--allow-address CIDR] [--allow-private] [--allow-file]
  *            [--retry-failed [--retry-all]] [--max-in-flight N] [--concurrency N]
- *            [--resolve H:P:A] [--stop-after N] */
+ *            [--resolve H:P:A] [--key-col C] [--hash-col C] */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,7 +44,8 @@ int main(int argc, char **argv)
         {"end", 1, 0, 'e'},      {"first-line", 1, 0, 'l'},  {"threads", 1, 0, 'n'},    {"png", 0, 0, 'p'},
         {"allow-address", 1, 0, 'a'}, {"allow-private", 0, 0, 'P'}, {"allow-file", 0, 0, 'F'},
         {"retry-failed", 0, 0, 'r'}, {"retry-all", 0, 0, 'R'}, {"max-in-flight", 1, 0, 'x'},
-        {"concurrency", 1, 0, 'c'}, {"resolve", 1, 0, 'v'},  {0}};
+        {"concurrency", 1, 0, 'c'}, {"resolve", 1, 0, 'v'},  {"key-col", 1, 0, 'K'},    {"hash-col", 1, 0, 'H'},
+        {0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -68,6 +69,8 @@ int main(int argc, char **argv)
         case 'x': o.max_rows_in_flight = strtoull(optarg, NULL, 10); break;
         case 'c': o.fetch.concurrency = atoi(optarg); break;
         case 'v': if (n_resolve < 8) resolve[n_resolve++] = optarg; break;
+        case 'K': o.manifest.columns.key = optarg; break;
+        case 'H': o.manifest.columns.hash = optarg; break;
         default: return 2;
         }
     }

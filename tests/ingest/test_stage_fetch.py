@@ -20,28 +20,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "fetch"))
 from checks import Checks  # noqa: E402
-from servers import FaultServer, Nginx, nginx_path  # noqa: E402
+from servers import FaultServer, Nginx, web_test_start  # noqa: E402
 
 T, DRIVER, TOK, WORK = sys.argv[1:5]
 checks = Checks("test_stage_fetch")
 check = checks.check
-if not os.path.exists(TOK):
-    print(f"skipped: {TOK} is missing (the tokenizer_fetch_reference fixture did not run)")
-    sys.exit(77)
-if not nginx_path():
-    print("skipped: nginx is not installed (scripts/install-deps.sh --test)")
-    sys.exit(77)
-shutil.rmtree(WORK, ignore_errors=True)
-os.makedirs(WORK)
-corpus = os.path.join(WORK, "corpus")
-rc = subprocess.run([sys.executable, os.path.join(HERE, "make_web_corpus.py"), "--out", corpus, "--count", "6",
-                     "--jobs", "2"]).returncode
-if rc == 77:
-    print("skipped: no wallpaper photos installed")
-    sys.exit(77)
-assert rc == 0, "make_web_corpus.py failed"
-with open(os.path.join(corpus, "index.tsv")) as f:
-    files = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+corpus, files = web_test_start(TOK, WORK, 6)
 jpeg = next(n for n in files if n.endswith(".jpg"))
 fault_dir = os.path.join(WORK, "fault")
 os.makedirs(fault_dir)
@@ -231,5 +215,27 @@ with Nginx(corpus, os.path.join(WORK, "nginx")) as ngx, FaultServer(fault_dir, a
         import io
         px = Image.open(io.BytesIO(base64.b64decode(r["image"]["data"]))).convert("RGB").tobytes()
         check(px == base64.b64decode(raw["image"]["data"]), "png crop decodes to the raw crop")
+
+    # 6. a key column (a key repeated: duplicate_key) and a hash column (a wrong hash: hash_mismatch)
+    img_sha = hashlib.sha256(open(os.path.join(fault_dir, "img.jpg"), "rb").read()).hexdigest()
+    keyed = os.path.join(WORK, "keyed.tsv")
+    with open(keyed, "w") as f:
+        f.write("url\tcaption\tid\tsha\n")
+        f.write(F("/image/img.jpg") + f"\tright hash\tk1\t{img_sha}\n")
+        f.write(F("/image/img.jpg?x=2") + f"\twrong hash\tk2\t{'0' * 64}\n")
+        f.write(F("/image/img.jpg?x=3") + "\tno hash\tk3\t\n")
+        f.write(F("/image/img.jpg?x=4") + "\tk1 again\tk1\t\n")
+    out_k = os.path.join(WORK, "keyed")
+    p = run(DRIVER, "--manifest", keyed, "--tokenizer", TOK, "--job", "keyed.tsv.000000", "--out", out_k,
+            "--allow-address", "127.0.0.1/32", "--key-col", "id", "--hash-col", "sha")
+    st6 = json.loads(p.stdout.decode().splitlines()[-1]) if p.returncode == 0 else {}
+    check(st6.get("succeeded") == 2 and st6.get("failures") == {"hash_mismatch": 1, "duplicate_key": 1}, f"keyed: {st6}")
+    kr = {r["key"]: r for r in records(out_k)}
+    check(set(kr) == {"k1", "k3"} and kr["k1"]["caption"] == "right hash", f"keyed records {sorted(kr)}")
+    check("sha" not in kr.get("k1", {}).get("extra", {}) and "id" not in kr.get("k1", {}).get("extra", {}),
+          f"key/hash columns in extra: {kr.get('k1', {}).get('extra')}")
+    dl = {x["line"]: x for x in failures(os.path.join(out_k, "ingest-jobs"), "keyed.tsv.000000")}
+    check(dl.get(3, {}).get("reason") == "hash_mismatch" and dl.get(5, {}).get("reason") == "duplicate_key"
+          and "line 2" in dl.get(5, {}).get("why", ""), f"keyed failure lines {dl}")
 
 checks.finish()

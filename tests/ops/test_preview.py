@@ -72,7 +72,7 @@ for i, cap in enumerate(caps):
         a = np.zeros((64, 64, 3), np.uint8)
         a[:, :32] = (0, 0, 255)
         a[:, 32:] = (0, 200, 0)
-        r["image"] = {"format": "raw", "width": 64, "height": 64, "data": base64.b64encode(a.tobytes()).decode()}
+        r["image"] = {"format": "rgb8", "width": 64, "height": 64, "data": base64.b64encode(a.tobytes()).decode()}
     elif i == 5:
         r["image"] = {"format": "png", "width": 256, "height": 256,
                       "data": base64.b64encode(b"\x89PNG\r\n\x1a\nbroken").decode()}
@@ -104,7 +104,7 @@ if check(c0 and c0["source"] == "png", "cell 0 from the stored PNG"):
     under = a[c0["y"] + c0["size"] + 6:c0["y"] + c0["size"] + 6 + 18 + 45, c0["x"]:c0["x"] + c0["size"]]
     check((under.sum(axis=2) < 300).sum() > 100, "key and caption written under cell 0")
 c4 = cells.get("sample-0004")
-if check(c4 and c4["source"] == "raw", "cell 4 from the raw crop"):
+if check(c4 and c4["source"] == "rgb8", "cell 4 from the rgb8 crop"):
     check(np.abs(region(c4, 0.1, 0.4) - (0, 0, 255)).max() <= 2, "raw crop: blue left half")
     check(np.abs(region(c4, 0.6, 0.9) - (0, 200, 0)).max() <= 2, "raw crop: green right half")
 for k in ("sample-0005", "sample-0006"):

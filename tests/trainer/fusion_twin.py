@@ -263,3 +263,47 @@ class Twin:
         }
         with torch.no_grad():
             return self.losses(batch)[0].item()
+
+
+def lr_at(peak, floor, warmup, total, step):
+    """trainer/optim.c train_lr_at: linear warmup from 0, then cosine to the floor at `total`."""
+    if peak == 0:
+        return 0.0
+    if warmup > 0 and step <= warmup:
+        return peak * step / warmup
+    if step >= total:
+        return floor
+    span = total - warmup
+    x = (step - warmup) / span if span > 0 else 1.0
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * x))
+
+
+def decays(name, t):
+    """The C model's weight-decay rule (FusionTensor.decay): matrices and conv
+    kernels, not norms, biases or the BOI/EOI rows."""
+    return t.dim() >= 2 and name != "model.embed_tokens_special.weight"
+
+
+def train_steps(twin, batch, n, peak, floor, warmup, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0):
+    """n optimizer steps on one batch as trainer/optim.c takes them: the
+    global gradient norm over every trainable tensor, clipped to `clip`
+    (torch's clip_grad_norm_: max_norm / (norm + 1e-6), at most 1), AdamW
+    (torch.optim.AdamW: decoupled decay, bias-corrected) with weight decay
+    only on decays() tensors, the rate of train_lr_at per step. Returns
+    [(loss_lm, loss_diffusion, grad_norm)] per step: the losses before
+    that step's update."""
+    items = list(twin.p.items())
+    groups = [{"params": [t for k, t in items if decays(k, t)], "weight_decay": weight_decay},
+              {"params": [t for k, t in items if not decays(k, t)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=peak, betas=betas, eps=eps)
+    out = []
+    for s in range(1, n + 1):
+        opt.zero_grad(set_to_none=False)
+        lm, diff = twin.losses(batch)
+        (lm + 5.0 * diff).backward()
+        norm = torch.nn.utils.clip_grad_norm_([t for _, t in items], clip)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(peak, floor, warmup, n, s)
+        opt.step()
+        out.append((lm.item(), diff.item(), float(norm)))
+    return out

@@ -11,7 +11,7 @@
  *
  *   test_train_data check LLAMA_DIR WORKDIR
  *   test_train_data make DIR N [--latent C,H,W] [--dtype f32|bf16|f16] [--logvar]
- *                   [--tokenizer-id ID] [--shard-records R]
+ *                   [--tokenizer-id ID] [--vae-id ID] [--shard-records R]
  *     (writes a dataset for the trainer's command-line tests) */
 #include <dirent.h>
 #include <math.h>
@@ -54,6 +54,7 @@ typedef struct MakeOpts {
     int logvar;
     const char *tokenizer_id;
     uint64_t shard_records;
+    const char *vae_id;
 } MakeOpts;
 
 static void put_value(uint8_t *p, int dtype, size_t k, float v)
@@ -88,7 +89,7 @@ static int make_dataset(const char *dir, uint32_t n, const MakeOpts *mo)
     ShardFacts facts;
     memset(&facts, 0, sizeof facts);
     snprintf(facts.tokenizer_id, sizeof facts.tokenizer_id, "%s", mo->tokenizer_id ? mo->tokenizer_id : "tok-test");
-    snprintf(facts.vae_id, sizeof facts.vae_id, "vae-test");
+    snprintf(facts.vae_id, sizeof facts.vae_id, "%s", mo->vae_id ? mo->vae_id : "vae-test");
     facts.latent_scaling = SCALE;
     facts.latent_shift = SHIFT;
     snprintf(facts.latent_dtype, sizeof facts.latent_dtype, "%s", sample_dtype_name(mo->dtype));
@@ -365,7 +366,7 @@ static void check_refusals(TfKernels *k, FusionModel *m, const char *work)
     TfError err = {{0}};
     char path[4096];
     snprintf(path, sizeof path, "%s/ds_shape", work);
-    MakeOpts mo = {4, 8, 8, TRANSFUSE__V1__DTYPE__DTYPE_F32, 0, NULL, 0};
+    MakeOpts mo = {4, 8, 8, TRANSFUSE__V1__DTYPE__DTYPE_F32, 0, NULL, 0, NULL};
     REQUIRE(make_dataset(path, 5, &mo) == 0);
     TrainData *d = open_data(k, m, path, 1, 96, 1, NULL, NULL, &err);
     CHECK(!d);
@@ -410,7 +411,7 @@ static void check_refusals(TfKernels *k, FusionModel *m, const char *work)
 static int check(const char *llama, const char *work)
 {
     TfError err = {{0}};
-    TfKernels *k = tf_kernels_new(TF_BACKEND_CPU, 2, &err);
+    TfKernels *k = tf_kernels_new(TF_BACKEND_CPU, 1, &err);
     REQUIRE(k);
     /* the table equals the per-call product */
     double ab[TRAIN_DDPM_STEPS];
@@ -432,7 +433,7 @@ static int check(const char *llama, const char *work)
     const char *names[3] = {"f32", "bf16", "f16"};
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/ds_%s", work, names[i]);
-        MakeOpts mo = {4, 4, 4, dtypes[i], i > 0, NULL, 0};
+        MakeOpts mo = {4, 4, 4, dtypes[i], i > 0, NULL, 0, NULL};
         REQUIRE(make_dataset(path, 61, &mo) == 0);
         Seen s;
         check_stream(k, m, path, 61, i == 0 ? 400 : 30, 1, &s);
@@ -470,7 +471,7 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "check"))
         return check(argv[2], argv[3]);
     if (argc >= 4 && !strcmp(argv[1], "make")) {
-        MakeOpts mo = {4, 8, 8, TRANSFUSE__V1__DTYPE__DTYPE_F32, 0, NULL, 0};
+        MakeOpts mo = {4, 8, 8, TRANSFUSE__V1__DTYPE__DTYPE_F32, 0, NULL, 0, NULL};
         for (int i = 4; i < argc; i++) {
             if (!strcmp(argv[i], "--latent") && i + 1 < argc)
                 sscanf(argv[++i], "%u,%u,%u", &mo.c, &mo.h, &mo.w);
@@ -483,6 +484,8 @@ int main(int argc, char **argv)
                 mo.logvar = 1;
             else if (!strcmp(argv[i], "--tokenizer-id") && i + 1 < argc)
                 mo.tokenizer_id = argv[++i];
+            else if (!strcmp(argv[i], "--vae-id") && i + 1 < argc)
+                mo.vae_id = argv[++i];
             else if (!strcmp(argv[i], "--shard-records") && i + 1 < argc)
                 mo.shard_records = (uint64_t)atol(argv[++i]);
             else {

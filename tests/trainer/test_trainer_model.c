@@ -8,9 +8,17 @@
  *       writes OUT_DIR/{trainable,batch,result}.safetensors for the PyTorch
  *       twin (test_trainer_twin.py): perturbed trainable weights, a batch
  *       of two rows (two documents, padding, three images, one image
- *       first), the losses and every trainable gradient.
+ *       first), the losses and every trainable gradient;
+ *   test_trainer_model steps LLAMA_DIR unet|linear OUT_DIR N
+ *       the same weights and batch, then N AdamW steps on that batch
+ *       (train_optim_step: warmup 2, cosine from 1e-3 to 1e-4 at step N,
+ *       weight decay 0.1, clip 1.0): OUT_DIR/steps.safetensors holds the
+ *       losses before each step (hi + lo floats) and the grad norms, and
+ *       OUT_DIR/final.safetensors the trainable weights after step N
+ *       (test_trainer_twin.py runs the same steps in the twin).
  */
 #include "test.h"
+#include "train_internal.h"
 #include "trainer.h"
 
 #include <math.h>
@@ -213,6 +221,74 @@ static int dump(const char *llama, const char *adapter, const char *out, int tra
     snprintf(path, sizeof path, "%s/result.safetensors", out);
     REQUIRE(tf_safetensors_writer_write(w, path, &err) == 0);
     tf_safetensors_writer_free(w);
+    fusion_batch_free(b);
+    fusion_model_free(m);
+    tf_kernels_free(k);
+    return 0;
+}
+
+/* The schedule the steps mode and its twin share. */
+#define STEPS_PEAK 1e-3
+#define STEPS_FLOOR 1e-4
+#define STEPS_WARMUP 2
+
+static int steps(const char *llama, const char *adapter, const char *out, int n)
+{
+    TfError err = {{0}};
+    FusionConfig fc;
+    FusionAdapter ad;
+    REQUIRE(fusion_adapter_parse(adapter, &ad, &err) == 0 && n >= 1 && n <= 1000);
+    small_config(&fc, ad);
+    TfKernels *k = tf_kernels_new(TF_BACKEND_CPU, 2, &err);
+    REQUIRE(k);
+    FusionModel *m = load(k, llama, &fc);
+    perturb(m, 0.05f);
+    FusionBatch *b = fixture(&fc);
+    char path[4096];
+    REQUIRE(tf_mkdir_p(out, &err) == 0);
+    snprintf(path, sizeof path, "%s/trainable.safetensors", out);
+    REQUIRE(fusion_save_trainable(m, path, &err) == 0);
+    snprintf(path, sizeof path, "%s/batch.safetensors", out);
+    REQUIRE(fusion_batch_save(b, path, &err) == 0);
+    TrainOptim o;
+    size_t np = 0;
+    TrainParam *params = train_params_of(m, &np, &err);
+    REQUIRE(params && train_optim_init(&o, k, fusion_param_count(m), &err) == 0);
+    o.image = (TrainSchedule){.peak = STEPS_PEAK, .floor = STEPS_FLOOR, .warmup = STEPS_WARMUP, .total = n};
+    float *lm = malloc(4 * (size_t)n * sizeof *lm);
+    REQUIRE(lm);
+    float *lm_lo = lm + n, *df = lm + 2 * n, *df_lo = lm + 3 * n;
+    float *gn = malloc((size_t)n * sizeof *gn);
+    REQUIRE(gn);
+    for (int s = 0; s < n; s++) {
+        FusionLosses l;
+        double norm = 0, lr = 0;
+        if (fusion_zero_grad(m, &err) || fusion_forward_backward(m, b, 1.0f, &l, &err) ||
+            train_optim_step(&o, params, np, fusion_grads(m), &norm, &lr, &err)) {
+            fprintf(stderr, "step %d: %s\n", s + 1, err.msg);
+            return 1;
+        }
+        lm[s] = (float)l.lm, lm_lo[s] = (float)(l.lm - lm[s]);
+        df[s] = (float)l.diffusion, df_lo[s] = (float)(l.diffusion - df[s]);
+        gn[s] = (float)norm;
+        fprintf(stderr, "step %d: lm %.9g diffusion %.9g grad norm %.6g lr %.6g\n", s + 1, l.lm, l.diffusion, norm, lr);
+    }
+    TfSafetensorsWriter *w = tf_safetensors_writer_new();
+    const int64_t shape = n;
+    REQUIRE(w && tf_safetensors_writer_add_f32(w, "loss_lm", TF_DTYPE_F32, 1, &shape, lm, n, &err) == 0 &&
+            tf_safetensors_writer_add_f32(w, "loss_lm_lo", TF_DTYPE_F32, 1, &shape, lm_lo, n, &err) == 0 &&
+            tf_safetensors_writer_add_f32(w, "loss_diffusion", TF_DTYPE_F32, 1, &shape, df, n, &err) == 0 &&
+            tf_safetensors_writer_add_f32(w, "loss_diffusion_lo", TF_DTYPE_F32, 1, &shape, df_lo, n, &err) == 0 &&
+            tf_safetensors_writer_add_f32(w, "grad_norm", TF_DTYPE_F32, 1, &shape, gn, n, &err) == 0);
+    snprintf(path, sizeof path, "%s/steps.safetensors", out);
+    REQUIRE(tf_safetensors_writer_write(w, path, &err) == 0);
+    tf_safetensors_writer_free(w);
+    snprintf(path, sizeof path, "%s/final.safetensors", out);
+    REQUIRE(fusion_save_trainable(m, path, &err) == 0);
+    free(lm);
+    free(gn);
+    free(params);
+    train_optim_deinit(&o);
     fusion_batch_free(b);
     fusion_model_free(m);
     tf_kernels_free(k);
@@ -465,8 +541,11 @@ int main(int argc, char **argv)
 {
     if ((argc == 5 || (argc == 6 && !strcmp(argv[5], "train_text"))) && !strcmp(argv[1], "dump"))
         return dump(argv[2], argv[3], argv[4], argc == 6) || test_main_end("test_trainer_model dump");
+    if (argc == 6 && !strcmp(argv[1], "steps"))
+        return steps(argv[2], argv[3], argv[4], atoi(argv[5])) || test_main_end("test_trainer_model steps");
     if (argc != 4 || strcmp(argv[1], "check")) {
-        fprintf(stderr, "usage: test_trainer_model check LLAMA_DIR TMPDIR | dump LLAMA_DIR unet|linear OUT_DIR [train_text]\n");
+        fprintf(stderr, "usage: test_trainer_model check LLAMA_DIR TMPDIR | dump LLAMA_DIR unet|linear OUT_DIR "
+                        "[train_text] | steps LLAMA_DIR unet|linear OUT_DIR N\n");
         return 2;
     }
     TfError err = {{0}};

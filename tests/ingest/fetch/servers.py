@@ -12,6 +12,10 @@ FaultServer(corpus, also=[...]): fault_server.py beside this file, on one
 port of 127.0.0.1 (and of every address in `also`).
 
 Both are context managers; `nginx_path()` is None when nginx is missing.
+
+require_nginx() and web_corpus(dir, count) are what the tests that use
+them start with: they exit 77 (ctest's skip) when nginx or the wallpaper
+photos are not installed.
 """
 import os, shutil, signal, socket, subprocess, sys, time
 
@@ -23,6 +27,41 @@ def nginx_path():
         if p and os.path.exists(p):
             return p
     return None
+
+
+def require_nginx():
+    """Exits 77 (skipped) when Debian's nginx is not installed."""
+    if not nginx_path():
+        print("skipped: nginx is not installed (scripts/install-deps.sh --test)")
+        sys.exit(77)
+
+
+def web_corpus(out, count, jobs=2):
+    """make_web_corpus.py into `out` (reused when made with the same
+    parameters); exits 77 when no wallpaper photo is installed. Returns the
+    corpus's file names in index order."""
+    rc = subprocess.run([sys.executable, os.path.join(HERE, "..", "make_web_corpus.py"), "--out", out, "--count",
+                         str(count), "--jobs", str(jobs)]).returncode
+    if rc == 77:
+        print("skipped: no wallpaper photos installed")
+        sys.exit(77)
+    assert rc == 0, "make_web_corpus.py failed"
+    with open(os.path.join(out, "index.tsv")) as f:
+        return [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+
+
+def web_test_start(tokenizer, work, count):
+    """The start of a web ingest test: exits 77 when the tokenizer fixture
+    did not run or nginx or the photos are missing; `work` made empty, the
+    corpus of `count` photos in work/corpus. Returns (corpus dir, file names)."""
+    if not os.path.exists(tokenizer):
+        print(f"skipped: {tokenizer} is missing (the tokenizer_fetch_reference fixture did not run)")
+        sys.exit(77)
+    require_nginx()
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    corpus = os.path.join(work, "corpus")
+    return corpus, web_corpus(corpus, count)
 
 
 def free_port():

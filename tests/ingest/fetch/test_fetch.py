@@ -14,7 +14,7 @@ import hashlib, os, shutil, signal, subprocess, sys, tempfile, threading, time, 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from servers import FaultServer, Nginx, free_port, nginx_path  # noqa: E402
+from servers import FaultServer, Nginx, free_port, require_nginx, web_corpus  # noqa: E402
 
 T, WORK = sys.argv[1], sys.argv[2]
 failures = 0
@@ -28,19 +28,10 @@ def check(cond, what):
     return cond
 
 
-if not nginx_path():
-    print("skipped: nginx is not installed (scripts/install-deps.sh --test)")
-    sys.exit(77)
+require_nginx()
 os.makedirs(WORK, exist_ok=True)
 corpus = os.path.join(WORK, "corpus")
-rc = subprocess.run([sys.executable, os.path.join(HERE, "..", "make_web_corpus.py"), "--out", corpus,
-                     "--count", "16", "--jobs", "2"]).returncode
-if rc == 77:
-    print("skipped: no wallpaper photos installed")
-    sys.exit(77)
-assert rc == 0, "make_web_corpus.py failed"
-with open(os.path.join(corpus, "index.tsv")) as f:
-    files = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+files = web_corpus(corpus, 16)
 sha = {n: hashlib.sha256(open(os.path.join(corpus, n), "rb").read()).hexdigest() for n in files}
 jpeg = next(n for n in files if n.endswith(".jpg"))
 png = next(n for n in files if n.endswith(".png"))
