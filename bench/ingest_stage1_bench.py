@@ -34,7 +34,7 @@ encode + write, stage glue; and how much of each category is kernel time.
 
 usage: bench/ingest_stage1_bench.py [--rows 10000] [--rounds 3] [--hosts 50]
          [--concurrency 64] [--per-host 20] [--threads 0] [--peer-processes 2]
-         [--peer-threads 64] [--rss 2000,20000] [--perf perf.data] [--skip-peer]
+         [--peer-threads 64] [--rss 2000,20000] [--perf perf.data] [--skip-peer] [--png]
 Run with /usr/bin/python3 (Debian's python3-opencv and python3-pil).
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys, threading, time, urllib.request
@@ -119,6 +119,8 @@ def run_ours(a, man, out, concurrency, per_host, metrics=False, perf=None, timeo
            "--concurrency", str(concurrency), "--per-host", str(per_host)]
     if timeout:
         cmd += ["--timeout", str(timeout)]
+    if a.png:
+        cmd += ["--png"]
     if port:
         cmd += ["--metrics-port", str(port)]
     if perf:
@@ -293,6 +295,7 @@ def main():
     ap.add_argument("--perf-freq", type=int, default=400)
     ap.add_argument("--work", default="/tmp/transfuse-stage1-bench")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--png", action="store_true", help="our crops as PNG (zlib level 1) instead of raw rgb8")
     a = ap.parse_args()
     for path, what in ((a.driver, "the driver (cmake --build build --target ingest_stage1_driver)"),
                        (a.tokenizer, "the tokenizer (ctest -R tokenizer_fetch_reference)")):
@@ -374,8 +377,8 @@ def main():
                     print(f"  steady state ({len(steady)} of {len(r['samples'])} samples, row window {window} full): "
                           f"transfers in flight median {median_of(fl):.0f} (range {min(fl):.0f}-{max(fl):.0f}), "
                           f"bodies waiting for the crop threads median {median_of(cq):.0f} (max {max(cq):.0f}), "
-                          f"RSS median {median_of(rs):.0f} MiB (max {max(rs):.0f}); peak (VmHWM) {r['rss_mb']:.0f} MiB",
-                          flush=True)
+                          f"RSS median {median_of(rs):.0f} MiB (max {max(rs):.0f}; first {rs[0]:.0f}, last "
+                          f"{rs[-1]:.0f}); peak (VmHWM) {r['rss_mb']:.0f} MiB", flush=True)
                 else:
                     fl = [x.get("transfuse_fetch_in_flight", 0) for x in r["samples"]]
                     print(f"  the row window ({window}) never filled (manifest smaller); transfers in flight max "
