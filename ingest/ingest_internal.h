@@ -57,6 +57,10 @@ IngestOut *ingest_out_open(const IngestSink *sink, const char *prefix, const Sha
  * except for ingest_out_free). */
 int ingest_out_append(IngestOut *o, const Sample *s, unsigned where, TfError *err);
 
+/* The same for a record already encoded (payload, len) with its key. */
+int ingest_out_append_bytes(IngestOut *o, const uint8_t *payload, size_t len, const char *key, unsigned where,
+                            TfError *err);
+
 /* Makes everything appended so far durable: the current shard fsynced,
  * renamed and in the folder's manifest; every delivery report of the
  * topic successful. Returns 0, or -1 with err (nothing is known to be
@@ -102,7 +106,7 @@ int ingest_stage_encode_keys(const IngestEncodeOptions *o, const ShardKeySet *do
  * `ingest worker --encode` (stage_encode.c) ---- */
 
 enum {
-    INGEST_ENC_OUT = 3000, INGEST_ENC_TO, /* above FETCH_CLI_BASE's range (fetch/fetch_internal.h) */ INGEST_ENC_VAE, INGEST_ENC_STATS, INGEST_ENC_KEEP, INGEST_ENC_BATCH,
+    INGEST_ENC_OUT = 3000, INGEST_ENC_TO, /* above FETCH_CLI_BASE's range (2000..., fetch/fetch_internal.h) */ INGEST_ENC_VAE, INGEST_ENC_STATS, INGEST_ENC_KEEP, INGEST_ENC_BATCH,
     INGEST_ENC_THREADS, INGEST_ENC_DTYPE, INGEST_ENC_TOKID, INGEST_ENC_SHARD_RECORDS, INGEST_ENC_SHARD_SIZE,
     INGEST_ENC_FLOW, INGEST_ENC_METRICS_PORT, INGEST_ENC_METRICS_ADDR, INGEST_ENC_REGISTER,
 };

@@ -47,21 +47,26 @@ fail:
     return NULL;
 }
 
+int ingest_out_append_bytes(IngestOut *o, const uint8_t *payload, size_t len, const char *key, unsigned where,
+                            TfError *err)
+{
+    size_t klen = strlen(key);
+    if (o->writer && (where & INGEST_OUT_FOLDER) && shard_writer_append(o->writer, payload, len, key, klen, err))
+        return -1;
+    if (o->kafka && (where & INGEST_OUT_TOPIC) && kafka_sink_send(o->kafka, -1, payload, len, key, klen, err))
+        return -1;
+    o->records++;
+    return 0;
+}
+
 int ingest_out_append(IngestOut *o, const Sample *s, unsigned where, TfError *err)
 {
     size_t len;
     uint8_t *bytes = sample_encode(s, &len);
     if (!bytes)
         return tf_fail(err, "out of memory");
-    size_t klen = strlen(s->key);
-    int rc = 0;
-    if (o->writer && (where & INGEST_OUT_FOLDER) && shard_writer_append(o->writer, bytes, len, s->key, klen, err))
-        rc = -1;
-    if (!rc && o->kafka && (where & INGEST_OUT_TOPIC) && kafka_sink_send(o->kafka, -1, bytes, len, s->key, klen, err))
-        rc = -1;
+    int rc = ingest_out_append_bytes(o, bytes, len, s->key, where, err);
     free(bytes);
-    if (!rc)
-        o->records++;
     return rc;
 }
 
@@ -110,17 +115,26 @@ static int folder_prefix_keys(const char *dir, const char *prefix, ShardKeySet *
         return -1;
     Record rec;
     ShardProblem prob;
+    uint64_t damaged = 0;
     int rc;
     while ((rc = record_source_next(src, &rec, 0, &prob, err)) != RECORD_SOURCE_END) {
         if (rc < 0)
             break;
-        if (rc == RECORD_SOURCE_RECORD && rec.key_len && shard_keyset_add(keys, rec.key, rec.key_len, 0, NULL) < 0) {
+        if (rc == RECORD_SOURCE_PROBLEM)
+            damaged++;
+        else if (rc == RECORD_SOURCE_RECORD && rec.key_len &&
+                 shard_keyset_add(keys, rec.key, rec.key_len, 0, NULL) < 0) {
             rc = tf_fail(err, "out of memory for the key set");
             break;
         }
     }
     record_source_free(src);
-    return rc < 0 ? -1 : 0;
+    if (rc < 0)
+        return -1;
+    if (damaged)
+        tf_log(TF_LOG_WARN, "ingest", "%s: %llu damaged record(s) in shards %s*; their rows are done again", dir,
+               (unsigned long long)damaged, prefix);
+    return 0;
 }
 
 int ingest_sink_keys(const IngestSink *sink, const char *folder_prefix, ShardKeySet *folder_keys,

@@ -11,6 +11,7 @@
  * sleeps in fetcher_poll and never spins. Every row read ends as exactly one
  * of: written, skipped (key already there), failed (one reason); a stop
  * request drops what is in flight (it is not done, a rerun redoes it). */
+#include "ingest_internal.h"
 #include "stats_internal.h"
 
 #include <errno.h>
@@ -270,58 +271,6 @@ static void *worker_main(void *arg)
     }
 }
 
-/* ---- keys already done ---- */
-
-/* 1 when `name` is a shard of job `job`: JOB-DIGITS.tfrecord. */
-static int job_shard(void *ctx, const char *name, size_t index)
-{
-    const char *job = ctx;
-    size_t n = strlen(job);
-    if (strncmp(name, job, n) || name[n] != '-')
-        return 0;
-    const char *p = name + n + 1;
-    if (*p < '0' || *p > '9')
-        return 0;
-    while (*p >= '0' && *p <= '9')
-        p++;
-    return !strcmp(p, ".tfrecord");
-}
-
-/* Adds the keys of job `job`'s shards in folder dir (none when the folder
- * has no manifest yet): its rows can only be there, keys being a function
- * of (manifest identity, row). Damaged records are redone. */
-static int folder_job_keys(const char *dir, const char *job, ShardKeySet *keys, TfError *err)
-{
-    char path[4096];
-    if (tf_path_join(path, sizeof path, dir, SHARD_MANIFEST_NAME) || access(path, F_OK) != 0)
-        return 0;
-    RecordSourceOptions ro = {.path = dir, .shard_filter = job_shard, .filter_ctx = (void *)job};
-    RecordSource *src = record_source_open(&ro, err);
-    if (!src)
-        return -1;
-    Record rec;
-    ShardProblem prob;
-    uint64_t damaged = 0;
-    int rc;
-    while ((rc = record_source_next(src, &rec, 0, &prob, err)) != RECORD_SOURCE_END) {
-        if (rc < 0)
-            break;
-        if (rc == RECORD_SOURCE_PROBLEM)
-            damaged++;
-        else if (rc == RECORD_SOURCE_RECORD && shard_keyset_add(keys, rec.key, rec.key_len, 0, NULL) < 0) {
-            rc = tf_fail(err, "out of memory");
-            break;
-        }
-    }
-    record_source_free(src);
-    if (rc < 0)
-        return -1;
-    if (damaged)
-        tf_log(TF_LOG_WARN, TAG, "%s: %llu damaged record(s) of job %s; their rows are done again", dir,
-               (unsigned long long)damaged, job);
-    return 0;
-}
-
 /* ---- outcomes ---- */
 
 typedef struct Run {
@@ -333,8 +282,7 @@ typedef struct Run {
     int64_t in_flight;       /* rows submitted without an outcome */
     int64_t fetch_queue;     /* what was last added to the fetch-queue gauges */
     TfRateLimit limit;
-    ShardWriter *wr;
-    KafkaSink *ks;
+    IngestOut *out;          /* the sinks (ingest_internal.h) */
     ItemList items;
 } Run;
 
@@ -393,10 +341,8 @@ static int item_finish(Run *r, Item *it, TfError *err)
     if (!it->ok) {
         rc = outcome_failed(r, &it->row, it->reason, it->transient, it->why, err);
     } else {
-        size_t klen = strlen(it->row.key);
-        if (it->to_folder && shard_writer_append(r->wr, it->payload, it->len, it->row.key, klen, err))
-            rc = -1;
-        else if (it->to_topic && kafka_sink_send(r->ks, -1, it->payload, it->len, it->row.key, klen, err))
+        unsigned where = (it->to_folder ? INGEST_OUT_FOLDER : 0) | (it->to_topic ? INGEST_OUT_TOPIC : 0);
+        if (ingest_out_append_bytes(r->out, it->payload, it->len, it->row.key, where, err))
             rc = tf_stop_requested(r->o->common.stop) ? 1 : -1; /* a stop ended a flow-control wait */
         else
             outcome_ok(r);
@@ -630,40 +576,23 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
         goto done;
     }
 
-    /* keys already written: the caller's set, else each sink's own */
+    /* keys already written: the caller's set, else each sink's own (a
+     * folder's: the job's shards JOB-*, where its rows can only be) */
     if (!c->done) {
-        if (c->sink.out && (!(folder_done = shard_keyset_new()) || folder_job_keys(c->sink.out, c->job, folder_done, err)))
+        char prefix[256];
+        snprintf(prefix, sizeof prefix, "%s-", c->job);
+        if ((c->sink.out && !(folder_done = shard_keyset_new())) || (c->sink.to && !(topic_done = shard_keyset_new()))) {
+            tf_fail(err, "out of memory");
             goto done;
-        if (c->sink.to) {
-            if (!(topic_done = shard_keyset_new())) {
-                tf_fail(err, "out of memory");
-                goto done;
-            }
-            uint64_t damaged = 0;
-            if (record_source_keys(c->sink.to, topic_done, &damaged, err))
-                goto done;
         }
+        if (ingest_sink_keys(&c->sink, prefix, folder_done, topic_done, err))
+            goto done;
     }
 
     ShardFacts facts = {0};
     snprintf(facts.tokenizer_id, sizeof facts.tokenizer_id, "%s", tokenizer_identity(o->tokenizer));
-    if (c->sink.out) {
-        ShardWriterOptions wo = {.max_shard_records = c->sink.shard_records,
-                                 .max_shard_bytes = c->sink.shard_bytes,
-                                 .name_prefix = c->job,
-                                 .no_fsync = c->sink.no_fsync};
-        if (!(r.wr = shard_writer_open(c->sink.out, &wo, &facts, err)))
-            goto done;
-    }
-    if (c->sink.to) {
-        char bs[1024], topic[256];
-        if (kafka_url_parse(c->sink.to, bs, sizeof bs, topic, sizeof topic, err))
-            goto done;
-        KafkaSinkOptions ko = {.bootstrap = bs, .topic = topic, .facts = &facts, .config = c->sink.kafka_config,
-                               .flow_group = c->sink.flow_group, .stop = stop};
-        if (!(r.ks = kafka_sink_new(&ko, err)))
-            goto done;
-    }
+    if (!(r.out = ingest_out_open(&c->sink, c->job, &facts, stop, err)))
+        goto done;
     if (!(rd = manifest_reader_open(&o->manifest, err)))
         goto done;
     FetchOptions fo = o->fetch;
@@ -717,9 +646,9 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
                 continue;
             }
             size_t klen = strlen(row.key);
-            int in_folder = !r.wr || (c->done ? shard_keyset_has(c->done, row.key, klen, NULL)
+            int in_folder = !c->sink.out || (c->done ? shard_keyset_has(c->done, row.key, klen, NULL)
                                                : shard_keyset_has(folder_done, row.key, klen, NULL));
-            int in_topic = !r.ks || (c->done ? shard_keyset_has(c->done, row.key, klen, NULL)
+            int in_topic = !c->sink.to || (c->done ? shard_keyset_has(c->done, row.key, klen, NULL)
                                               : shard_keyset_has(topic_done, row.key, klen, NULL));
             if (in_folder && in_topic) {
                 outcome_skipped(&r);
@@ -846,15 +775,9 @@ int ingest_stage_fetch(const IngestFetchOptions *o, IngestJobStats *stats, TfErr
         goto done;
     int stopped = tf_stop_requested(stop) && !(eof && r.in_flight == 0);
     /* publish: shards renamed into place and in the manifest, every delivery report in */
-    if (r.wr) {
-        int e = shard_writer_close(r.wr, err);
-        r.wr = NULL;
-        if (e)
-            goto done;
-    }
-    if (r.ks && kafka_sink_flush(r.ks, 120000, err)) {
+    if (ingest_out_finish(r.out, err)) {
         if (stopped)
-            tf_log(TF_LOG_WARN, TAG, "job %s: stopped before every delivery report came: %s", c->job, err->msg);
+            tf_log(TF_LOG_WARN, TAG, "job %s: stopped before its output was durable: %s", c->job, err->msg);
         else
             goto done;
     }
@@ -897,8 +820,7 @@ done:
     in_flight_add(&r, -r.in_flight);
     tf_gauge_add(r.m.fetch_queue, (double)-r.fetch_queue);
     ingest_progress_add(c->progress, INGEST_P_FETCH_QUEUE, -r.fetch_queue);
-    shard_writer_free(r.wr);
-    kafka_sink_free(r.ks);
+    ingest_out_free(r.out);
     manifest_reader_free(rd);
     shard_keyset_free(folder_done);
     shard_keyset_free(topic_done);

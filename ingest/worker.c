@@ -446,8 +446,8 @@ static const char WORKER_HELP[] =
     "3 a job failed or was refused (it stays uncommitted: another worker, or this one\n"
     "restarted, redoes it).\n";
 
-enum { /* between FETCH_CLI_BASE's range and INGEST_ENC_* */
-    W_JOBS = 2000, W_GROUP, W_ENCODE, W_FROM, W_CHUNK, W_TOKENIZER, W_SIZE, W_CROP_FORMAT, W_PNG_LEVEL, W_NO_BOS,
+enum { /* above FETCH_CLI_BASE's (2000...) and INGEST_ENC_*'s (3000...) ranges: one table takes all three */
+    W_JOBS = 4000, W_GROUP, W_ENCODE, W_FROM, W_CHUNK, W_TOKENIZER, W_SIZE, W_CROP_FORMAT, W_PNG_LEVEL, W_NO_BOS,
     W_SESSION,
 };
 
@@ -537,8 +537,10 @@ int ingest_worker_main(int argc, char **argv)
             status = TF_EXIT_OK;
             goto out;
         default:
-            if (c < FETCH_CLI_BASE || c >= W_JOBS) {
-                status = TF_EXIT_USAGE; /* tf_opts_next said what */
+            if (c < FETCH_CLI_BASE || c >= INGEST_ENC_OUT) {
+                if (c != '?') /* else tf_opts_next said what */
+                    fprintf(stderr, "transfuse ingest worker: option value %d not handled (a bug)\n", c);
+                status = TF_EXIT_USAGE;
                 goto out;
             }
             if (fetch_cli_option(c, op.arg, &fetch, &fa, &err))

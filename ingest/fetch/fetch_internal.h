@@ -82,7 +82,7 @@ void fetch_describe_bytes(const unsigned char *data, size_t len, char *out, size
 
 /* Option values of the fetch flags start here (a command's own flags use
  * characters below it). */
-#define FETCH_CLI_BASE 2000 /* above the encode flags (INGEST_ENC_*, from 1000), so both tables combine */
+#define FETCH_CLI_BASE 2000 /* below the encode flags (INGEST_ENC_*, from 3000) and the worker's (4000): the tables combine */
 
 /* The fetch flags ({0}-terminated): --concurrency, --per-host, --host-rate,
  * --host-burst, --connect-timeout, --timeout, --retries, --retry-base,

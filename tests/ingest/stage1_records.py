@@ -112,12 +112,16 @@ class Broker:
 
 # ---- what the worker tests share ----
 
-def wait_for(checks, cond, what, bound=300):
+def wait_for(checks, cond, what, bound=300, procs=()):
     """checks.wait_for with a failed check when `bound` seconds pass (a bound
-    against hanging, not a timing assertion). Returns cond's truth."""
+    against hanging, not a timing assertion), or at once when one of `procs`
+    (the workers the wait depends on) has exited. Returns cond's truth."""
     from checks import wait_for as wait
-    ok = bool(wait(cond, timeout=bound))
-    checks.check(ok, f"gave up waiting ({bound} s) for {what}")
+    wait(lambda: cond() or any(p.poll() is not None for p in procs), timeout=bound)
+    ok = bool(cond())
+    dead = [p.returncode for p in procs if p.poll() is not None]
+    checks.check(ok, f"gave up waiting for {what}: " + (f"a worker exited with {dead}" if dead else
+                                                         f"not within {bound} s"))
     return ok
 
 

@@ -83,12 +83,12 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     common = ["--from", broker.url("crops"), "--group", "share", "--out", out, "--to", broker.url("latents"),
               "--vae", tiny, "--chunk", "3", "--shard-records", "2"]
     a = worker("a", *common)
-    wait_for(c, lambda: records_in(out) >= 20, "worker A to drain the first wave")
+    wait_for(c, lambda: records_in(out) >= 20, "worker A to drain the first wave", procs=(a,))
     b = worker("b", *common)
     wait_for(c, lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
-         "the rebalance that gives B partitions")
+         "the rebalance that gives B partitions", procs=(a, b))
     publish(broker, "crops", "wave2", recs[20:])
-    wait_for(c, lambda: records_in(out) >= 40, "both waves in the output")
+    wait_for(c, lambda: records_in(out) >= 40, "both waves in the output", procs=(a, b))
     time.sleep(0.5)  # not a timing check: lets a duplicate, if any, land before the count below
     stop_process(c, a, "a", lambda: log("a"))
     stop_process(c, b, "b", lambda: log("b"))
@@ -111,7 +111,7 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     common = ["--from", broker.url("crops2"), "--group", "kill", "--out", out2, "--to", broker.url("latents2"),
               "--vae", SD_VAE, "--chunk", "8", "--batch", "1", "--shard-records", "1"]
     a = worker("ka", *common)
-    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard")
+    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard", procs=(a,))
     a.send_signal(signal.SIGKILL)
     a.wait()
     at_kill = keys_of(T, out2)
@@ -120,7 +120,7 @@ with Broker(T, W, "crops:2", "latents:2", "crops2:2", "latents2:2") as broker:
     c.check(started and started[-1] not in finished, f"the kill came in the middle of a job: {started} {finished}")
     c.check(0 < len(at_kill) < 16, f"part of the output was durable at the kill: {len(at_kill)} records")
     b = worker("kb", *common)
-    wait_for(c, lambda: records_in(out2) >= 16, "worker B to redo the killed job and finish")
+    wait_for(c, lambda: records_in(out2) >= 16, "worker B to redo the killed job and finish", procs=(b,))
     time.sleep(0.5)
     stop_process(c, b, "kb", lambda: log("kb"))
     keys2 = [r["key"] for r in recs2]

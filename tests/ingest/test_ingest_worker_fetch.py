@@ -104,12 +104,12 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     out = f"{W}/share"
     run("ingest", "plan", "--manifest", m1, "--job-size", "3", "--to", broker.url("jobs"))
     a = worker("a", "jobs", "share", out)
-    wait_for(c, lambda: len(stats_files(out, "wave1")) == 4, "worker A to run the first plan")
+    wait_for(c, lambda: len(stats_files(out, "wave1")) == 4, "worker A to run the first plan", procs=(a,))
     b = worker("b", "jobs", "share", out)
     wait_for(c, lambda: "assigned partition" in log("b") and log("a").count("assigned partition") >= 2,
-         "the rebalance that gives B partitions")
+         "the rebalance that gives B partitions", procs=(a, b))
     run("ingest", "plan", "--manifest", m2, "--job-size", "3", "--to", broker.url("jobs"))
-    wait_for(c, lambda: len(stats_files(out, "wave2")) == 4, "the second plan's jobs")
+    wait_for(c, lambda: len(stats_files(out, "wave2")) == 4, "the second plan's jobs", procs=(a, b))
     stop_process(c, a, "a", lambda: log("a"))
     stop_process(c, b, "b", lambda: log("b"))
     exactly_once(c, keys_of(T, out), 24, "share")
@@ -127,7 +127,7 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     out2 = f"{W}/kill_out"
     run("ingest", "plan", "--manifest", mk, "--job-size", "4", "--to", broker.url("kjobs"))
     a = worker("ka", "kjobs", "kill", out2, "--shard-records", "1")
-    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard")
+    wait_for(c, lambda: records_in(out2) >= 1, "worker A's first shard", procs=(a,))
     a.send_signal(signal.SIGKILL)
     a.wait()
     at_kill = keys_of(T, out2)
@@ -135,7 +135,8 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     c.check(0 < len(at_kill) and len(at_kill) > 4 * len(done_at_kill),
             f"the kill came in the middle of a job: {len(at_kill)} records, done {done_at_kill}")
     b = worker("kb", "kjobs", "kill", out2, "--shard-records", "1")
-    wait_for(c, lambda: len(stats_files(out2, "kill")) == 4, "worker B to redo the killed job and finish")
+    wait_for(c, lambda: len(stats_files(out2, "kill")) == 4, "worker B to redo the killed job and finish",
+             procs=(b,))
     stop_process(c, b, "kb", lambda: log("kb"))
     exactly_once(c, keys_of(T, out2), 16, "kill")
     run("shards", "verify", out2)
@@ -147,7 +148,8 @@ with Nginx(corpus, os.path.join(W, "nginx")) as ngx, FaultServer(fault_dir) as f
     # a job done before (stats file there) is committed without running
     run("ingest", "plan", "--manifest", mk, "--job-size", "4", "--to", broker.url("kjobs"))
     b = worker("kc", "kjobs", "kill", out2)
-    wait_for(c, lambda: log("kc").count("is done already") == 4, "the replanned jobs to be found done")
+    wait_for(c, lambda: log("kc").count("is done already") == 4, "the replanned jobs to be found done",
+             procs=(b,))
     stop_process(c, b, "kc", lambda: log("kc"))
     c.check(" rows: " not in log("kc"), f"no job ran again: {log('kc')[-1500:]}")
 
